@@ -1,0 +1,1 @@
+"""The four Tierflow services; each runs as ``python -m services.<name>``."""

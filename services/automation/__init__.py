@@ -1,0 +1,1 @@
+"""Automation: tier changes become differentiated, signed, never-duplicated touch actions."""

@@ -1,0 +1,62 @@
+"""Tables of the ``identity`` schema: persons, identifiers, and the merge audit (an outbox too)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import DateTime, ForeignKey, Index, MetaData, String, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+metadata = MetaData(schema="identity")
+
+
+class Base(DeclarativeBase):
+    """Declarative base bound to the identity schema."""
+
+    metadata = metadata
+
+
+class Person(Base):
+    """A OneID. An absorbed person keeps its row, pointing at the root that absorbed it."""
+
+    __tablename__ = "persons"
+
+    oneid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    merged_into: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("identity.persons.oneid")
+    )
+    merged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_persons_merged_into", "merged_into"),)
+
+
+class Identifier(Base):
+    """One normalised identifier; the primary key makes 'one person per identifier' a fact."""
+
+    __tablename__ = "identifiers"
+
+    id_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id_value: Mapped[str] = mapped_column(String(512), primary_key=True)
+    oneid: Mapped[str] = mapped_column(String(36), ForeignKey("identity.persons.oneid"))
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_identifiers_oneid", "oneid"),)
+
+
+class MergeRecord(Base):
+    """Audit of a merge, and its outbox entry until it is published."""
+
+    __tablename__ = "merges"
+
+    merge_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    winner: Mapped[str] = mapped_column(String(36), ForeignKey("identity.persons.oneid"))
+    absorbed: Mapped[str] = mapped_column(String(36), ForeignKey("identity.persons.oneid"))
+    cause_event_id: Mapped[str] = mapped_column(String(64))
+    rule: Mapped[str] = mapped_column(String(64))
+    merged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_merges_unpublished", "merged_at", postgresql_where="published_at IS NULL"),
+    )

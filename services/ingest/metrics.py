@@ -1,0 +1,31 @@
+"""Ingest metrics, declared once."""
+
+from prometheus_client import Counter, Histogram
+
+from shared.metrics import LATENCY_BUCKETS, SIZE_BUCKETS
+
+EVENTS = Counter(
+    "tierflow_ingest_events_total",
+    "Events received, by source, type and outcome (accepted, rejected).",
+    ["source", "type", "outcome"],
+)
+REJECTED = Counter(
+    "tierflow_ingest_rejected_total",
+    "Events or requests refused, by reason.",
+    ["reason"],
+)
+PAYLOAD_BYTES = Histogram(
+    "tierflow_ingest_request_bytes",
+    "Request body sizes after decompression.",
+    buckets=SIZE_BUCKETS,
+)
+PRODUCE_LATENCY = Histogram(
+    "tierflow_ingest_produce_duration_seconds",
+    "Time from first send to the last Kafka acknowledgement of a request.",
+    buckets=LATENCY_BUCKETS,
+)
+PRODUCE_FAILURES = Counter(
+    "tierflow_ingest_produce_failures_total",
+    "Requests answered 503 because Kafka did not acknowledge, by error.",
+    ["error"],
+)

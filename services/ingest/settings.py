@@ -1,0 +1,27 @@
+"""Ingest settings (env prefix ``TIERFLOW_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from shared.settings import CommonSettings
+
+
+class IngestSettings(CommonSettings):
+    """Where ingest listens, its limits, and the development source."""
+
+    host: str = Field(default="127.0.0.1", validation_alias="TIERFLOW_INGEST_HOST")
+    port: int = Field(default=8080, validation_alias="TIERFLOW_INGEST_PORT")
+    dev_write_key: SecretStr = Field(
+        default=SecretStr("dev-write-key"),
+        description="Write key of the 'dev' source created at startup; empty disables it.",
+    )
+    max_event_bytes: int = Field(default=32 * 1024, description="Largest accepted event.")
+    max_request_bytes: int = Field(default=500 * 1024, description="Largest accepted request.")
+    produce_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest wait for Kafka's ack before answering 503."
+    )
+    retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 503.")
+    source_cache_ttl_s: float = Field(
+        default=30.0, ge=0, description="How long a write-key lookup is cached (revocation lag)."
+    )

@@ -1,0 +1,1 @@
+"""Scoring: per-OneID scores in Faust tables, tiers with hysteresis, tier-change CloudEvents."""

@@ -1,0 +1,1 @@
+"""Code every Tierflow service uses: settings, contracts, topics, Kafka/DB plumbing, metrics."""

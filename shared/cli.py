@@ -1,0 +1,262 @@
+"""``tierflow``: the front door — run the stack, manage topics, schemas, migrations and sources."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from shared.settings import CommonSettings
+
+app = typer.Typer(help="Tierflow: event-driven customer tiering.", no_args_is_help=True)
+topics_app = typer.Typer(help="Kafka topics from the registry.", no_args_is_help=True)
+db_app = typer.Typer(help="Postgres schemas and migrations.", no_args_is_help=True)
+schemas_app = typer.Typer(help="JSON Schemas of the wire contracts.", no_args_is_help=True)
+rules_app = typer.Typer(help="Scoring models.", no_args_is_help=True)
+playbooks_app = typer.Typer(help="Automation playbooks.", no_args_is_help=True)
+sources_app = typer.Typer(help="Ingest sources and write keys.", no_args_is_help=True)
+for sub, name in (
+    (topics_app, "topics"),
+    (db_app, "db"),
+    (schemas_app, "schemas"),
+    (rules_app, "rules"),
+    (playbooks_app, "playbooks"),
+    (sources_app, "sources"),
+):
+    app.add_typer(sub, name=name)
+
+console = Console()
+SCHEMAS_DIR = Path("docs/schemas")
+
+
+@app.command()
+def up(
+    demo: Annotated[bool, typer.Option(help="Run the demo traffic generator.")] = True,
+    dashboard: Annotated[
+        bool, typer.Option(help="Show the live view (plain lines if not a TTY).")
+    ] = True,
+) -> None:
+    """Start broker, Postgres, migrations, topics, the four services (and demo traffic)."""
+    from shared.stack.launcher import StackSettings
+
+    asyncio.run(_up(StackSettings(), demo=demo, dashboard=dashboard))
+
+
+async def _up(settings: object, *, demo: bool, dashboard: bool) -> None:
+    from shared.stack.dashboard import run_dashboard
+    from shared.stack.launcher import StackSettings, start_stack
+
+    assert isinstance(settings, StackSettings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = loop.time()
+    console.print("[bold]Starting Tierflow[/] (embedded broker and Postgres unless configured)")
+    stack = await start_stack(settings, demo=demo)
+    try:
+        console.print(f"[green]Ready in {loop.time() - started:.1f}s[/]")
+        table = Table("what", "where")
+        table.add_row("ingest API docs", f"{stack.urls['ingest']}/docs")
+        for name in ("ingest", "identity", "scoring", "automation"):
+            table.add_row(f"{name} metrics", f"{stack.urls[name]}/metrics")
+        if "sink" in stack.urls:
+            table.add_row("webhook sink", stack.urls["sink"])
+        table.add_row("kafka", stack.urls["kafka"])
+        table.add_row("postgres", stack.urls["postgres"])
+        table.add_row("dev write key", settings.dev_write_key)
+        table.add_row("admin token", stack.env["TIERFLOW_ADMIN_TOKEN"])
+        table.add_row("logs", str(stack.work_dir / "logs"))
+        console.print(table)
+        watchers = [asyncio.create_task(_watch_children(stack, stop))]
+        if dashboard:
+            watchers.append(
+                asyncio.create_task(
+                    run_dashboard(
+                        stack.env["TIERFLOW_KAFKA_BOOTSTRAP"],
+                        stack.urls["ingest"],
+                        stop,
+                        live=sys.stdout.isatty(),
+                    )
+                )
+            )
+        await stop.wait()
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+    finally:
+        console.print("Stopping…")
+        stack.stop()
+        console.print("Stopped.")
+
+
+async def _watch_children(stack: object, stop: asyncio.Event) -> None:
+    from shared.stack.launcher import Stack
+    from shared.stack.processes import tail
+
+    assert isinstance(stack, Stack)
+    while not stop.is_set():
+        dead = stack.failed()
+        if dead is not None:
+            console.print(f"[red]{dead.name} exited[/]\n{tail(dead.log_path)}")
+            stop.set()
+            return
+        await asyncio.sleep(1)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every registry topic that does not exist yet (safe to run again)."""
+    from shared.kafka import create_topics
+
+    created = asyncio.run(create_topics(CommonSettings()))
+    console.print(f"created: {', '.join(created) or 'nothing (all exist)'}")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """The registry: names, keys and configs."""
+    from shared.topics import ALL_TOPICS
+
+    table = Table("topic", "key", "configs", "what")
+    for spec in ALL_TOPICS:
+        table.add_row(
+            spec.name,
+            spec.key,
+            ", ".join(f"{k}={v}" for k, v in spec.configs.items()),
+            spec.description,
+        )
+    console.print(table)
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Upgrade every service schema to the latest migration (safe to run again)."""
+    from shared.migrations import migrate
+
+    migrate(CommonSettings())
+    console.print("migrated: ingest, identity, automation")
+
+
+@db_app.command("check")
+def db_check() -> None:
+    """Fail if models and migrations disagree."""
+    from shared.migrations import check
+
+    check(CommonSettings())
+    console.print("models and migrations agree")
+
+
+@schemas_app.command("export")
+def schemas_export(out: Path = SCHEMAS_DIR) -> None:
+    """Write the JSON Schema of every contract into ``out``."""
+    from shared.schemas import write_schemas
+
+    for path in write_schemas(out):
+        console.print(f"wrote {path}")
+
+
+@schemas_app.command("check")
+def schemas_check(out: Path = SCHEMAS_DIR) -> None:
+    """Fail if the checked-in schemas differ from the contracts."""
+    from shared.schemas import stale_schemas
+
+    stale = stale_schemas(out)
+    if stale:
+        console.print(f"[red]stale schemas[/]: {', '.join(stale)} — run `tierflow schemas export`")
+        raise typer.Exit(1)
+    console.print("schemas are current")
+
+
+@rules_app.command("validate")
+def rules_validate(path: Path) -> None:
+    """Validate a scoring model file."""
+    from services.scoring.rules import load_model
+
+    _validate(lambda: load_model(path), path)
+
+
+@playbooks_app.command("validate")
+def playbooks_validate(path: Path) -> None:
+    """Validate a playbook file."""
+    from services.automation.playbooks import load_playbooks
+
+    _validate(lambda: load_playbooks(path), path)
+
+
+def _validate(load: object, path: Path) -> None:
+    assert callable(load)
+    try:
+        loaded = load()
+    except (ValidationError, ValueError, OSError) as exc:
+        console.print(f"[red]{path} is invalid[/]\n{exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"{path} is valid ({type(loaded).__name__})")
+
+
+@sources_app.command("create")
+def sources_create(name: str) -> None:
+    """Create a source and print its write key (shown once; only its hash is stored)."""
+    from services.ingest.sources import ensure_source, new_write_key
+
+    key = new_write_key()
+    asyncio.run(
+        _with_sessions(lambda s: ensure_source(s, source_id=name, name=name, write_key=key))
+    )
+    console.print(f"source {name}: write key [bold]{key}[/]")
+
+
+@sources_app.command("list")
+def sources_list() -> None:
+    """Every source and whether it is revoked."""
+    from services.ingest import repository
+    from shared.db import unit_of_work
+
+    async def listing(sessions: object) -> None:
+        async with unit_of_work(sessions) as session:  # type: ignore[arg-type]
+            rows = await repository.list_sources(session)
+        table = Table("source", "created", "revoked")
+        for row in rows:
+            table.add_row(row.source_id, str(row.created_at), str(row.revoked_at or "-"))
+        console.print(table)
+
+    asyncio.run(_with_sessions(listing))
+
+
+@sources_app.command("revoke")
+def sources_revoke(source_id: str) -> None:
+    """Revoke a source's write key (ingest refuses it within its cache TTL)."""
+    from services.ingest import repository
+    from shared.db import unit_of_work
+
+    async def revoke(sessions: object) -> None:
+        async with unit_of_work(sessions) as session:  # type: ignore[arg-type]
+            if not await repository.revoke_source(session, source_id):
+                console.print(f"[red]no active source {source_id}[/]")
+                raise typer.Exit(1)
+        console.print(f"revoked {source_id}")
+
+    asyncio.run(_with_sessions(revoke))
+
+
+async def _with_sessions(action: object) -> None:
+    from shared.db import build_engine, build_sessionmaker
+
+    assert callable(action)
+    engine = build_engine(CommonSettings(), application_name="tierflow-cli")
+    try:
+        await action(build_sessionmaker(engine))
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

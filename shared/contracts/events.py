@@ -1,0 +1,59 @@
+"""Event envelopes: what ingest accepts (``events.raw``) and what identity resolves."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from shared.contracts.base import Contract, JsonObject, Timestamp
+
+EventType = Literal["track", "identify", "page", "screen", "group", "alias"]
+
+
+class ExternalId(Contract):
+    """A custom identifier from Segment's ``context.externalIds`` (e.g. a WeChat unionid)."""
+
+    id: str
+    type: str
+    collection: str | None = None
+    encoding: str | None = None
+
+
+class EventEnvelope(Contract):
+    """A validated Segment call as ingest accepted it; ``event_id`` is the dedup key downstream."""
+
+    schema_version: Literal[1] = 1
+    event_id: str = Field(description="Stable id derived from source and messageId.")
+    message_id: str
+    source_id: str
+    type: EventType
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    event: str | None = Field(default=None, description="Event name (track).")
+    name: str | None = Field(default=None, description="Page or screen name.")
+    group_id: str | None = None
+    previous_id: str | None = Field(default=None, description="Former id (alias).")
+    properties: JsonObject = Field(default_factory=dict)
+    traits: JsonObject = Field(default_factory=dict)
+    context: JsonObject = Field(default_factory=dict)
+    integrations: JsonObject = Field(default_factory=dict)
+    external_ids: list[ExternalId] = Field(default_factory=list)
+    timestamp: Timestamp = Field(description="When it happened, corrected for client clock skew.")
+    original_timestamp: Timestamp | None = None
+    sent_at: Timestamp | None = None
+    received_at: Timestamp
+
+    @property
+    def routing_id(self) -> str:
+        """The key on ``events.raw``: userId, else anonymousId (one of them is always set)."""
+        return self.user_id or self.anonymous_id or self.previous_id or self.message_id
+
+
+class ResolvedEvent(Contract):
+    """An event plus the OneID identity resolved it to (``events.resolved``, keyed by oneid)."""
+
+    schema_version: Literal[1] = 1
+    oneid: str
+    event: EventEnvelope
+    resolved_at: Timestamp

@@ -1,0 +1,34 @@
+"""Scored profiles (``tierflow.profiles``, compacted, keyed by oneid)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from shared.contracts.base import Contract, Timestamp
+
+
+class Scores(Contract):
+    """The scores a tier is decided on, as of ``Profile.updated_at``."""
+
+    value: float = 0.0
+    engagement: float = 0.0
+    fit: float = 0.0
+    total: float = 0.0
+
+
+class Profile(Contract):
+    """The latest scored state of one person."""
+
+    schema_version: Literal[1] = 1
+    oneid: str
+    tier: str | None
+    tier_since: Timestamp | None = None
+    lifecycle_stage: str
+    scores: Scores
+    tags: list[str] = Field(default_factory=list)
+    events_counted: int
+    last_event_at: Timestamp | None = None
+    model_version: str
+    updated_at: Timestamp

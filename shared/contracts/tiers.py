@@ -1,0 +1,56 @@
+"""Tier changes, published as CloudEvents 1.0 (structured mode, JSON)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from shared.contracts.base import Contract, Timestamp
+from shared.contracts.profiles import Scores
+
+TIER_CHANGED_TYPE: Literal["com.tierflow.tier.changed"] = "com.tierflow.tier.changed"
+TIER_CHANGED_SOURCE = "/tierflow/scoring"
+TIER_CHANGED_SCHEMA = "https://tierflow.dev/schemas/tierflow.tiers.changes.json"
+
+
+class Contribution(Contract):
+    """One rule's share of the move: which rule, how many points (after decay)."""
+
+    rule: str
+    points: float
+
+
+class TierChangeCause(Contract):
+    """What triggered the evaluation: an event (with its id) or the inactivity timer."""
+
+    kind: Literal["event", "timer", "merge"]
+    event_id: str | None = None
+
+
+class TierChanged(Contract):
+    """The CloudEvent ``data``: from, to, scores, reasons, the model version and the cause."""
+
+    oneid: str
+    from_tier: str | None
+    to_tier: str
+    lifecycle_stage: str
+    scores: Scores
+    contributions: list[Contribution] = Field(default_factory=list)
+    model_version: str
+    cause: TierChangeCause
+    changed_at: Timestamp
+
+
+class TierChangeEvent(Contract):
+    """A CloudEvents 1.0 envelope; ``id`` is deterministic and serves as an idempotency key."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str
+    source: str = TIER_CHANGED_SOURCE
+    type: Literal["com.tierflow.tier.changed"] = TIER_CHANGED_TYPE
+    subject: str = Field(description="The oneid.")
+    time: Timestamp
+    datacontenttype: Literal["application/json"] = "application/json"
+    dataschema: str = Field(default=TIER_CHANGED_SCHEMA, min_length=1)
+    data: TierChanged

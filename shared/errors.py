@@ -1,0 +1,92 @@
+"""Typed errors that know their HTTP status; one handler renders them for every service."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+
+class TierflowError(Exception):
+    """Base of every expected failure: rendered as ``{"error": code, "detail": ...}``."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, detail: Any, *, retry_after: int | None = None) -> None:
+        super().__init__(str(detail))
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class BadRequest(TierflowError):
+    """The request is malformed or violates the contract."""
+
+    status_code = 400
+    code = "bad_request"
+
+
+class Unauthorized(TierflowError):
+    """Missing, unknown or revoked credentials."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class NotFound(TierflowError):
+    """The addressed resource does not exist."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(TierflowError):
+    """An event or a request exceeds its size limit."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class RateLimited(TierflowError):
+    """The caller exceeded its rate; retry after ``retry_after`` seconds."""
+
+    status_code = 429
+    code = "rate_limited"
+
+
+class Unavailable(TierflowError):
+    """A dependency (the broker, the database) cannot take the work now; nothing was accepted."""
+
+    status_code = 503
+    code = "unavailable"
+
+
+def error_response(error: TierflowError) -> JSONResponse:
+    """Render a typed error, with ``Retry-After`` when the error carries one."""
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    return JSONResponse(
+        {"error": error.code, "detail": error.detail},
+        status_code=error.status_code,
+        headers=headers,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render typed errors and pydantic validation errors in the one error shape."""
+
+    async def on_tierflow_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, TierflowError)
+        return error_response(exc)
+
+    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        detail = [
+            {"field": ".".join(str(p) for p in err["loc"]), "reason": err["msg"]}
+            for err in exc.errors()
+        ]
+        return error_response(BadRequest(detail))
+
+    app.add_exception_handler(TierflowError, on_tierflow_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -1,0 +1,122 @@
+"""Kafka plumbing: producers and consumers configured one way, topic creation, publishing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from shared.contracts import Contract, encode
+from shared.settings import CommonSettings
+from shared.topics import ALL_TOPICS, TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+def build_producer(settings: CommonSettings, **overrides: Any) -> AIOKafkaProducer:
+    """A producer that only reports success once all in-sync replicas have the message."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "acks": "all",
+        "enable_idempotence": settings.kafka_idempotence,
+        "linger_ms": 2,
+        "max_batch_size": 512 * 1024,
+        "max_request_size": 4 * 1024 * 1024,
+        "request_timeout_ms": 10_000,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def build_consumer(
+    settings: CommonSettings, *topics: str, group_id: str | None, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A consumer that commits only what the caller says it finished (at-least-once)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "heartbeat_interval_ms": settings.kafka_heartbeat_interval_ms,
+        "rebalance_timeout_ms": settings.kafka_rebalance_timeout_ms,
+        "max_poll_records": 1000,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+async def create_topics(
+    settings: CommonSettings, specs: Iterable[TopicSpec] = ALL_TOPICS
+) -> list[str]:
+    """Create missing topics from the registry; returns the names it created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(
+                name=spec.name,
+                num_partitions=spec.partitions or settings.topic_partitions,
+                replication_factor=settings.topic_replication,
+                topic_configs=dict(spec.configs),
+            )
+            for spec in specs
+            if spec.name not in existing
+        ]
+        if not wanted:
+            return []
+        try:
+            await admin.create_topics(wanted)
+        except TopicAlreadyExistsError:
+            log.info("topics created concurrently by another process")
+        return [topic.name for topic in wanted]
+    finally:
+        await admin.close()
+
+
+async def wait_for_broker(settings: CommonSettings, timeout: float = 30.0) -> None:
+    """Block until the broker answers metadata requests, or raise TimeoutError."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (KafkaConnectionError, KafkaError, OSError) as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"broker {settings.kafka_bootstrap} unreachable") from exc
+            await asyncio.sleep(0.3)
+        finally:
+            await admin.close()
+
+
+class Publisher:
+    """Sends contracts to registry topics; each send returns once the broker acknowledged it."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The underlying producer (for callers that batch their own sends)."""
+        return self._producer
+
+    async def publish(self, topic: TopicSpec, key: str, message: Contract) -> None:
+        """Send one message and wait for the acknowledgement."""
+        await self._producer.send_and_wait(topic.name, encode(message), key=key.encode())
+
+    async def publish_many(self, topic: TopicSpec, items: Iterable[tuple[str, Contract]]) -> None:
+        """Send many messages and wait until every one is acknowledged (fails if any fails)."""
+        futures = [
+            await self._producer.send(topic.name, encode(message), key=key.encode())
+            for key, message in items
+        ]
+        if futures:
+            await asyncio.gather(*futures)

@@ -1,0 +1,42 @@
+"""Small builders of test data: ``make_event(**overrides)`` and friends."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.contracts import EventEnvelope, ResolvedEvent
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def make_event(**overrides: Any) -> EventEnvelope:
+    """A valid track envelope; override any field."""
+    message_id = overrides.pop("message_id", str(uuid.uuid4()))
+    fields: dict[str, Any] = {
+        "event_id": overrides.pop("event_id", message_id),
+        "message_id": message_id,
+        "source_id": "test",
+        "type": "track",
+        "user_id": "u-1",
+        "event": "Webinar Attended",
+        "timestamp": T0,
+        "received_at": T0,
+    }
+    fields.update(overrides)
+    return EventEnvelope(**fields)
+
+
+def make_resolved(oneid: str = "p-1", **overrides: Any) -> ResolvedEvent:
+    """A resolved event for ``oneid``."""
+    return ResolvedEvent(oneid=oneid, event=make_event(**overrides), resolved_at=T0)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

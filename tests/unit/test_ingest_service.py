@@ -1,0 +1,72 @@
+"""Ingest's pure rules: skew correction, envelopes, per-event validation."""
+
+from datetime import UTC, datetime, timedelta
+
+from services.ingest.schemas import TrackCall
+from services.ingest.service import (
+    Invalid,
+    correct_timestamp,
+    derive_event_id,
+    parse_call,
+    to_envelope,
+)
+
+RECEIVED = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def test_event_id_is_stable_per_source_and_message() -> None:
+    assert derive_event_id("web", "m-1") == derive_event_id("web", "m-1")
+    assert derive_event_id("web", "m-1") != derive_event_id("app", "m-1")
+
+
+def test_clock_skew_is_corrected_from_sent_at() -> None:
+    # the client clock is 10 minutes fast: it says sent at 12:10 what we received at 12:00
+    call = TrackCall.model_validate(
+        {"userId": "u", "event": "e", "originalTimestamp": "2026-11-23T12:05:00Z"}
+    )
+    sent_at = RECEIVED + timedelta(minutes=10)
+    assert correct_timestamp(call, RECEIVED, sent_at) == RECEIVED - timedelta(minutes=5)
+
+
+def test_explicit_timestamp_wins_over_correction() -> None:
+    call = TrackCall.model_validate(
+        {"userId": "u", "event": "e", "timestamp": "2026-11-20T00:00:00Z"}
+    )
+    assert correct_timestamp(call, RECEIVED, RECEIVED) == datetime(2026, 11, 20, tzinfo=UTC)
+
+
+def test_envelope_keeps_segment_fields_and_external_ids() -> None:
+    call = TrackCall.model_validate(
+        {
+            "anonymousId": "a-1",
+            "event": "Order Completed",
+            "properties": {"revenue": 12},
+            "context": {"externalIds": [{"id": "ux", "type": "wechat_unionid"}]},
+            "messageId": "m-9",
+        }
+    )
+    envelope = to_envelope(call, source_id="web", received_at=RECEIVED, batch_context={"ip": "x"})
+    assert envelope.routing_id == "a-1"
+    assert envelope.event == "Order Completed"
+    assert envelope.external_ids[0].type == "wechat_unionid"
+    assert envelope.context["ip"] == "x"
+    assert envelope.event_id == derive_event_id("web", "m-9")
+
+
+def test_missing_ids_and_oversize_events_are_invalid_with_reasons() -> None:
+    missing = parse_call("track", {"event": "x"}, index=3, max_event_bytes=1000)
+    assert isinstance(missing, Invalid)
+    assert missing.index == 3
+    assert "userId or anonymousId" in missing.reason
+    big = parse_call("track", {"userId": "u", "event": "x" * 2000}, index=0, max_event_bytes=1000)
+    assert isinstance(big, Invalid)
+    assert big.too_large
+    unknown = parse_call("nope", {"userId": "u"}, index=0, max_event_bytes=1000)
+    assert isinstance(unknown, Invalid)
+    assert unknown.field == "type"
+
+
+def test_numeric_ids_become_strings() -> None:
+    parsed = parse_call("identify", {"userId": 42}, index=0, max_event_bytes=1000)
+    assert not isinstance(parsed, Invalid)
+    assert parsed.user_id == "42"
