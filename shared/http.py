@@ -67,3 +67,21 @@ async def producer_ready(producer: AIOKafkaProducer, topic: str) -> bool:
     except Exception:
         return False
     return True
+
+
+def consumer_readiness(app: FastAPI, topic: str) -> ReadinessCheck:
+    """Readiness of a consumer service: its loop joined, its producer and database answer.
+
+    Reads ``app.state.loop``, ``.producer`` and ``.engine``, which the lifespan sets.
+    """
+
+    async def readiness() -> dict[str, bool]:
+        if not hasattr(app.state, "loop"):
+            return {"started": False}
+        return {
+            "consumer": app.state.loop.joined,
+            "kafka": await producer_ready(app.state.producer, topic),
+            "database": await database_ready(app.state.engine),
+        }
+
+    return readiness

@@ -17,7 +17,7 @@ from services.automation.settings import AutomationSettings
 from services.automation.worker import AutomationHandler, sweep_forever
 from shared.consumer import BatchConsumer
 from shared.db import build_engine, build_sessionmaker
-from shared.http import database_ready, install_common, producer_ready
+from shared.http import consumer_readiness, install_common
 from shared.kafka import Publisher, build_consumer, build_producer, wait_for_broker
 from shared.topics import ACTIONS, TIERS_CHANGES
 
@@ -69,21 +69,12 @@ def create_app(settings: AutomationSettings) -> FastAPI:
             await client.aclose()
             await engine.dispose()
 
-    async def readiness() -> dict[str, bool]:
-        if not hasattr(app.state, "loop"):
-            return {"started": False}
-        return {
-            "consumer": app.state.loop.joined,
-            "kafka": await producer_ready(app.state.producer, ACTIONS.name),
-            "database": await database_ready(app.state.engine),
-        }
-
     app = FastAPI(
         title="Tierflow automation",
         description="Touch actions per tier: a person's actions and the playbooks in force.",
         version="1",
         lifespan=lifespan,
     )
-    install_common(app, "automation", readiness)
+    install_common(app, "automation", consumer_readiness(app, ACTIONS.name))
     app.include_router(router)
     return app

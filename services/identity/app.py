@@ -14,7 +14,7 @@ from services.identity.settings import IdentitySettings
 from services.identity.worker import IdentityHandler
 from shared.consumer import BatchConsumer
 from shared.db import build_engine
-from shared.http import database_ready, install_common, producer_ready
+from shared.http import consumer_readiness, install_common
 from shared.kafka import Publisher, build_consumer, build_producer, wait_for_broker
 from shared.topics import EVENTS_RAW, EVENTS_RESOLVED
 
@@ -49,21 +49,12 @@ def create_app(settings: IdentitySettings) -> FastAPI:
             await producer.stop()
             await engine.dispose()
 
-    async def readiness() -> dict[str, bool]:
-        if not hasattr(app.state, "loop"):
-            return {"started": False}
-        return {
-            "consumer": app.state.loop.joined,
-            "kafka": await producer_ready(app.state.producer, EVENTS_RESOLVED.name),
-            "database": await database_ready(app.state.engine),
-        }
-
     app = FastAPI(
         title="Tierflow identity",
         description="OneID resolution: lookups of persons by OneID or identifier.",
         version="1",
         lifespan=lifespan,
     )
-    install_common(app, "identity", readiness)
+    install_common(app, "identity", consumer_readiness(app, EVENTS_RESOLVED.name))
     app.include_router(router)
     return app
