@@ -57,7 +57,9 @@ class SourceDirectory:
                 self._cache.clear()
             self._cache[digest] = (now, ref)
         if ref is None:
-            raise Unauthorized("unknown or revoked write key")
+            raise Unauthorized(
+                "unknown or revoked write key; create one with `tierflow sources create NAME`"
+            )
         return ref
 
 

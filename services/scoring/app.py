@@ -71,12 +71,16 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
             key: bytes = event.key or b""
             try:
                 resolved = decode(ResolvedEvent, event.value)
-            except ValidationError as error:
-                metrics.EVENTS.labels("invalid").inc()
+                state, counted, change = score_event(people.get(key), resolved, model)
+            except Exception as error:
+                # faust treats an event whose handler raised as done, so a message the model
+                # cannot apply must be dead-lettered here with its cause, never dropped.
+                outcome = "invalid" if isinstance(error, ValidationError) else "failed"
+                metrics.EVENTS.labels(outcome).inc()
+                log.warning("dead-lettering event: %r", error)
                 letter = from_record("scoring", cast(Any, _AsRecord(event)), error)
                 await dead_topic.send(key=key, value=encode(letter))
                 continue
-            state, counted, change = score_event(people.get(key), resolved, model)
             if not counted:
                 metrics.EVENTS.labels("duplicate").inc()
                 continue

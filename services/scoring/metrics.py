@@ -6,7 +6,7 @@ from shared.metrics import PIPELINE_BUCKETS
 
 EVENTS = Counter(
     "tierflow_scoring_events_total",
-    "Resolved events seen, by outcome (scored, duplicate, invalid).",
+    "Resolved events seen, by outcome (scored, duplicate, invalid, failed).",
     ["outcome"],
 )
 TIER_CHANGES = Counter(

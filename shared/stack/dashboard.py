@@ -106,7 +106,7 @@ async def run_dashboard(
                     with contextlib.suppress(httpx.HTTPError):
                         view.accepted = _accepted((await client.get(f"{ingest_url}/metrics")).text)
                     now = time.monotonic()
-                    if now - last[0] >= 1.0:
+                    if now - last[0] >= (1.0 if live else 5.0):
                         view.rate = (view.accepted - last[1]) / (now - last[0])
                         last = (now, view.accepted)
                         if display is None:

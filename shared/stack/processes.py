@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class Child:
     process: subprocess.Popen[bytes]
     log_path: Path
     stop_signal: int = signal.SIGTERM
-    _log_file: object = field(default=None, repr=False)
+    log_file: IO[bytes] | None = field(default=None, repr=False)
 
     def alive(self) -> bool:
         """True while the process runs."""
@@ -47,6 +48,8 @@ class Child:
                 log.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
                 self.process.kill()
                 self.process.wait(5)
+        if self.log_file is not None:
+            self.log_file.close()
 
 
 def spawn(
