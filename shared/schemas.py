@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
+from pydantic import TypeAdapter
 
 from shared.contracts import (
+    IDENTITY_NOTICE,
     ActionRecord,
     Contract,
     DeadLetter,
     EventEnvelope,
-    IdentityMerge,
     Profile,
     ResolvedEvent,
     TierChangeEvent,
@@ -26,10 +28,10 @@ from shared.topics import (
     TIERS_CHANGES,
 )
 
-CONTRACTS: dict[str, type[Contract]] = {
+CONTRACTS: dict[str, type[Contract] | TypeAdapter[Any]] = {
     EVENTS_RAW.name: EventEnvelope,
     EVENTS_RESOLVED.name: ResolvedEvent,
-    IDENTITY_MERGES.name: IdentityMerge,
+    IDENTITY_MERGES.name: IDENTITY_NOTICE,
     TIERS_CHANGES.name: TierChangeEvent,
     PROFILES.name: Profile,
     ACTIONS.name: ActionRecord,
@@ -43,7 +45,11 @@ def rendered() -> dict[str, bytes]:
     for topic, model in CONTRACTS.items():
         schema = {
             "$id": f"https://tierflow.dev/schemas/{topic}.json",
-            **model.model_json_schema(by_alias=True),
+            **(
+                model.json_schema(by_alias=True)
+                if isinstance(model, TypeAdapter)
+                else model.model_json_schema(by_alias=True)
+            ),
         }
         out[f"{topic}.json"] = (
             orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"

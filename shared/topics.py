@@ -37,7 +37,7 @@ EVENTS_RESOLVED = TopicSpec(
 IDENTITY_MERGES = TopicSpec(
     "tierflow.identity.merges",
     key="absorbed oneid",
-    description="'oneid B is now part of A' notices.",
+    description="Identity notices: 'oneid B is now part of A' merges and erasures.",
 )
 TIERS_CHANGES = TopicSpec(
     "tierflow.tiers.changes",

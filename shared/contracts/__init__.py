@@ -4,11 +4,17 @@ from shared.contracts.actions import ActionOutcome, ActionRecord
 from shared.contracts.base import Contract, decode, encode
 from shared.contracts.deadletter import DeadLetter, Origin
 from shared.contracts.events import EventEnvelope, EventType, ExternalId, ResolvedEvent
-from shared.contracts.identity import IdentityMerge
+from shared.contracts.identity import (
+    IDENTITY_NOTICE,
+    IdentityErasure,
+    IdentityMerge,
+    IdentityNotice,
+)
 from shared.contracts.profiles import Profile, Scores
 from shared.contracts.tiers import Contribution, TierChangeCause, TierChanged, TierChangeEvent
 
 __all__ = [
+    "IDENTITY_NOTICE",
     "ActionOutcome",
     "ActionRecord",
     "Contract",
@@ -17,7 +23,9 @@ __all__ = [
     "EventEnvelope",
     "EventType",
     "ExternalId",
+    "IdentityErasure",
     "IdentityMerge",
+    "IdentityNotice",
     "Origin",
     "Profile",
     "ResolvedEvent",
