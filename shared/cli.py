@@ -139,10 +139,10 @@ def topics_list() -> None:
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Upgrade every service schema to the latest migration (safe to run again)."""
-    from shared.migrations import migrate
+    from shared.migrations import SCHEMAS, migrate
 
     migrate(CommonSettings())
-    console.print("migrated: ingest, identity, automation")
+    console.print(f"migrated: {', '.join(SCHEMAS)}")
 
 
 @db_app.command("check")
@@ -201,16 +201,44 @@ def _validate(load: object, path: Path) -> None:
     console.print(f"{path} is valid ({type(loaded).__name__})")
 
 
+RateOption = Annotated[
+    int | None,
+    typer.Option(
+        "--rate-limit", min=1, help="Events per second per ingest replica (default: deployment's)."
+    ),
+]
+
+
 @sources_app.command("create")
-def sources_create(name: str) -> None:
+def sources_create(name: str, rate_limit: RateOption = None) -> None:
     """Create a source and print its write key (shown once; only its hash is stored)."""
     from services.ingest.sources import ensure_source, new_write_key
 
     key = new_write_key()
     asyncio.run(
-        _with_sessions(lambda s: ensure_source(s, source_id=name, name=name, write_key=key))
+        _with_sessions(
+            lambda s: ensure_source(
+                s, source_id=name, name=name, write_key=key, rate_limit_per_s=rate_limit
+            )
+        )
     )
     console.print(f"source {name}: write key [bold]{key}[/]")
+
+
+@sources_app.command("limit")
+def sources_limit(source_id: str, rate_limit: RateOption = None) -> None:
+    """Set a source's rate limit; without --rate-limit it goes back to the deployment default."""
+    from services.ingest import repository
+    from shared.db import unit_of_work
+
+    async def change(sessions: object) -> None:
+        async with unit_of_work(sessions) as session:  # type: ignore[arg-type]
+            if not await repository.set_rate_limit(session, source_id, rate_limit):
+                console.print(f"[red]no source {source_id}[/]")
+                raise typer.Exit(1)
+        console.print(f"{source_id}: {rate_limit or 'default'} events/s")
+
+    asyncio.run(_with_sessions(change))
 
 
 @sources_app.command("list")
@@ -222,9 +250,14 @@ def sources_list() -> None:
     async def listing(sessions: object) -> None:
         async with unit_of_work(sessions) as session:  # type: ignore[arg-type]
             rows = await repository.list_sources(session)
-        table = Table("source", "created", "revoked")
+        table = Table("source", "events/s", "created", "revoked")
         for row in rows:
-            table.add_row(row.source_id, str(row.created_at), str(row.revoked_at or "-"))
+            table.add_row(
+                row.source_id,
+                str(row.rate_limit_per_s or "default"),
+                str(row.created_at),
+                str(row.revoked_at or "-"),
+            )
         console.print(table)
 
     asyncio.run(_with_sessions(listing))

@@ -60,10 +60,15 @@ async def database_ready(engine: AsyncEngine) -> bool:
 
 
 async def producer_ready(producer: AIOKafkaProducer, topic: str) -> bool:
-    """True when the producer has metadata for ``topic`` within two seconds."""
+    """True when a broker answers a metadata request that knows ``topic``, within two seconds.
+
+    Asks the cluster every time: cached metadata would call a broker that just went away ready.
+    """
     try:
         async with asyncio.timeout(2):
-            await producer.partitions_for(topic)
+            metadata = await producer.client.fetch_all_metadata()
+            if not metadata.partitions_for_topic(topic):
+                return False
     except Exception:
         return False
     return True

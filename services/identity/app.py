@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from datetime import timedelta
 
 from fastapi import FastAPI
 
@@ -30,7 +31,7 @@ def create_app(settings: IdentitySettings) -> FastAPI:
         await producer.start()
         consumer = build_consumer(settings, EVENTS_RAW.name, group_id=settings.group_id)
         await consumer.start()
-        resolver = Resolver(engine)
+        resolver = Resolver(engine, dedup_window=timedelta(hours=settings.dedup_window_hours))
         handler = IdentityHandler(resolver, Publisher(producer))
         loop = BatchConsumer(
             consumer, handler, group=settings.group_id, max_records=settings.batch_size

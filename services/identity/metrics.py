@@ -4,7 +4,7 @@ from prometheus_client import Counter
 
 RESOLUTIONS = Counter(
     "tierflow_identity_resolutions_total",
-    "Events resolved, by outcome (resolved, no_identifier, invalid).",
+    "Events resolved, by outcome (resolved, duplicate, no_identifier, invalid).",
     ["outcome"],
 )
 NEW_PERSONS = Counter("tierflow_identity_new_persons_total", "Persons created.")
@@ -16,4 +16,8 @@ KNOWN_IDENTIFIERS = Counter(
 CONFLICT_RETRIES = Counter(
     "tierflow_identity_conflict_retries_total",
     "Batches re-planned because a concurrent worker changed the same part of the graph.",
+)
+SIGHTINGS_PRUNED = Counter(
+    "tierflow_identity_dedup_pruned_total",
+    "Event-id sightings forgotten because they left the dedup window.",
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Index, MetaData, String, func
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, MetaData, String, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 metadata = MetaData(schema="identity")
@@ -60,3 +60,16 @@ class MergeRecord(Base):
     __table_args__ = (
         Index("ix_merges_unpublished", "merged_at", postgresql_where="published_at IS NULL"),
     )
+
+
+class SeenEvent(Base):
+    """First sighting of an event id on the raw topic, kept for the dedup window."""
+
+    __tablename__ = "seen_events"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    raw_partition: Mapped[int] = mapped_column(Integer)
+    raw_offset: Mapped[int] = mapped_column(BigInteger)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_seen_events_seen_at", "seen_at"),)

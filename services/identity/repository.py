@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.identity.models import Identifier, MergeRecord, Person
+from services.identity.dedup import FirstSighting, Sighting
+from services.identity.models import Identifier, MergeRecord, Person, SeenEvent
 from services.identity.rules import IdentifierKey
 
 
@@ -136,3 +137,49 @@ async def owner_of(session: AsyncSession, id_type: str, id_value: str) -> str | 
     """The OneID owning one identifier."""
     found = await session.get(Identifier, (id_type, id_value))
     return found.oneid if found else None
+
+
+async def load_sightings(session: AsyncSession, event_ids: list[str]) -> dict[str, FirstSighting]:
+    """Stored first sightings of these event ids."""
+    if not event_ids:
+        return {}
+    rows = await session.execute(select(SeenEvent).where(SeenEvent.event_id.in_(set(event_ids))))
+    return {
+        row.event_id: FirstSighting(row.raw_partition, row.raw_offset, row.seen_at)
+        for row in rows.scalars()
+    }
+
+
+async def record_sightings(
+    session: AsyncSession, sightings: dict[str, Sighting], seen_at: datetime
+) -> None:
+    """Store first sightings, replacing records that fell out of the window."""
+    if not sightings:
+        return
+    statement = insert(SeenEvent).values(
+        [
+            {
+                "event_id": s.event_id,
+                "raw_partition": s.partition,
+                "raw_offset": s.offset,
+                "seen_at": seen_at,
+            }
+            for s in sightings.values()
+        ]
+    )
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[SeenEvent.event_id],
+            set_={
+                "raw_partition": statement.excluded.raw_partition,
+                "raw_offset": statement.excluded.raw_offset,
+                "seen_at": statement.excluded.seen_at,
+            },
+        )
+    )
+
+
+async def prune_sightings(session: AsyncSession, before: datetime) -> int:
+    """Forget sightings older than the dedup window; returns how many."""
+    result = await session.execute(delete(SeenEvent).where(SeenEvent.seen_at < before))
+    return int(result.rowcount)  # type: ignore[attr-defined]

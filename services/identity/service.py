@@ -6,12 +6,13 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.identity import metrics, repository
+from services.identity.dedup import Sighting, find_duplicates
 from services.identity.rules import identifiers_of, plan_batch
 from shared.contracts import EventEnvelope, IdentityMerge
 from shared.db import unit_of_work
@@ -34,9 +35,10 @@ def _retryable(error: DBAPIError) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
-    """Each event's OneID (None: no usable identifier)."""
+    """Each event's OneID (None: no usable identifier, or a duplicate) and its duplicate flag."""
 
     oneids: list[str | None]
+    duplicates: list[bool]
 
 
 class Resolver:
@@ -46,10 +48,17 @@ class Resolver:
     could create two persons for one identifier or lose a merge; the loser simply re-plans.
     """
 
-    def __init__(self, engine: AsyncEngine, *, max_attempts: int = 20) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        dedup_window: timedelta = timedelta(hours=24),
+        max_attempts: int = 20,
+    ) -> None:
         self._sessions = async_sessionmaker(
             engine.execution_options(isolation_level="SERIALIZABLE"), expire_on_commit=False
         )
+        self._dedup_window = dedup_window
         self._max_attempts = max_attempts
 
     @property
@@ -57,12 +66,11 @@ class Resolver:
         """Serializable sessions on the identity graph."""
         return self._sessions
 
-    async def resolve(self, events: list[EventEnvelope]) -> Resolution:
-        """Assign every event a OneID, creating persons and merging them as the rules say."""
-        keyed = [(identifiers_of(event), event.received_at) for event in events]
+    async def resolve(self, events: list[EventEnvelope], sightings: list[Sighting]) -> Resolution:
+        """Drop re-sent events, then give every other event a OneID, merging as the rules say."""
         for attempt in range(1, self._max_attempts + 1):
             try:
-                return await self._attempt(events, keyed)
+                return await self._attempt(events, sightings)
             except DBAPIError as error:
                 if not _retryable(error) or attempt == self._max_attempts:
                     raise
@@ -70,11 +78,18 @@ class Resolver:
                 await asyncio.sleep(min(0.005 * 2**attempt, 0.5))
         raise AssertionError("unreachable")
 
-    async def _attempt(
-        self, events: list[EventEnvelope], keyed: list[tuple[list[tuple[str, str]], datetime]]
-    ) -> Resolution:
+    async def _attempt(self, events: list[EventEnvelope], sightings: list[Sighting]) -> Resolution:
         now = datetime.now(UTC)
         async with unit_of_work(self._sessions) as session:
+            known = await repository.load_sightings(session, [s.event_id for s in sightings])
+            duplicates, first = find_duplicates(
+                sightings, known, now=now, window=self._dedup_window
+            )
+            await repository.record_sightings(session, first, now)
+            keyed = [
+                ([] if duplicate else identifiers_of(event), event.received_at)
+                for event, duplicate in zip(events, duplicates, strict=True)
+            ]
             links, created = await repository.load_links(
                 session, (key for keys, _ in keyed for key in keys)
             )
@@ -94,7 +109,12 @@ class Resolver:
                 )
         metrics.NEW_PERSONS.inc(len(plan.new_persons))
         metrics.MERGES.labels("shared_identifier").inc(len(plan.merges))
-        return Resolution(plan.oneids)
+        return Resolution(plan.oneids, duplicates)
+
+    async def prune_sightings(self) -> int:
+        """Forget first sightings older than the dedup window."""
+        async with unit_of_work(self._sessions) as session:
+            return await repository.prune_sightings(session, datetime.now(UTC) - self._dedup_window)
 
 
 async def pending_merges(session: AsyncSession) -> list[IdentityMerge]:

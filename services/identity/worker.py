@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 
 from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
 from services.identity import metrics, service
+from services.identity.dedup import Sighting
 from services.identity.repository import mark_published
 from services.identity.service import Resolver
 from shared.consumer import Records
@@ -24,27 +26,39 @@ log = logging.getLogger(__name__)
 class IdentityHandler:
     """Handles one poll batch; every output is acknowledged before the offsets are committed."""
 
-    def __init__(self, resolver: Resolver, publisher: Publisher) -> None:
+    def __init__(
+        self, resolver: Resolver, publisher: Publisher, *, prune_every_s: float = 300.0
+    ) -> None:
         self._resolver = resolver
         self._publisher = publisher
+        self._prune_every_s = prune_every_s
+        self._pruned_at = time.monotonic()
 
     async def __call__(self, records: Records) -> None:
         """Decode, resolve in one transaction, publish, then relay the merge outbox."""
         events: list[EventEnvelope] = []
         sources: list[ConsumerRecord[bytes, bytes]] = []
         dead: list[tuple[str, DeadLetter]] = []
+        sightings: list[Sighting] = []
         for record in records:
             try:
-                events.append(decode(EventEnvelope, record.value or b""))
-                sources.append(record)
+                event = decode(EventEnvelope, record.value or b"")
             except ValidationError as error:
                 metrics.RESOLUTIONS.labels("invalid").inc()
                 dead.append((_key(record), from_record("identity", record, error)))
-        resolution = await self._resolver.resolve(events) if events else None
+                continue
+            events.append(event)
+            sources.append(record)
+            sightings.append(Sighting(event.event_id, record.partition, record.offset))
+        resolution = await self._resolver.resolve(events, sightings) if events else None
         resolved: list[tuple[str, ResolvedEvent]] = []
         now = datetime.now(UTC)
         for index, event in enumerate(events):
-            oneid = resolution.oneids[index] if resolution else None
+            assert resolution is not None
+            if resolution.duplicates[index]:
+                metrics.RESOLUTIONS.labels("duplicate").inc()
+                continue
+            oneid = resolution.oneids[index]
             if oneid is None:
                 metrics.RESOLUTIONS.labels("no_identifier").inc()
                 letter = from_record("identity", sources[index], "no usable identifier")
@@ -55,6 +69,9 @@ class IdentityHandler:
         await self._publisher.publish_many(EVENTS_RESOLVED, resolved)
         await self._publisher.publish_many(DEADLETTER, dead)
         await self.relay_merges()
+        if time.monotonic() - self._pruned_at >= self._prune_every_s:
+            self._pruned_at = time.monotonic()
+            metrics.SIGHTINGS_PRUNED.inc(await self._resolver.prune_sightings())
 
     async def relay_merges(self) -> None:
         """Publish committed merges that are not on the topic yet, then mark them published."""

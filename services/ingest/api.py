@@ -12,6 +12,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 
 from services.ingest import metrics
+from services.ingest.ratelimit import SourceLimiter
 from services.ingest.schemas import CALL_MODELS, EXAMPLES, IngestResponse, Rejection
 from services.ingest.service import Acceptor, Invalid, parse_call, to_envelope
 from services.ingest.settings import IngestSettings
@@ -101,6 +102,8 @@ async def _ingest(
     batch_context: dict[str, Any] | None = None,
     reject_invalid: bool,
 ) -> IngestResponse:
+    limiter: SourceLimiter = request.app.state.limiter
+    limiter.admit(source, len(items))
     received_at = datetime.now(UTC)
     envelopes: list[EventEnvelope] = []
     invalid: list[Invalid] = []

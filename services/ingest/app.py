@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.ingest.api import router
+from services.ingest.ratelimit import SourceLimiter
 from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
 from services.ingest.sources import SourceDirectory, ensure_source
@@ -35,6 +36,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
         app.state.settings = settings
         app.state.engine = engine
         app.state.sources = SourceDirectory(sessions, ttl_s=settings.source_cache_ttl_s)
+        app.state.limiter = SourceLimiter(settings.default_rate_limit_per_s)
         app.state.acceptor = Acceptor(
             producer, timeout_s=settings.produce_timeout_s, retry_after_s=settings.retry_after_s
         )

@@ -19,15 +19,41 @@ async def find_active_source(session: AsyncSession, key_hash: str) -> Source | N
     return result.scalar_one_or_none()
 
 
-async def upsert_source(session: AsyncSession, *, source_id: str, name: str, key_hash: str) -> None:
-    """Create the source, or give it this key and un-revoke it."""
-    statement = insert(Source).values(source_id=source_id, name=name, key_hash=key_hash)
+async def upsert_source(
+    session: AsyncSession,
+    *,
+    source_id: str,
+    name: str,
+    key_hash: str,
+    rate_limit_per_s: int | None = None,
+) -> None:
+    """Create the source, or give it this key and limit and un-revoke it."""
+    statement = insert(Source).values(
+        source_id=source_id, name=name, key_hash=key_hash, rate_limit_per_s=rate_limit_per_s
+    )
     await session.execute(
         statement.on_conflict_do_update(
             index_elements=[Source.source_id],
-            set_={"key_hash": key_hash, "name": name, "revoked_at": None},
+            set_={
+                "key_hash": key_hash,
+                "name": name,
+                "revoked_at": None,
+                "rate_limit_per_s": rate_limit_per_s,
+            },
         )
     )
+
+
+async def set_rate_limit(
+    session: AsyncSession, source_id: str, rate_limit_per_s: int | None
+) -> bool:
+    """Change a source's limit (None: the deployment default); False when there is none."""
+    result = await session.execute(
+        update(Source)
+        .where(Source.source_id == source_id)
+        .values(rate_limit_per_s=rate_limit_per_s)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def list_sources(session: AsyncSession) -> list[Source]:

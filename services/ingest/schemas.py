@@ -26,7 +26,7 @@ def _aware(value: Any) -> Any:
     return value
 
 
-Id = Annotated[str | None, BeforeValidator(_id_to_str), Field(max_length=512)]
+Id = Annotated[Annotated[str, Field(max_length=512)] | None, BeforeValidator(_id_to_str)]
 Timestamp = Annotated[datetime | None, BeforeValidator(_aware)]
 Object = dict[str, Any]
 

@@ -81,7 +81,7 @@ def to_envelope(
         name=call.name if isinstance(call, PageCall | ScreenCall) else None,
         group_id=call.group_id if isinstance(call, GroupCall) else None,
         previous_id=call.previous_id if isinstance(call, AliasCall) else None,
-        properties=call.properties,
+        properties=_properties(call),
         traits=call.traits,
         context=context,
         integrations=call.integrations,
@@ -91,6 +91,13 @@ def to_envelope(
         sent_at=sent_at,
         received_at=received_at,
     )
+
+
+def _properties(call: SegmentCall) -> dict[str, Any]:
+    """Page and screen ``category`` is a top-level field; keep it, in properties as Segment does."""
+    if isinstance(call, PageCall | ScreenCall) and call.category is not None:
+        return {"category": call.category, **call.properties}
+    return call.properties
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,11 @@ class IngestSettings(CommonSettings):
         default=5.0, gt=0, description="Longest wait for Kafka's ack before answering 503."
     )
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 503.")
+    default_rate_limit_per_s: int = Field(
+        default=10_000,
+        ge=0,
+        description="Events/s per source per replica unless the source has its own; 0: none.",
+    )
     source_cache_ttl_s: float = Field(
         default=30.0, ge=0, description="How long a write-key lookup is cached (revocation lag)."
     )

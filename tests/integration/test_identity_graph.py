@@ -6,6 +6,7 @@ import random
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.identity.dedup import Sighting
 from services.identity.service import Resolver
 from shared.db import build_engine
 from shared.settings import CommonSettings
@@ -28,8 +29,9 @@ async def test_three_concurrent_resolvers_keep_one_person_per_identifier(
     resolvers = [Resolver(e) for e in engines]
 
     async def worker(n: int) -> None:
-        for batch in batches[n::3]:
-            await resolvers[n].resolve(batch)
+        for b, batch in enumerate(batches[n::3]):
+            sightings = [Sighting(e.event_id, n, b * 100 + i) for i, e in enumerate(batch)]
+            await resolvers[n].resolve(batch, sightings)
 
     try:
         await asyncio.gather(*(worker(n) for n in range(3)))

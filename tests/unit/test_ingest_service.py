@@ -70,3 +70,15 @@ def test_numeric_ids_become_strings() -> None:
     parsed = parse_call("identify", {"userId": 42}, index=0, max_event_bytes=1000)
     assert not isinstance(parsed, Invalid)
     assert parsed.user_id == "42"
+
+
+def test_null_ids_are_absent_ids_and_long_ids_are_refused() -> None:
+    sdk_style = {"userId": "u", "anonymousId": None, "messageId": None, "event": "x"}
+    parsed = parse_call("track", sdk_style, index=0, max_event_bytes=10_000)
+    assert not isinstance(parsed, Invalid)
+    assert parsed.anonymous_id is None
+    long_id = parse_call(
+        "track", {"userId": "u" * 513, "event": "x"}, index=0, max_event_bytes=10_000
+    )
+    assert isinstance(long_id, Invalid)
+    assert long_id.field == "userId"

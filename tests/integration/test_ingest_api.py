@@ -1,0 +1,369 @@
+"""The collection API as a real process on the real broker: Segment's own SDK, every error path,
+rate limits, and dedup of re-sent messageIds downstream."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from segment.analytics import Client
+
+from services.ingest.sources import ensure_source
+from shared.contracts import EventEnvelope
+from shared.db import build_engine, build_sessionmaker
+from shared.settings import CommonSettings
+from shared.stack.launcher import Stack
+from shared.stack.processes import Child
+from shared.topics import DEADLETTER, EVENTS_RAW, EVENTS_RESOLVED
+from tests.factories import free_port
+from tests.support.services import collect, start_service
+
+WRITE_KEY = "wk_ingest_tests"
+LIMITED_KEY = "wk_ingest_limited"
+ADMIN = "ingest-tests-admin"
+
+
+@pytest.fixture(scope="module")
+async def ingest(
+    infra: Stack, settings: CommonSettings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
+    """The ingest service as a child process, with a normal and a rate-limited source."""
+    engine = build_engine(settings, application_name="ingest-tests")
+    sessions = build_sessionmaker(engine)
+    await ensure_source(sessions, source_id="site", name="site", write_key=WRITE_KEY)
+    await ensure_source(
+        sessions, source_id="slow", name="slow", write_key=LIMITED_KEY, rate_limit_per_s=5
+    )
+    await engine.dispose()
+    port = free_port()
+    child = await start_service(
+        "ingest", port, {**infra.env, "TIERFLOW_DEV_WRITE_KEY": ""}, tmp_path_factory.mktemp("in")
+    )
+    yield f"http://127.0.0.1:{port}"
+    child.stop()
+
+
+@pytest.fixture(scope="module")
+async def identity(
+    infra: Stack, settings: CommonSettings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Child]:
+    """One identity worker, to see what reaches the resolved topic."""
+    env = {
+        **infra.env,
+        "TIERFLOW_ADMIN_TOKEN": ADMIN,
+        "TIERFLOW_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "TIERFLOW_KAFKA_REBALANCE_TIMEOUT_MS": "3000",
+    }
+    child = await start_service("identity", free_port(), env, tmp_path_factory.mktemp("id"))
+    yield child
+    child.stop()
+
+
+def _auth(key: str = WRITE_KEY) -> httpx.BasicAuth:
+    return httpx.BasicAuth(key, "")
+
+
+def _envelopes_of(user: str) -> Any:
+    return lambda value: value.get("user_id") == user or value.get("previous_id") == user
+
+
+async def test_segment_python_sdk_calls_arrive_on_the_raw_topic(
+    ingest: str, settings: CommonSettings
+) -> None:
+    user = f"sdk-{uuid.uuid4().hex[:8]}"
+    errors: list[Any] = []
+    client = Client(
+        WRITE_KEY,
+        host=ingest,
+        gzip=True,
+        on_error=lambda error, _batch: errors.append(error),
+        max_retries=2,
+        upload_interval=0.1,
+    )
+    client.identify(user, {"email": f"{user}@example.com", "plan": "pro"})
+    client.track(
+        user,
+        "Webinar Attended",
+        {"webinar": "tiering-101"},
+        context={"externalIds": [{"id": "crm-42", "type": "crm_id", "collection": "users"}]},
+    )
+    client.page(user, "Docs", "Pricing", {"path": "/pricing"})
+    client.screen(user, "App", "Home")
+    client.group(user, "acme", {"employees": 250})
+    client.alias(f"anon-{user}", user)
+    await asyncio.to_thread(client.flush)
+    client.shutdown()
+    assert errors == []
+
+    raw = await collect(settings.kafka_bootstrap, EVENTS_RAW.name, _envelopes_of(user), count=6)
+    by_type = {e.type: e for e in map(EventEnvelope.model_validate, raw)}
+    assert sorted(by_type) == ["alias", "group", "identify", "page", "screen", "track"]
+    assert len(raw) == 6
+    assert by_type["identify"].traits == {"email": f"{user}@example.com", "plan": "pro"}
+    track = by_type["track"]
+    assert (track.event, track.properties) == ("Webinar Attended", {"webinar": "tiering-101"})
+    assert [(x.type, x.id) for x in track.external_ids] == [("crm_id", "crm-42")]
+    assert track.context["library"]["name"] == "analytics-python"
+    assert track.source_id == "site"
+    assert track.sent_at is not None
+    assert by_type["page"].name == "Pricing"
+    assert by_type["page"].properties["path"] == "/pricing"
+    assert by_type["page"].properties["category"] == "Docs"
+    assert by_type["screen"].name == "Home"
+    assert by_type["group"].group_id == "acme"
+    assert by_type["group"].traits == {"employees": 250}
+    assert (by_type["alias"].previous_id, by_type["alias"].user_id) == (f"anon-{user}", user)
+    assert len({e.message_id for e in by_type.values()}) == 6
+
+
+@pytest.mark.parametrize(
+    ("auth", "reason"),
+    [
+        (None, "a write key is required"),
+        (_auth("wk_nobody"), "unknown or revoked write key"),
+    ],
+)
+async def test_a_missing_or_unknown_key_is_401(
+    ingest: str, auth: httpx.BasicAuth | None, reason: str
+) -> None:
+    async with httpx.AsyncClient(base_url=ingest, auth=auth) as client:
+        response = await client.post("/v1/track", json={"userId": "u", "event": "x"})
+    assert response.status_code == 401
+    assert reason in response.json()["detail"]
+
+
+async def test_write_key_in_the_body_is_accepted(ingest: str) -> None:
+    async with httpx.AsyncClient(base_url=ingest) as client:
+        body = {"writeKey": WRITE_KEY, "userId": "body-key", "event": "Signed Up"}
+        response = await client.post("/v1/track", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["accepted"] == 1
+
+
+async def test_oversize_event_and_request_are_413(ingest: str) -> None:
+    big = "x" * (33 * 1024)
+    async with httpx.AsyncClient(base_url=ingest, auth=_auth()) as client:
+        one = await client.post(
+            "/v1/track", json={"userId": "u", "event": "x", "properties": {"b": big}}
+        )
+        many = await client.post(
+            "/v1/batch",
+            json={
+                "batch": [
+                    {
+                        "type": "track",
+                        "userId": "u",
+                        "event": "x",
+                        "properties": {"b": "y" * 20_000},
+                    }
+                ]
+                * 30
+            },
+        )
+        zipped = await client.post(
+            "/v1/batch",
+            content=gzip.compress(orjson.dumps({"batch": [{"p": "z" * 600_000}]})),
+            headers={"content-encoding": "gzip", "content-type": "application/json"},
+        )
+    assert one.status_code == 413
+    assert "limit 32768" in str(one.json()["detail"])
+    assert many.status_code == 413
+    assert zipped.status_code == 413  # the limit applies after gunzip too
+    assert "over 512000 bytes" in zipped.json()["detail"]
+
+
+async def test_malformed_json_and_missing_ids_are_400_with_the_field(ingest: str) -> None:
+    async with httpx.AsyncClient(base_url=ingest, auth=_auth()) as client:
+        malformed = await client.post(
+            "/v1/track",
+            content=b'{"userId": "u", "event": ',
+            headers={"content-type": "application/json"},
+        )
+        no_ids = await client.post("/v1/track", json={"event": "Anonymous Nothing"})
+        no_event = await client.post("/v1/track", json={"userId": "u"})
+        bad_gzip = await client.post(
+            "/v1/track", content=b"not gzip", headers={"content-encoding": "gzip"}
+        )
+        not_a_batch = await client.post("/v1/batch", json={"batch": {"type": "track"}})
+    assert malformed.status_code == 400
+    assert "malformed JSON" in malformed.json()["detail"]
+    assert no_ids.status_code == 400
+    assert "userId or anonymousId" in str(no_ids.json()["detail"])
+    assert no_event.status_code == 400
+    assert no_event.json()["detail"][0]["field"] == "event"
+    assert bad_gzip.status_code == 400
+    assert not_a_batch.status_code == 400
+    assert not_a_batch.json()["detail"][0]["field"] == "batch"
+
+
+async def test_a_mixed_batch_accepts_the_valid_and_dead_letters_the_invalid(
+    ingest: str, settings: CommonSettings
+) -> None:
+    user = f"mixed-{uuid.uuid4().hex[:8]}"
+    batch = [
+        {"type": "track", "userId": user, "event": "Trial Started"},
+        {"type": "track", "userId": user},  # no event name
+        {"type": "identify", "userId": user, "traits": {"email": f"{user}@example.com"}},
+        {"type": "teleport", "userId": user},
+        {"type": "page", "anonymousId": None, "userId": None, "name": f"{user}-orphan"},
+        "not an object",
+    ]
+    async with httpx.AsyncClient(base_url=ingest, auth=_auth()) as client:
+        response = await client.post("/v1/batch", json={"batch": batch})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["accepted"] == 2
+    assert [(r["index"], r["field"]) for r in body["rejected"]] == [
+        (1, "event"),
+        (3, "type"),
+        (4, None),
+        (5, None),
+    ]
+    assert all(r["reason"] for r in body["rejected"])
+
+    raw = await collect(settings.kafka_bootstrap, EVENTS_RAW.name, _envelopes_of(user), count=2)
+    assert sorted(e["type"] for e in raw) == ["identify", "track"]
+    dead = await collect(
+        settings.kafka_bootstrap,
+        DEADLETTER.name,
+        lambda d: user in (d.get("payload") or "") or "not an object" in (d.get("payload") or ""),
+        count=4,
+    )
+    reasons = {d["field"]: d["reason"] for d in dead if d["stage"] == "ingest"}
+    assert "event" in reasons
+    assert "unknown type 'teleport'" in reasons["type"]
+    assert all(d["source_id"] == "site" for d in dead)
+
+
+async def test_a_source_over_its_rate_gets_429_with_retry_after(ingest: str) -> None:
+    async with httpx.AsyncClient(base_url=ingest, auth=_auth(LIMITED_KEY)) as client:
+        statuses = []
+        for n in range(8):
+            response = await client.post("/v1/track", json={"userId": f"rl-{n}", "event": "x"})
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                assert int(response.headers["retry-after"]) >= 1
+                assert "limit of 5 events/s" in response.json()["detail"]
+        await asyncio.sleep(2.1)
+        later = await client.post("/v1/track", json={"userId": "rl-later", "event": "x"})
+        other = await client.post(
+            "/v1/track", json={"userId": "rl-other", "event": "x"}, auth=_auth()
+        )
+    assert statuses[:5] == [200] * 5
+    assert 429 in statuses[5:]
+    assert later.status_code == 200  # the window moved on
+    assert other.status_code == 200  # limits are per source
+
+
+async def test_re_sent_message_ids_are_counted_once_downstream(
+    ingest: str, identity: Child, settings: CommonSettings
+) -> None:
+    user = f"dup-{uuid.uuid4().hex[:8]}"
+    event = {"userId": user, "event": "Order Completed", "messageId": f"m-{user}"}
+    async with httpx.AsyncClient(base_url=ingest, auth=_auth()) as client:
+        for _ in range(3):
+            assert (await client.post("/v1/track", json=event)).status_code == 200
+        again = await client.post("/v1/batch", json={"batch": [{"type": "track", **event}]})
+        assert again.status_code == 200
+        sentinel = {"userId": user, "event": "Sentinel", "messageId": f"s-{user}"}
+        assert (await client.post("/v1/track", json=sentinel)).status_code == 200
+
+    raw = await collect(settings.kafka_bootstrap, EVENTS_RAW.name, _envelopes_of(user), count=5)
+    assert len(raw) == 5  # ingest is stateless: every re-send is on the raw topic...
+    resolved = await collect(
+        settings.kafka_bootstrap,
+        EVENTS_RESOLVED.name,
+        lambda r: r["event"]["user_id"] == user,
+        count=2,
+        timeout=60,
+        linger=2.0,
+    )
+    # ...and identity forwards the first copy only (the sentinel proves it processed them all)
+    assert sorted(r["event"]["event"] for r in resolved) == ["Order Completed", "Sentinel"]
+
+
+async def test_broker_outage_gives_503_then_recovers_and_loses_nothing(
+    tmp_path: Path, settings: CommonSettings
+) -> None:
+    from shared.kafka import create_topics
+    from shared.stack.broker import start_broker
+    from tests.support.tcp_proxy import TcpProxy
+
+    broker_port, proxy_port = free_port(), free_port()
+    broker = start_broker(broker_port, tmp_path, advertised_port=proxy_port)
+    proxy = TcpProxy(proxy_port, broker_port)
+    await proxy.start()
+    bootstrap = f"127.0.0.1:{proxy_port}"
+    ingest_child: Child | None = None
+    engine = build_engine(settings, application_name="ingest-outage")
+    await ensure_source(
+        build_sessionmaker(engine), source_id="site", name="site", write_key=WRITE_KEY
+    )
+    await engine.dispose()
+    try:
+        await create_topics(
+            CommonSettings(
+                kafka_bootstrap=bootstrap, database_url=settings.database_url, topic_partitions=2
+            )
+        )
+        port = free_port()
+        env = {
+            "TIERFLOW_KAFKA_BOOTSTRAP": bootstrap,
+            "TIERFLOW_KAFKA_IDEMPOTENCE": "false",
+            "TIERFLOW_DATABASE_URL": settings.database_url,
+            "TIERFLOW_DEV_WRITE_KEY": "",
+            "TIERFLOW_PRODUCE_TIMEOUT_S": "2",
+            "TIERFLOW_RETRY_AFTER_S": "1",
+        }
+        ingest_child = await start_service("ingest", port, env, tmp_path)
+        accepted: list[str] = []
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", auth=_auth(), timeout=10
+        ) as client:
+
+            async def send(n: int) -> httpx.Response:
+                message_id = f"outage-{n}"
+                response = await client.post(
+                    "/v1/track", json={"userId": "outage", "event": "x", "messageId": message_id}
+                )
+                if response.status_code == 200:
+                    accepted.append(message_id)
+                return response
+
+            assert (await send(0)).status_code == 200
+            await proxy.cut()
+            down = await send(1)
+            assert down.status_code == 503
+            assert down.headers["retry-after"] == "1"
+            assert "retry" in down.json()["detail"]
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            await proxy.restore()
+            recovered = None
+            for n in range(2, 40):
+                response = await send(n)
+                if response.status_code == 200:
+                    recovered = n
+                    break
+                assert response.status_code == 503
+                await asyncio.sleep(float(response.headers["retry-after"]) / 2)
+            assert recovered is not None, "ingest did not recover after the broker came back"
+            for n in range(100, 110):
+                assert (await send(n)).status_code == 200
+
+        raw = await collect(
+            bootstrap, EVENTS_RAW.name, lambda e: e.get("user_id") == "outage", count=len(accepted)
+        )
+        assert set(accepted) <= {e["message_id"] for e in raw}  # every 2xx is on the topic
+    finally:
+        if ingest_child is not None:
+            ingest_child.stop()
+        await proxy.cut()
+        broker.stop()
