@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format schemas install clean bench
+.PHONY: run test lint format schemas install clean bench bench-ingest
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ format: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/tierflow schemas export
+
+bench: bench-ingest  ## every benchmark (prints numbers; see docs/benchmarks.md)
+
+bench-ingest: $(STAMP)
+	$(BIN)/python -m bench.ingest
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

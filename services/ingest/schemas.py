@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
 def _id_to_str(value: Any) -> Any:
@@ -26,6 +26,26 @@ def _aware(value: Any) -> Any:
     return value
 
 
+def check_external_ids(context: dict[str, Any]) -> dict[str, Any]:
+    """``context.externalIds``, when present, is a list of ``{id, type}`` objects with string
+    values: identity keys persons on them, so a malformed one must be refused, not guessed."""
+    raw = context.get("externalIds")
+    if raw is None:
+        return context
+    if not isinstance(raw, list):
+        raise ValueError("context.externalIds must be a list")
+    for n, item in enumerate(raw):
+        if not (
+            isinstance(item, dict)
+            and isinstance(item.get("id"), str)
+            and isinstance(item.get("type"), str)
+            and item["id"].strip()
+            and item["type"].strip()
+        ):
+            raise ValueError(f"context.externalIds[{n}] needs non-empty string 'id' and 'type'")
+    return context
+
+
 Id = Annotated[Annotated[str, Field(max_length=512)] | None, BeforeValidator(_id_to_str)]
 Timestamp = Annotated[datetime | None, BeforeValidator(_aware)]
 Object = dict[str, Any]
@@ -42,7 +62,7 @@ class SegmentCall(BaseModel):
     timestamp: Timestamp = None
     original_timestamp: Timestamp = Field(default=None, alias="originalTimestamp")
     sent_at: Timestamp = Field(default=None, alias="sentAt")
-    context: Object = Field(default_factory=dict)
+    context: Annotated[Object, AfterValidator(check_external_ids)] = Field(default_factory=dict)
     integrations: Object = Field(default_factory=dict)
     properties: Object = Field(default_factory=dict)
     traits: Object = Field(default_factory=dict)

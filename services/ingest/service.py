@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from services.ingest.schemas import (
 )
 from shared.contracts import DeadLetter, EventEnvelope, ExternalId, encode
 from shared.errors import Unavailable
+from shared.kafka import send_grouped
 from shared.topics import DEADLETTER, EVENTS_RAW
 
 log = logging.getLogger(__name__)
@@ -32,9 +34,24 @@ log = logging.getLogger(__name__)
 EVENT_ID_NAMESPACE = uuid.UUID("5c7d3f3e-1f0b-4b7e-9a53-6f1d1c2b7a10")
 
 
+_NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
+
+
 def derive_event_id(source_id: str, message_id: str) -> str:
-    """A stable id for (source, messageId): re-sent events get the same id, so they dedup."""
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{source_id}\x1f{message_id}"))
+    """A stable id for (source, messageId): re-sent events get the same id, so they dedup.
+
+    Exactly ``uuid5(EVENT_ID_NAMESPACE, source + US + messageId)``, built from the SHA-1 digest
+    directly: ``uuid.UUID`` object construction was a tenth of a batch request's CPU.
+    """
+    digest = bytearray(
+        hashlib.sha1(  # noqa: S324 - uuid5 is defined on SHA-1; this is an id, not a secret
+            _NAMESPACE_BYTES + f"{source_id}\x1f{message_id}".encode()
+        ).digest()[:16]
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def correct_timestamp(
@@ -67,7 +84,7 @@ def to_envelope(
     batch_context: dict[str, Any] | None = None,
 ) -> EventEnvelope:
     """Build the envelope ingest publishes; batch-level ``context`` fills gaps in the event's."""
-    context = {**(batch_context or {}), **call.context}
+    context = {**(batch_context or {}), **call.context} if batch_context else call.context
     message_id = call.message_id or str(uuid.uuid4())
     sent_at = call.sent_at or batch_sent_at
     return EventEnvelope(
@@ -149,18 +166,17 @@ class Acceptor:
         started = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(self._timeout_s):
-                futures = [
-                    await self._producer.send(
-                        EVENTS_RAW.name, encode(env), key=env.routing_id.encode()
+                futures = await send_grouped(
+                    self._producer,
+                    EVENTS_RAW.name,
+                    ((env.routing_id.encode(), encode(env)) for env in envelopes),
+                )
+                if rejected:
+                    futures += await send_grouped(
+                        self._producer,
+                        DEADLETTER.name,
+                        (((dead.key or "").encode() or None, encode(dead)) for dead in rejected),
                     )
-                    for env in envelopes
-                ]
-                futures += [
-                    await self._producer.send(
-                        DEADLETTER.name, encode(dead), key=(dead.key or "").encode() or None
-                    )
-                    for dead in rejected
-                ]
                 await asyncio.gather(*futures)
         except (TimeoutError, KafkaError) as exc:
             log.warning("produce failed: %r", exc)

@@ -20,14 +20,21 @@ from shared.contracts import EventEnvelope
 from shared.db import build_engine, build_sessionmaker
 from shared.settings import CommonSettings
 from shared.stack.launcher import Stack
-from shared.stack.processes import Child
 from shared.topics import DEADLETTER, EVENTS_RAW, EVENTS_RESOLVED
 from tests.factories import free_port
-from tests.support.services import collect, start_service
+from tests.support.services import Service, collect, start_service
 
 WRITE_KEY = "wk_ingest_tests"
 LIMITED_KEY = "wk_ingest_limited"
 ADMIN = "ingest-tests-admin"
+
+
+async def _ensure_site(settings: CommonSettings) -> None:
+    engine = build_engine(settings, application_name="ingest-tests")
+    await ensure_source(
+        build_sessionmaker(engine), source_id="site", name="site", write_key=WRITE_KEY
+    )
+    await engine.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -35,25 +42,24 @@ async def ingest(
     infra: Stack, settings: CommonSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[str]:
     """The ingest service as a child process, with a normal and a rate-limited source."""
+    await _ensure_site(settings)
     engine = build_engine(settings, application_name="ingest-tests")
     sessions = build_sessionmaker(engine)
-    await ensure_source(sessions, source_id="site", name="site", write_key=WRITE_KEY)
     await ensure_source(
         sessions, source_id="slow", name="slow", write_key=LIMITED_KEY, rate_limit_per_s=5
     )
     await engine.dispose()
-    port = free_port()
-    child = await start_service(
-        "ingest", port, {**infra.env, "TIERFLOW_DEV_WRITE_KEY": ""}, tmp_path_factory.mktemp("in")
+    service = await start_service(
+        "ingest", {**infra.env, "TIERFLOW_DEV_WRITE_KEY": ""}, tmp_path_factory.mktemp("in")
     )
-    yield f"http://127.0.0.1:{port}"
-    child.stop()
+    yield service.url
+    service.stop()
 
 
 @pytest.fixture(scope="module")
 async def identity(
     infra: Stack, settings: CommonSettings, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Child]:
+) -> AsyncIterator[Service]:
     """One identity worker, to see what reaches the resolved topic."""
     env = {
         **infra.env,
@@ -61,9 +67,9 @@ async def identity(
         "TIERFLOW_KAFKA_SESSION_TIMEOUT_MS": "6000",
         "TIERFLOW_KAFKA_REBALANCE_TIMEOUT_MS": "3000",
     }
-    child = await start_service("identity", free_port(), env, tmp_path_factory.mktemp("id"))
-    yield child
-    child.stop()
+    service = await start_service("identity", env, tmp_path_factory.mktemp("id"))
+    yield service
+    service.stop()
 
 
 def _auth(key: str = WRITE_KEY) -> httpx.BasicAuth:
@@ -263,7 +269,7 @@ async def test_a_source_over_its_rate_gets_429_with_retry_after(ingest: str) -> 
 
 
 async def test_re_sent_message_ids_are_counted_once_downstream(
-    ingest: str, identity: Child, settings: CommonSettings
+    ingest: str, identity: Service, settings: CommonSettings
 ) -> None:
     user = f"dup-{uuid.uuid4().hex[:8]}"
     event = {"userId": user, "event": "Order Completed", "messageId": f"m-{user}"}
@@ -301,7 +307,7 @@ async def test_broker_outage_gives_503_then_recovers_and_loses_nothing(
     proxy = TcpProxy(proxy_port, broker_port)
     await proxy.start()
     bootstrap = f"127.0.0.1:{proxy_port}"
-    ingest_child: Child | None = None
+    ingest_service: Service | None = None
     engine = build_engine(settings, application_name="ingest-outage")
     await ensure_source(
         build_sessionmaker(engine), source_id="site", name="site", write_key=WRITE_KEY
@@ -313,7 +319,6 @@ async def test_broker_outage_gives_503_then_recovers_and_loses_nothing(
                 kafka_bootstrap=bootstrap, database_url=settings.database_url, topic_partitions=2
             )
         )
-        port = free_port()
         env = {
             "TIERFLOW_KAFKA_BOOTSTRAP": bootstrap,
             "TIERFLOW_KAFKA_IDEMPOTENCE": "false",
@@ -322,10 +327,10 @@ async def test_broker_outage_gives_503_then_recovers_and_loses_nothing(
             "TIERFLOW_PRODUCE_TIMEOUT_S": "2",
             "TIERFLOW_RETRY_AFTER_S": "1",
         }
-        ingest_child = await start_service("ingest", port, env, tmp_path)
+        ingest_service = await start_service("ingest", env, tmp_path)
         accepted: list[str] = []
         async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", auth=_auth(), timeout=10
+            base_url=ingest_service.url, auth=_auth(), timeout=10
         ) as client:
 
             async def send(n: int) -> httpx.Response:
@@ -363,7 +368,51 @@ async def test_broker_outage_gives_503_then_recovers_and_loses_nothing(
         )
         assert set(accepted) <= {e["message_id"] for e in raw}  # every 2xx is on the topic
     finally:
-        if ingest_child is not None:
-            ingest_child.stop()
+        if ingest_service is not None:
+            ingest_service.stop()
         await proxy.cut()
         broker.stop()
+
+
+async def test_shutdown_drains_in_flight_requests_and_loses_none(
+    infra: Stack, settings: CommonSettings, tmp_path: Path
+) -> None:
+    import signal
+
+    await _ensure_site(settings)
+    env = {**infra.env, "TIERFLOW_DEV_WRITE_KEY": ""}
+    service = await start_service("ingest", env, tmp_path)
+    child = service.child
+    user = f"drain-{uuid.uuid4().hex[:8]}"
+    accepted: list[str] = []
+    unanswered: list[str] = []
+    async with httpx.AsyncClient(base_url=service.url, auth=_auth(), timeout=20) as client:
+
+        async def send(n: int) -> None:
+            message_id = f"{user}-{n}"
+            body = {"userId": user, "event": "x", "messageId": message_id}
+            try:
+                response = await client.post("/v1/track", json=body)
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+                # the listener or an idle keep-alive connection closed before this request was
+                # read: no answer means not accepted, and SDKs retry such requests
+                unanswered.append(message_id)
+                return
+            assert response.status_code == 200, response.text
+            accepted.append(message_id)
+
+        senders = [asyncio.create_task(send(n)) for n in range(200)]
+        await asyncio.sleep(0.05)
+        child.process.send_signal(signal.SIGTERM)
+        await asyncio.gather(*senders)
+    child.stop()
+    # uvicorn re-raises SIGTERM after its graceful shutdown; the lifespan's end is the proof
+    assert "Application shutdown complete" in child.log_path.read_text()
+    assert accepted, "no request was in flight when the signal came"
+    raw = await collect(
+        settings.kafka_bootstrap,
+        EVENTS_RAW.name,
+        lambda e: e.get("user_id") == user,
+        count=len(accepted),
+    )
+    assert set(accepted) <= {e["message_id"] for e in raw}

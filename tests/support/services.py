@@ -6,6 +6,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,32 +15,61 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.stack.processes import Child, spawn, tail
+from tests.factories import free_port
+
+
+@dataclass
+class Service:
+    """A service child process and the port it serves on."""
+
+    child: Child
+    port: int
+
+    @property
+    def url(self) -> str:
+        """Its base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """Stop it (SIGTERM, then kill)."""
+        self.child.stop()
 
 
 async def start_service(
-    name: str, port: int, env: Mapping[str, str], log_dir: Path, timeout: float = 60.0
-) -> Child:
-    """Spawn ``python -m services.<name>`` and wait until its /readyz answers 200."""
-    child = spawn(
-        name,
-        [sys.executable, "-m", f"services.{name}"],
-        log_dir=log_dir,
-        env={**env, f"TIERFLOW_{name.upper()}_PORT": str(port)},
-    )
+    name: str, env: Mapping[str, str], log_dir: Path, timeout: float = 60.0
+) -> Service:
+    """Spawn ``python -m services.<name>`` on a free port; wait until /readyz answers 200.
+
+    Another process may take the free port before the service binds it (tests run beside
+    other work); that start is retried on a new port.
+    """
+    for _ in range(3):
+        port = free_port()
+        child = spawn(
+            name,
+            [sys.executable, "-m", f"services.{name}"],
+            log_dir=log_dir,
+            env={**env, f"TIERFLOW_{name.upper()}_PORT": str(port)},
+        )
+        if await _ready(child, port, timeout):
+            return Service(child, port)
+        if "address already in use" not in tail(child.log_path):
+            break
+    raise RuntimeError(f"{name} did not start:\n{tail(child.log_path)}")
+
+
+async def _ready(child: Child, port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=2) as client:
-        while True:
-            if not child.alive():
-                raise RuntimeError(f"{name} exited:\n{tail(child.log_path)}")
+        while child.alive() and time.monotonic() < deadline:
             try:
                 if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                    return child
+                    return True
             except httpx.HTTPError:
                 pass
-            if time.monotonic() > deadline:
-                child.stop()
-                raise TimeoutError(f"{name} not ready:\n{tail(child.log_path)}")
             await asyncio.sleep(0.2)
+    child.stop()
+    return False
 
 
 async def collect(
@@ -61,7 +91,7 @@ async def collect(
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         if not partitions:
-            await consumer.force_metadata_update()  # type: ignore[no-untyped-call]
+            await consumer.force_metadata_update()
             partitions = consumer.partitions_for_topic(topic) or set()
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)

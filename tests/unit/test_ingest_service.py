@@ -82,3 +82,44 @@ def test_null_ids_are_absent_ids_and_long_ids_are_refused() -> None:
     )
     assert isinstance(long_id, Invalid)
     assert long_id.field == "userId"
+
+
+def test_event_ids_are_uuid5_of_source_and_message() -> None:
+    import uuid
+
+    from services.ingest.service import EVENT_ID_NAMESPACE
+
+    for source, message in [("site", "m-1"), ("app", "ü-∑"), ("", "")]:
+        expected = uuid.uuid5(EVENT_ID_NAMESPACE, f"{source}\x1f{message}")
+        assert derive_event_id(source, message) == str(expected)
+
+
+def test_envelopes_built_without_revalidation_still_satisfy_the_contract() -> None:
+    from shared.contracts import EventEnvelope, encode
+
+    calls = [
+        ("track", {"userId": "u", "event": "x", "properties": {"a": 1}}),
+        ("page", {"anonymousId": "a", "name": "Home", "category": "Docs"}),
+        ("group", {"userId": "u", "groupId": "g", "traits": {"n": 2}}),
+        ("alias", {"userId": "u", "previousId": "p", "originalTimestamp": "2026-11-23T11:59:00Z"}),
+        ("identify", {"userId": "u", "context": {"externalIds": [{"id": "x", "type": "crm_id"}]}}),
+    ]
+    for kind, body in calls:
+        parsed = parse_call(kind, body, index=0, max_event_bytes=10_000)
+        assert not isinstance(parsed, Invalid)
+        envelope = to_envelope(parsed, source_id="s", received_at=RECEIVED, batch_sent_at=RECEIVED)
+        assert EventEnvelope.model_validate_json(encode(envelope)) == envelope
+
+
+def test_malformed_external_ids_are_refused_with_the_field() -> None:
+    for external_ids in [
+        "crm-1",
+        [{"id": "x"}],
+        [{"id": 5, "type": "crm_id"}],
+        [{"id": " ", "type": "t"}],
+    ]:
+        body = {"userId": "u", "event": "x", "context": {"externalIds": external_ids}}
+        parsed = parse_call("track", body, index=0, max_event_bytes=10_000)
+        assert isinstance(parsed, Invalid)
+        assert parsed.field == "context"
+        assert "externalIds" in parsed.reason

@@ -1,0 +1,209 @@
+"""What every benchmark shares: embedded infrastructure, the raw ceilings, a lean HTTP load
+generator and latency summaries. Numbers are printed, never asserted."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from shared.kafka import send_grouped
+from shared.stack.launcher import Stack, StackSettings, prepare, start_infrastructure
+from tests.factories import free_port
+
+PAYLOAD_BYTES = 300
+
+
+@contextlib.asynccontextmanager
+async def embedded_infra(partitions: int = 6) -> AsyncIterator[Stack]:
+    """Tansu + embedded Postgres on free ports, migrated, with topics; stopped on exit."""
+    work_dir = Path(tempfile.mkdtemp(prefix="tierflow-bench-"))
+    (work_dir / "logs").mkdir()
+    settings = StackSettings(stack_broker_port=free_port(), stack_postgres_port=free_port())
+    stack = Stack(work_dir=work_dir, env={}, urls={})
+    try:
+        start_infrastructure(settings, stack)
+        await prepare(stack, partitions=partitions)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def sample_payload(n: int) -> bytes:
+    """A ~300-byte JSON record, like an event envelope."""
+    body = {
+        "event_id": f"{n:036d}",
+        "user_id": f"user-{n % 5000}",
+        "type": "track",
+        "event": "Product Viewed",
+        "properties": {"sku": f"sku-{n % 977}", "price": 49.9, "path": "/products/x"},
+        "timestamp": "2026-11-23T12:00:00Z",
+    }
+    raw = orjson.dumps(body)
+    return raw + b" " * max(0, PAYLOAD_BYTES - len(raw))
+
+
+async def producer_ceiling(
+    bootstrap: str, topic: str, seconds: float, *, grouped: bool = False
+) -> float:
+    """Messages/s the plain aiokafka producer gets acked (acks=all), 2000 in flight at a time.
+
+    ``grouped`` builds one batch per partition (``create_batch``/``send_batch``) instead of
+    calling ``send()`` per message; the faster of the two is the honest ceiling.
+    """
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=2, max_batch_size=512 * 1024
+    )
+    await producer.start()
+    try:
+        sent = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            records = [(str(i % 5000).encode(), sample_payload(sent + i)) for i in range(2000)]
+            if grouped:
+                futures = await send_grouped(producer, topic, records)
+            else:
+                futures = [await producer.send(topic, v, key=k) for k, v in records]
+            await asyncio.gather(*futures)
+            sent += len(records)
+        return sent / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+
+
+async def consumer_ceiling(bootstrap: str, topic: str, limit: int) -> tuple[float, int]:
+    """Messages/s a plain aiokafka consumer reads and parses with orjson (from the start)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        read = 0
+        started = time.perf_counter()
+        idle = 0
+        while read < limit and idle < 5:
+            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            if not batches:
+                idle += 1
+                continue
+            idle = 0
+            for records in batches.values():
+                for record in records:
+                    orjson.loads(record.value or b"null")
+                read += len(records)
+        return read / (time.perf_counter() - started), read
+    finally:
+        await consumer.stop()
+
+
+@dataclass
+class LoadResult:
+    """Responses by status and each 2xx latency (seconds)."""
+
+    seconds: float = 0.0
+    statuses: Counter[int] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def ok(self) -> int:
+        """2xx responses."""
+        return sum(n for status, n in self.statuses.items() if 200 <= status < 300)
+
+    def rate(self) -> float:
+        """2xx responses per second."""
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        """A latency percentile in milliseconds."""
+        if len(self.latencies) < 2:
+            return float("nan")
+        return statistics.quantiles(self.latencies, n=1000)[round(q * 1000) - 1] * 1000
+
+
+async def http_load(
+    port: int,
+    make_request: Callable[[int], bytes],
+    *,
+    connections: int,
+    seconds: float,
+    warmup: float = 1.0,
+) -> LoadResult:
+    """Keep-alive connections posting requests back to back; counts only after ``warmup``.
+
+    A raw asyncio client: httpx would spend more CPU than the server it measures on 2 cores.
+    """
+    result = LoadResult()
+    counter = iter(range(10**12))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    measure_from = start + warmup
+    stop_at = measure_from + seconds
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while (now := loop.time()) < stop_at:
+                request = make_request(next(counter))
+                began = time.perf_counter()
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                await reader.readexactly(length)
+                if now >= measure_from:
+                    status = int(head[9:12])
+                    result.statuses[status] += 1
+                    if 200 <= status < 300:
+                        result.latencies.append(time.perf_counter() - began)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(connections)))
+    result.seconds = loop.time() - measure_from
+    return result
+
+
+def post(path: str, body: bytes, authorization: str) -> bytes:
+    """An HTTP/1.1 keep-alive POST, as bytes."""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: {authorization}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+class CpuMeter:
+    """CPU seconds used by named processes between ``start()`` and ``stop()``."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        import psutil
+
+        self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._begin: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {n: sum(p.cpu_times()[:2]) for n, p in self._procs.items()}
+
+    def start(self) -> None:
+        """Remember the current CPU times."""
+        self._begin = self._now()
+
+    def stop(self) -> str:
+        """CPU seconds per process since ``start()``, as a short text."""
+        end = self._now()
+        self.used = {n: end[n] - self._begin[n] for n in end}
+        return ", ".join(f"{n} {s:.1f}s" for n, s in self.used.items())
