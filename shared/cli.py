@@ -22,6 +22,7 @@ schemas_app = typer.Typer(help="JSON Schemas of the wire contracts.", no_args_is
 rules_app = typer.Typer(help="Scoring models.", no_args_is_help=True)
 playbooks_app = typer.Typer(help="Automation playbooks.", no_args_is_help=True)
 sources_app = typer.Typer(help="Ingest sources and write keys.", no_args_is_help=True)
+identity_app = typer.Typer(help="Identity resolution rules.", no_args_is_help=True)
 for sub, name in (
     (topics_app, "topics"),
     (db_app, "db"),
@@ -29,6 +30,7 @@ for sub, name in (
     (rules_app, "rules"),
     (playbooks_app, "playbooks"),
     (sources_app, "sources"),
+    (identity_app, "identity"),
 ):
     app.add_typer(sub, name=name)
 
@@ -181,6 +183,14 @@ def rules_validate(path: Path) -> None:
     from services.scoring.rules import load_model
 
     _validate(lambda: load_model(path), path)
+
+
+@identity_app.command("validate")
+def identity_validate(path: Path) -> None:
+    """Validate an identity rules file (priority, per-type limits, blocked values)."""
+    from services.identity.rules import load_rules
+
+    _validate(lambda: load_rules(path), path)
 
 
 @playbooks_app.command("validate")

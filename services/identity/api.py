@@ -1,12 +1,24 @@
-"""Identity lookups for operators (admin token)."""
+"""Operator APIs (admin token): 360° profiles, lookups by identifier, merges, erasure."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated, Any
+
+import httpx
+from fastapi import APIRouter, Query, Request
 
 from services.identity import repository
 from services.identity.rules import normalize
-from services.identity.schemas import IdentifierOut, PersonOut
+from services.identity.schemas import (
+    ErasureIn,
+    ErasureOut,
+    IdentifierOut,
+    MergeOut,
+    ProfileOut,
+    RefusalOut,
+    TraitOut,
+)
+from services.identity.service import Resolver
 from shared.auth import AdminOnly
 from shared.db import unit_of_work
 from shared.errors import NotFound
@@ -14,34 +26,115 @@ from shared.errors import NotFound
 router = APIRouter(prefix="/v1", tags=["identity"], dependencies=[AdminOnly])
 
 
-@router.get("/persons/{oneid}", response_model=PersonOut)
-async def get_person(oneid: str, request: Request) -> PersonOut:
-    """A person by OneID; an absorbed OneID answers with the person that absorbed it."""
+def _merge_out(m: Any) -> MergeOut:
+    return MergeOut(
+        merge_id=m.merge_id,
+        winner=m.winner,
+        absorbed=m.absorbed,
+        rule=m.rule,
+        cause_event_id=m.cause_event_id,
+        merged_at=m.merged_at,
+    )
+
+
+async def _scores(request: Request, oneid: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The person's tier and scores from scoring's read API; the profile stands without them."""
+    client: httpx.AsyncClient = request.app.state.scoring
+    try:
+        response = await client.get(f"/v1/scores/{oneid}")
+    except httpx.HTTPError as exc:
+        return None, f"scoring unreachable: {exc!r}"
+    if response.status_code == 404:
+        return None, None
+    if response.status_code != 200:
+        return None, f"scoring answered {response.status_code}"
+    body: dict[str, Any] = response.json()
+    return body, None
+
+
+@router.get("/profiles/{oneid}", response_model=ProfileOut)
+async def get_profile(oneid: str, request: Request) -> ProfileOut:
+    """A person's identifiers, traits, merge history, refused identifiers, tier and scores.
+
+    An absorbed OneID answers with the person that absorbed it.
+    """
     async with unit_of_work(request.app.state.sessions) as session:
-        view = await repository.person_view(session, oneid)
-    if view is None:
-        raise NotFound(f"no person {oneid}")
-    person, identifiers, absorbed = view
-    return PersonOut(
-        oneid=person.oneid,
+        root = await repository.resolve_oneid(session, oneid)
+        if root is None:
+            raise NotFound(f"no live person {oneid}")
+        person = await repository.load_persons(session, [root])
+        identifiers = await repository.identifiers_of_person(session, root)
+        traits = await repository.traits_of(session, root)
+        absorbed = await repository.absorbed_by(session, root)
+        merges = await repository.merges_involving(session, [root, *absorbed])
+        refusals = await repository.refusals_involving(session, [root, *absorbed])
+    scoring, scoring_error = await _scores(request, root)
+    return ProfileOut(
+        oneid=root,
         requested=oneid,
-        created_at=person.created_at,
+        created_at=person[root].created_at,
         identifiers=[
             IdentifierOut(type=i.id_type, value=i.id_value, first_seen_at=i.first_seen_at)
             for i in identifiers
         ],
+        traits={
+            t.name: TraitOut(value=t.value, updated_at=t.updated_at, event_id=t.event_id)
+            for t in traits
+        },
         absorbed=absorbed,
+        merges=[_merge_out(m) for m in merges],
+        refusals=[
+            RefusalOut(
+                event_id=r.event_id,
+                rule=r.rule,
+                type=r.id_type,
+                value=r.id_value,
+                kept=r.kept,
+                other=r.other,
+                refused_at=r.refused_at,
+            )
+            for r in refusals
+        ],
+        scoring=scoring,
+        scoring_error=scoring_error,
     )
 
 
-@router.get("/identifiers/{id_type}/{value}", response_model=PersonOut)
-async def lookup(id_type: str, value: str, request: Request) -> PersonOut:
-    """The person an identifier belongs to (the value is normalised first)."""
-    normalized = normalize(id_type, value)
-    if normalized is None:
+@router.get("/identifiers/{id_type}/{value}", response_model=ProfileOut)
+async def lookup(id_type: str, value: str, request: Request) -> ProfileOut:
+    """The profile an identifier belongs to (the value is normalised as events' are)."""
+    resolver: Resolver = request.app.state.resolver
+    key = id_type.strip().lower()
+    normalized = normalize(key, value, region=resolver.region)
+    if normalized is None or resolver.rules.is_blocked(key, normalized):
         raise NotFound(f"{id_type} {value!r} is not a usable identifier")
     async with unit_of_work(request.app.state.sessions) as session:
-        oneid = await repository.owner_of(session, id_type, normalized)
+        oneid = await repository.owner_of(session, key, normalized)
     if oneid is None:
-        raise NotFound(f"no person with {id_type} {normalized!r}")
-    return await get_person(oneid, request)
+        raise NotFound(f"no person with {key} {normalized!r}")
+    return await get_profile(oneid, request)
+
+
+@router.get("/merges", response_model=list[MergeOut])
+async def list_merges(
+    request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[MergeOut]:
+    """The latest merges, newest first."""
+    async with unit_of_work(request.app.state.sessions) as session:
+        merges = await repository.recent_merges(session, limit)
+    return [_merge_out(m) for m in merges]
+
+
+@router.post("/profiles/{oneid}/erasure", response_model=ErasureOut, status_code=202)
+async def erase(oneid: str, body: ErasureIn, request: Request) -> ErasureOut:
+    """Erase a person: identity deletes their raw identifiers and traits now and suppresses
+    later events carrying them; scoring and automation erase on the published notice."""
+    resolver: Resolver = request.app.state.resolver
+    erasure = await resolver.erase(oneid, body.reason)
+    await request.app.state.relay.relay()
+    return ErasureOut(
+        erasure_id=erasure.erasure_id,
+        oneid=erasure.oneid,
+        oneids=erasure.oneids,
+        identifiers_removed=erasure.identifiers,
+    )

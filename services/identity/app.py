@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import timedelta
 
+import httpx
 from fastapi import FastAPI
 
 from services.identity.api import router
-from services.identity.service import Resolver
+from services.identity.rules import load_rules
+from services.identity.service import NoticeRelay, Resolver
 from services.identity.settings import IdentitySettings
 from services.identity.worker import IdentityHandler
 from shared.consumer import BatchConsumer
@@ -22,6 +24,7 @@ from shared.topics import EVENTS_RAW, EVENTS_RESOLVED
 
 def create_app(settings: IdentitySettings) -> FastAPI:
     """Build the app; the consumer loop runs as a task of its lifespan."""
+    rules = load_rules(settings.rules_path)  # a broken rules file stops the start, with the field
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -31,13 +34,23 @@ def create_app(settings: IdentitySettings) -> FastAPI:
         await producer.start()
         consumer = build_consumer(settings, EVENTS_RAW.name, group_id=settings.group_id)
         await consumer.start()
-        resolver = Resolver(engine, dedup_window=timedelta(hours=settings.dedup_window_hours))
-        handler = IdentityHandler(resolver, Publisher(producer))
+        resolver = Resolver(
+            engine,
+            rules,
+            phone_region=settings.phone_region,
+            suppression_key=settings.suppression_key.get_secret_value().encode(),
+            dedup_window=timedelta(hours=settings.dedup_window_hours),
+            cache_size=settings.cache_size,
+        )
+        relay = NoticeRelay(resolver.sessions, Publisher(producer))
+        handler = IdentityHandler(resolver, Publisher(producer), relay)
         loop = BatchConsumer(
             consumer, handler, group=settings.group_id, max_records=settings.batch_size
         )
         app.state.engine, app.state.producer, app.state.loop = engine, producer, loop
         app.state.sessions = resolver.sessions
+        app.state.resolver, app.state.relay = resolver, relay
+        app.state.scoring = httpx.AsyncClient(base_url=settings.scoring_url, timeout=2.0)
         app.state.admin_token = settings.admin_token.get_secret_value()
         task = asyncio.create_task(loop.run(), name="identity-consumer")
         try:
@@ -48,11 +61,12 @@ def create_app(settings: IdentitySettings) -> FastAPI:
                 await asyncio.wait_for(task, timeout=15)
             await consumer.stop()
             await producer.stop()
+            await app.state.scoring.aclose()
             await engine.dispose()
 
     app = FastAPI(
         title="Tierflow identity",
-        description="OneID resolution: lookups of persons by OneID or identifier.",
+        description="OneID resolution: 360° profiles, lookups by identifier, merges, erasure.",
         version="1",
         lifespan=lifespan,
     )

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, MetaData, String, func
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    func,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 metadata = MetaData(schema="identity")
@@ -27,6 +38,7 @@ class Person(Base):
         String(36), ForeignKey("identity.persons.oneid")
     )
     merged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    erased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_persons_merged_into", "merged_into"),)
 
@@ -73,3 +85,64 @@ class SeenEvent(Base):
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_seen_events_seen_at", "seen_at"),)
+
+
+class RefusalRecord(Base):
+    """Audit of an identifier dropped from an event because keeping it would break a limit."""
+
+    __tablename__ = "refusals"
+
+    refusal_id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64))
+    rule: Mapped[str] = mapped_column(String(80))
+    id_type: Mapped[str] = mapped_column(String(64))
+    id_value: Mapped[str] = mapped_column(String(512))
+    kept: Mapped[str | None] = mapped_column(String(36))
+    other: Mapped[str | None] = mapped_column(String(36))
+    refused_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_refusals_kept", "kept"),
+        Index("ix_refusals_other", "other"),
+        Index("ix_refusals_refused_at", "refused_at"),
+    )
+
+
+class Trait(Base):
+    """One trait of a person from identify calls; the latest event time wins."""
+
+    __tablename__ = "traits"
+
+    oneid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[object] = mapped_column(JSONB, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    event_id: Mapped[str] = mapped_column(String(64))
+
+
+class ErasureRecord(Base):
+    """An erasure request: what was erased, and its outbox entry until it is published."""
+
+    __tablename__ = "erasures"
+
+    erasure_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    oneid: Mapped[str] = mapped_column(String(36))
+    oneids: Mapped[list[str]] = mapped_column(ARRAY(String(36)))
+    reason: Mapped[str] = mapped_column(String(500))
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_erasures_unpublished", "requested_at", postgresql_where="published_at IS NULL"),
+    )
+
+
+class Suppression(Base):
+    """An erased identifier, kept only as a SHA-256 digest, so later events carrying it are
+    dropped without the raw value being stored anywhere."""
+
+    __tablename__ = "suppressions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erasure_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import String, delete, func, literal, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.identity.dedup import FirstSighting, Sighting
-from services.identity.models import Identifier, MergeRecord, Person, SeenEvent
-from services.identity.rules import IdentifierKey
+from services.identity.models import (
+    ErasureRecord,
+    Identifier,
+    MergeRecord,
+    Person,
+    RefusalRecord,
+    SeenEvent,
+    Suppression,
+    Trait,
+)
+from services.identity.rules import IdentifierKey, Refusal
+
+
+@dataclass(frozen=True, slots=True)
+class PersonState:
+    """What a cached identifier→OneID answer is checked against."""
+
+    created_at: datetime
+    merged_into: str | None
+    erased: bool
 
 
 async def load_links(
@@ -32,6 +53,47 @@ async def load_links(
         links[(id_type, id_value)] = oneid
         created[oneid] = created_at
     return links, created
+
+
+async def load_persons(session: AsyncSession, oneids: Iterable[str]) -> dict[str, PersonState]:
+    """Creation time and liveness of persons (validates cached answers inside the transaction)."""
+    wanted = list(set(oneids))
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(Person.oneid, Person.created_at, Person.merged_into, Person.erased_at).where(
+            Person.oneid.in_(wanted)
+        )
+    )
+    return {
+        oneid: PersonState(created_at, merged_into, erased_at is not None)
+        for oneid, created_at, merged_into, erased_at in rows
+    }
+
+
+async def load_counts(session: AsyncSession, oneids: Iterable[str]) -> dict[str, Counter[str]]:
+    """How many identifiers of each type every given person holds."""
+    wanted = list(set(oneids))
+    counts: dict[str, Counter[str]] = {oneid: Counter() for oneid in wanted}
+    if not wanted:
+        return counts
+    rows = await session.execute(
+        select(Identifier.oneid, Identifier.id_type, func.count())
+        .where(Identifier.oneid.in_(wanted))
+        .group_by(Identifier.oneid, Identifier.id_type)
+    )
+    for oneid, id_type, n in rows:
+        counts[oneid][id_type] = n
+    return counts
+
+
+async def suppressed(session: AsyncSession, digests: Iterable[str]) -> set[str]:
+    """Which identifier digests belong to erased persons."""
+    wanted = list(set(digests))
+    if not wanted:
+        return set()
+    rows = await session.execute(select(Suppression.id_hash).where(Suppression.id_hash.in_(wanted)))
+    return set(rows.scalars())
 
 
 async def insert_persons(session: AsyncSession, persons: dict[str, datetime]) -> None:
@@ -67,7 +129,10 @@ async def apply_merge(
     rule: str,
     at: datetime,
 ) -> None:
-    """Move the absorbed person's identifiers and absorbed persons to the winner; audit it."""
+    """Move the absorbed person's identifiers, traits and absorbed persons to the winner; audit.
+
+    Traits merge by event time: the winner keeps a trait unless the absorbed person's is newer.
+    """
     await session.execute(
         update(Identifier).where(Identifier.oneid == absorbed).values(oneid=winner)
     )
@@ -77,6 +142,28 @@ async def apply_merge(
     await session.execute(
         update(Person).where(Person.oneid == absorbed).values(merged_into=winner, merged_at=at)
     )
+    moved = insert(Trait).from_select(
+        ["oneid", "name", "value", "updated_at", "event_id"],
+        select(
+            literal(winner, String),
+            Trait.name,
+            Trait.value,
+            Trait.updated_at,
+            Trait.event_id,
+        ).where(Trait.oneid == absorbed),
+    )
+    await session.execute(
+        moved.on_conflict_do_update(
+            index_elements=[Trait.oneid, Trait.name],
+            set_={
+                "value": moved.excluded.value,
+                "updated_at": moved.excluded.updated_at,
+                "event_id": moved.excluded.event_id,
+            },
+            where=Trait.updated_at < moved.excluded.updated_at,
+        )
+    )
+    await session.execute(delete(Trait).where(Trait.oneid == absorbed))
     await session.execute(
         insert(MergeRecord).values(
             merge_id=merge_id,
@@ -85,6 +172,55 @@ async def apply_merge(
             cause_event_id=cause_event_id,
             rule=rule,
             merged_at=at,
+        )
+    )
+
+
+async def insert_refusals(
+    session: AsyncSession,
+    refusals: list[tuple[Refusal, str, str | None]],
+    at: datetime,
+) -> None:
+    """Audit refused identifiers: (refusal, cause event id, person the event resolved to)."""
+    if refusals:
+        await session.execute(
+            insert(RefusalRecord),
+            [
+                {
+                    "event_id": event_id,
+                    "rule": refusal.rule,
+                    "id_type": refusal.key[0],
+                    "id_value": refusal.key[1],
+                    "kept": kept,
+                    "other": refusal.other,
+                    "refused_at": at,
+                }
+                for refusal, event_id, kept in refusals
+            ],
+        )
+
+
+async def upsert_traits(
+    session: AsyncSession, traits: dict[tuple[str, str], tuple[Any, datetime, str]]
+) -> None:
+    """(oneid, name) → (value, event time, event id); an older event never overwrites a newer."""
+    if not traits:
+        return
+    statement = insert(Trait).values(
+        [
+            {"oneid": oneid, "name": name, "value": value, "updated_at": at, "event_id": event_id}
+            for (oneid, name), (value, at, event_id) in traits.items()
+        ]
+    )
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[Trait.oneid, Trait.name],
+            set_={
+                "value": statement.excluded.value,
+                "updated_at": statement.excluded.updated_at,
+                "event_id": statement.excluded.event_id,
+            },
+            where=Trait.updated_at <= statement.excluded.updated_at,
         )
     )
 
@@ -109,34 +245,135 @@ async def mark_published(session: AsyncSession, merge_ids: list[str], at: dateti
         )
 
 
+async def claim_unpublished_erasures(
+    session: AsyncSession, limit: int = 100
+) -> list[ErasureRecord]:
+    """Erasures committed but not yet published (locked so one worker publishes each)."""
+    result = await session.execute(
+        select(ErasureRecord)
+        .where(ErasureRecord.published_at.is_(None))
+        .order_by(ErasureRecord.requested_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(result.scalars())
+
+
+async def mark_erasures_published(
+    session: AsyncSession, erasure_ids: list[str], at: datetime
+) -> None:
+    """Record that these erasures are on the notices topic."""
+    if erasure_ids:
+        await session.execute(
+            update(ErasureRecord)
+            .where(ErasureRecord.erasure_id.in_(erasure_ids))
+            .values(published_at=at)
+        )
+
+
 async def resolve_oneid(session: AsyncSession, oneid: str) -> str | None:
-    """The live root of a OneID (itself if never absorbed); None if unknown."""
+    """The live root of a OneID (itself if never absorbed); None if unknown or erased."""
     person = await session.get(Person, oneid)
-    if person is None:
+    if person is None or person.erased_at is not None:
         return None
     return person.merged_into or person.oneid
 
 
-async def person_view(
-    session: AsyncSession, oneid: str
-) -> tuple[Person, list[Identifier], list[str]] | None:
-    """A live person with their identifiers and the OneIDs they absorbed."""
-    root = await resolve_oneid(session, oneid)
-    if root is None:
-        return None
-    person = await session.get(Person, root)
-    assert person is not None
-    identifiers = await session.execute(
-        select(Identifier).where(Identifier.oneid == root).order_by(Identifier.first_seen_at)
+async def absorbed_by(session: AsyncSession, root: str) -> list[str]:
+    """Every OneID merged into ``root`` (merges repoint chains, so one level is all)."""
+    rows = await session.execute(select(Person.oneid).where(Person.merged_into == root))
+    return list(rows.scalars())
+
+
+async def identifiers_of_person(session: AsyncSession, oneid: str) -> list[Identifier]:
+    """A person's identifiers, oldest first."""
+    rows = await session.execute(
+        select(Identifier).where(Identifier.oneid == oneid).order_by(Identifier.first_seen_at)
     )
-    absorbed = await session.execute(select(Person.oneid).where(Person.merged_into == root))
-    return person, list(identifiers.scalars()), list(absorbed.scalars())
+    return list(rows.scalars())
+
+
+async def traits_of(session: AsyncSession, oneid: str) -> list[Trait]:
+    """A person's traits, by name."""
+    rows = await session.execute(select(Trait).where(Trait.oneid == oneid).order_by(Trait.name))
+    return list(rows.scalars())
+
+
+async def merges_involving(session: AsyncSession, oneids: list[str]) -> list[MergeRecord]:
+    """The merge audit of these persons, oldest first."""
+    rows = await session.execute(
+        select(MergeRecord)
+        .where(or_(MergeRecord.winner.in_(oneids), MergeRecord.absorbed.in_(oneids)))
+        .order_by(MergeRecord.merged_at)
+    )
+    return list(rows.scalars())
+
+
+async def refusals_involving(session: AsyncSession, oneids: list[str]) -> list[RefusalRecord]:
+    """Refused identifiers that would have grown or merged these persons, newest first."""
+    rows = await session.execute(
+        select(RefusalRecord)
+        .where(or_(RefusalRecord.kept.in_(oneids), RefusalRecord.other.in_(oneids)))
+        .order_by(RefusalRecord.refused_at.desc())
+        .limit(200)
+    )
+    return list(rows.scalars())
+
+
+async def recent_merges(session: AsyncSession, limit: int) -> list[MergeRecord]:
+    """The latest merges."""
+    rows = await session.execute(
+        select(MergeRecord).order_by(MergeRecord.merged_at.desc()).limit(limit)
+    )
+    return list(rows.scalars())
 
 
 async def owner_of(session: AsyncSession, id_type: str, id_value: str) -> str | None:
     """The OneID owning one identifier."""
     found = await session.get(Identifier, (id_type, id_value))
     return found.oneid if found else None
+
+
+async def erase(
+    session: AsyncSession,
+    *,
+    erasure_id: str,
+    root: str,
+    oneids: list[str],
+    digests: list[str],
+    reason: str,
+    at: datetime,
+) -> None:
+    """Delete every raw identifier and trait of these persons, keep only digests to suppress
+    them, mark the persons erased and queue the erasure notice (outbox)."""
+    values = select(Identifier.id_value).where(Identifier.oneid.in_(oneids))
+    await session.execute(
+        delete(RefusalRecord).where(
+            or_(
+                RefusalRecord.kept.in_(oneids),
+                RefusalRecord.other.in_(oneids),
+                RefusalRecord.id_value.in_(values),
+            )
+        )
+    )
+    await session.execute(delete(Identifier).where(Identifier.oneid.in_(oneids)))
+    await session.execute(delete(Trait).where(Trait.oneid.in_(oneids)))
+    await session.execute(update(Person).where(Person.oneid.in_(oneids)).values(erased_at=at))
+    if digests:
+        await session.execute(
+            insert(Suppression)
+            .values([{"id_hash": d, "erasure_id": erasure_id, "created_at": at} for d in digests])
+            .on_conflict_do_nothing()
+        )
+    await session.execute(
+        insert(ErasureRecord).values(
+            erasure_id=erasure_id,
+            oneid=root,
+            oneids=oneids,
+            reason=reason,
+            requested_at=at,
+        )
+    )
 
 
 async def load_sightings(session: AsyncSession, event_ids: list[str]) -> dict[str, FirstSighting]:

@@ -1,62 +1,177 @@
-"""Identity rules as pure functions: which identifiers an event carries, and how a batch resolves.
+"""Identity rules as pure functions: normalising identifiers, and how a batch of events resolves.
 
-No I/O here: the worker loads what the graph already knows, calls :func:`plan_batch`, and
-writes the plan back in one transaction.
+No I/O here. The worker loads the part of the graph a batch touches, calls :func:`plan_batch`, and
+writes the plan back in one transaction. The rules themselves (priority, per-type limits, blocked
+values) are data, loaded from YAML by :func:`load_rules`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import phonenumbers
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.contracts import EventEnvelope
 
 IdentifierKey = tuple[str, str]
+"""(type, normalised value): the unit the graph links to persons."""
 
-BLOCKED_VALUES = frozenset(
-    {
-        "",
-        "null",
-        "none",
-        "nil",
-        "undefined",
-        "anonymous",
-        "unknown",
-        "0",
-        "-1",
-        "n/a",
-        "[object object]",
-    }
-)
+OTHER_TYPES = "*"
+"""In ``priority`` and ``limits``: every identifier type not named explicitly."""
+
+DEFAULT_RULES_PATH = Path(__file__).with_name("default_rules.yaml")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-def normalize(id_type: str, value: str) -> str | None:
-    """The canonical form of an identifier value, or None when it is junk that must not match."""
+class Blocked(BaseModel):
+    """Values that must never identify anyone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    values: frozenset[str] = Field(
+        default=frozenset(), description="Exact values, any type, compared case-insensitively."
+    )
+    patterns: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="Regexes per identifier type ('*' for all), matched on the normalised value.",
+    )
+
+    @field_validator("values")
+    @classmethod
+    def _lowercase(cls, values: frozenset[str]) -> frozenset[str]:
+        return frozenset(v.strip().lower() for v in values)
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for id_type, regexes in patterns.items():
+            for regex in regexes:
+                try:
+                    re.compile(regex)
+                except re.error as exc:
+                    raise ValueError(f"blocked pattern {regex!r} for {id_type}: {exc}") from exc
+        return patterns
+
+
+class IdentityRules(BaseModel):
+    """Which identifier wins, how many of each a person may have, and what is junk."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str
+    priority: tuple[str, ...] = Field(
+        description="Identifier types, strongest first; '*' places every unnamed type."
+    )
+    limits: dict[str, int] = Field(
+        description="Most identifiers of a type one person may hold; '*' for unnamed types.",
+    )
+    blocked: Blocked = Field(default_factory=Blocked)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IdentityRules:
+        if OTHER_TYPES not in self.priority:
+            raise ValueError("priority must contain '*' (where unnamed identifier types rank)")
+        if len(set(self.priority)) != len(self.priority):
+            raise ValueError("priority names a type twice")
+        if any(limit < 1 for limit in self.limits.values()):
+            raise ValueError("every limit must be at least 1")
+        return self
+
+    @cached_property
+    def _ranks(self) -> dict[str, int]:
+        return {id_type: n for n, id_type in enumerate(self.priority)}
+
+    @cached_property
+    def _patterns(self) -> dict[str, list[re.Pattern[str]]]:
+        return {t: [re.compile(p) for p in ps] for t, ps in self.blocked.patterns.items()}
+
+    def rank(self, id_type: str) -> int:
+        """Position in the priority order (lower is stronger)."""
+        return self._ranks.get(id_type, self._ranks[OTHER_TYPES])
+
+    def limit(self, id_type: str) -> int | None:
+        """How many identifiers of this type one person may hold (None: no limit)."""
+        return self.limits.get(id_type, self.limits.get(OTHER_TYPES))
+
+    def is_blocked(self, id_type: str, value: str) -> bool:
+        """True for junk that must not link anyone (shared test accounts, 'null', ...)."""
+        if value.lower() in self.blocked.values:
+            return True
+        patterns = [*self._patterns.get(id_type, ()), *self._patterns.get(OTHER_TYPES, ())]
+        return any(p.search(value) for p in patterns)
+
+
+def load_rules(path: Path = DEFAULT_RULES_PATH) -> IdentityRules:
+    """Parse and validate a rules file (raises pydantic.ValidationError with the field)."""
+    raw: Any = yaml.safe_load(path.read_text())
+    return IdentityRules.model_validate(raw)
+
+
+def normalize(id_type: str, value: str, *, region: str | None = None) -> str | None:
+    """The canonical form of an identifier value, or None when it cannot identify anyone.
+
+    Emails are trimmed and lowercased; phones become E.164 (numbers without a country code are
+    read in ``region``); everything else is trimmed. Junk is judged later by the rules.
+    """
     cleaned = value.strip()
+    if not cleaned:
+        return None
     if id_type == "email":
         cleaned = cleaned.lower()
-        if "@" not in cleaned:
+        return cleaned if EMAIL.match(cleaned) else None
+    if id_type == "phone":
+        try:
+            number = phonenumbers.parse(cleaned, region)
+        except phonenumbers.NumberParseException:
             return None
-    if cleaned.lower() in BLOCKED_VALUES:
-        return None
+        if not phonenumbers.is_valid_number(number):
+            return None
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     return cleaned
 
 
-def identifiers_of(event: EventEnvelope) -> list[IdentifierKey]:
-    """Every usable identifier an event shows, in priority order, without duplicates."""
+def identifiers_of(
+    event: EventEnvelope, rules: IdentityRules, *, region: str | None = None
+) -> list[IdentifierKey]:
+    """Every usable identifier an event shows, strongest first, without duplicates or junk.
+
+    A WeChat openid is only unique within one app, so it is scoped by the app id Segment carries
+    in ``externalIds[].collection`` (an openid without one is dropped); a unionid is global.
+    """
+    device = event.context.get("device")
     candidates: list[tuple[str, object]] = [
         ("user_id", event.user_id),
         ("email", event.traits.get("email")),
-        *((ext.type.strip().lower(), ext.id) for ext in event.external_ids),
+        ("phone", event.traits.get("phone")),
+        ("device_id", device.get("id") if isinstance(device, dict) else None),
         ("anonymous_id", event.anonymous_id),
         ("anonymous_id", event.previous_id),
     ]
+    for external in event.external_ids:
+        id_type = external.type.strip().lower()
+        if id_type == "wechat_openid":
+            if not external.collection:
+                continue
+            candidates.append((id_type, f"{external.collection.strip()}:{external.id.strip()}"))
+        else:
+            candidates.append((id_type, external.id))
     seen: dict[IdentifierKey, None] = {}
     for id_type, raw in candidates:
-        if isinstance(raw, str) and (value := normalize(id_type, raw)) is not None:
+        if not isinstance(raw, str):
+            continue
+        value = normalize(id_type, raw, region=region)
+        if value is not None and not rules.is_blocked(id_type, value):
             seen.setdefault((id_type, value), None)
-    return list(seen)
+    return sorted(seen, key=lambda key: rules.rank(key[0]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,51 +184,145 @@ class Merge:
     rule: str = "shared_identifier"
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The identifier ``key`` was dropped from event ``event_index``: keeping it would break
+    ``rule`` (``limit:<type>``). ``kept`` is the person the event resolved to (None if new) and
+    ``other`` the person the identifier belongs to (None if it was new)."""
+
+    event_index: int
+    key: IdentifierKey
+    rule: str
+    other: str | None
+
+
+@dataclass(slots=True)
+class Graph:
+    """The part of the identity graph a batch touches, as the planner sees and changes it.
+
+    ``links`` maps identifiers to live persons, ``created`` gives each live person's creation time
+    and ``counts`` how many identifiers of each type a person holds (needed only for persons an
+    event could grow or merge: see :func:`needs_counts`).
+    """
+
+    links: dict[IdentifierKey, str] = field(default_factory=dict)
+    created: dict[str, datetime] = field(default_factory=dict)
+    counts: dict[str, Counter[str]] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class BatchPlan:
-    """What a batch does to the graph: new persons and links, merges, and each event's OneID."""
+    """What a batch does to the graph, and each event's OneID (None: nothing usable)."""
 
     oneids: list[str | None] = field(default_factory=list)
     new_persons: dict[str, datetime] = field(default_factory=dict)
     new_links: dict[IdentifierKey, str] = field(default_factory=dict)
     merges: list[Merge] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+
+    def root_of(self, oneid: str) -> str:
+        """Where a OneID of this batch ended up after the batch's own merges."""
+        absorbed_by = {m.absorbed: m.winner for m in self.merges}
+        while oneid in absorbed_by:
+            oneid = absorbed_by[oneid]
+        return oneid
+
+
+def needs_counts(batch: Sequence[list[IdentifierKey]], links: dict[IdentifierKey, str]) -> set[str]:
+    """Persons whose per-type counts the planner may need: those an event could grow or merge.
+
+    An event whose identifiers all belong to one person already changes nothing, which is the
+    common, warm case; it needs no counts.
+    """
+    wanted: set[str] = set()
+    for keys in batch:
+        owners = {links[k] for k in keys if k in links}
+        if len(owners) > 1 or (owners and any(k not in links for k in keys)):
+            wanted |= owners
+    return wanted
 
 
 def plan_batch(
-    batch: Iterable[tuple[list[IdentifierKey], datetime]],
-    links: dict[IdentifierKey, str],
-    created: dict[str, datetime],
+    batch: Sequence[tuple[list[IdentifierKey], datetime]],
+    graph: Graph,
+    rules: IdentityRules,
     new_oneid: Callable[[], str],
 ) -> BatchPlan:
-    """Resolve events in order against the known graph; the older person wins every merge.
+    """Resolve events in order; the graph is copied, not changed.
 
-    ``links`` maps identifiers to live OneIDs and ``created`` gives each live person's creation
-    time; both are copied, not changed. An event with no usable identifier resolves to None.
+    Each event's identifiers are taken strongest first. One joins the event's group unless the
+    group would then hold more identifiers of some type than the rules allow: that identifier is
+    dropped from the event and the refusal recorded. The persons left in the group merge into the
+    oldest of them; identifiers new to the graph join it too (a new person when there is none).
     """
-    links = dict(links)
-    created = dict(created)
+    links = dict(graph.links)
+    created = dict(graph.created)
+    counts = {oneid: Counter(c) for oneid, c in graph.counts.items()}
     plan = BatchPlan()
     for index, (keys, seen_at) in enumerate(batch):
-        owners = sorted({links[k] for k in keys if k in links}, key=lambda o: (created[o], o))
-        if not keys:
+        owners, fresh = _group(index, keys, links, counts, rules, plan.refusals)
+        if not owners and not fresh:
             plan.oneids.append(None)
             continue
         if owners:
-            winner = owners[0]
+            winner = min(owners, key=lambda o: (created[o], o))
         else:
             winner = new_oneid()
             created[winner] = seen_at
+            counts[winner] = Counter()
             plan.new_persons[winner] = seen_at
-        for absorbed in owners[1:]:
+        for absorbed in owners:
+            if absorbed == winner:
+                continue
             plan.merges.append(Merge(winner, absorbed, index))
             for key, owner in links.items():
                 if owner == absorbed:
                     links[key] = winner
                     if key in plan.new_links:
                         plan.new_links[key] = winner
-        for key in keys:
-            if key not in links:
-                links[key] = winner
-                plan.new_links[key] = winner
+            counts[winner] += counts.pop(absorbed)
+        for key in fresh:
+            links[key] = winner
+            plan.new_links[key] = winner
+            counts[winner][key[0]] += 1
         plan.oneids.append(winner)
     return plan
+
+
+def _group(
+    index: int,
+    keys: list[IdentifierKey],
+    links: dict[IdentifierKey, str],
+    counts: dict[str, Counter[str]],
+    rules: IdentityRules,
+    refusals: list[Refusal],
+) -> tuple[list[str], list[IdentifierKey]]:
+    """The persons and new identifiers an event joins, strongest identifier first, dropping
+    (and recording) each identifier that would break a limit."""
+    owners: list[str] = []
+    fresh: list[IdentifierKey] = []
+    group: Counter[str] = Counter()
+    for key in keys:
+        owner = links.get(key)
+        if owner is not None and owner in owners:
+            continue
+        adding = counts.setdefault(owner, Counter()) if owner else Counter({key[0]: 1})
+        broken = _broken_limit(group, adding, rules)
+        if broken is not None:
+            refusals.append(Refusal(index, key, f"limit:{broken}", owner))
+            continue
+        group += adding
+        if owner is None:
+            fresh.append(key)
+        else:
+            owners.append(owner)
+    return owners, fresh
+
+
+def _broken_limit(group: Counter[str], adding: Counter[str], rules: IdentityRules) -> str | None:
+    """The first identifier type whose limit ``group + adding`` would exceed, if any."""
+    for id_type, n in adding.items():
+        limit = rules.limit(id_type)
+        if limit is not None and group[id_type] + n > limit:
+            return id_type
+    return None

@@ -1,10 +1,11 @@
-"""Response bodies of the identity API."""
+"""Request and response bodies of the identity API."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class IdentifierOut(BaseModel):
@@ -15,11 +16,66 @@ class IdentifierOut(BaseModel):
     first_seen_at: datetime
 
 
-class PersonOut(BaseModel):
-    """A person as the graph knows them; ``oneid`` is the live root of the id asked for."""
+class TraitOut(BaseModel):
+    """A trait and the event time that set it (last write wins)."""
+
+    value: Any
+    updated_at: datetime
+    event_id: str
+
+
+class MergeOut(BaseModel):
+    """One merge: ``absorbed`` became part of ``winner``."""
+
+    merge_id: str
+    winner: str
+    absorbed: str
+    rule: str
+    cause_event_id: str
+    merged_at: datetime
+
+
+class RefusalOut(BaseModel):
+    """An identifier an event carried but that was not linked, and the rule that refused it."""
+
+    event_id: str
+    rule: str
+    type: str
+    value: str
+    kept: str | None = Field(description="The person the event resolved to.")
+    other: str | None = Field(description="The person the identifier belongs to, if any.")
+    refused_at: datetime
+
+
+class ProfileOut(BaseModel):
+    """A person's 360° view; ``oneid`` is the live root of the id asked for."""
 
     oneid: str
     requested: str
     created_at: datetime
     identifiers: list[IdentifierOut]
+    traits: dict[str, TraitOut]
     absorbed: list[str]
+    merges: list[MergeOut]
+    refusals: list[RefusalOut]
+    scoring: dict[str, Any] | None = Field(
+        description="Tier and scores from the scoring read model (null when it has none)."
+    )
+    scoring_error: str | None = Field(
+        default=None, description="Why scoring could not be asked, if it could not."
+    )
+
+
+class ErasureIn(BaseModel):
+    """Why a person is erased (kept in the erasure audit)."""
+
+    reason: str = Field(default="data subject request", max_length=500)
+
+
+class ErasureOut(BaseModel):
+    """What was erased; scoring and automation erase their part on the notice."""
+
+    erasure_id: str
+    oneid: str
+    oneids: list[str]
+    identifiers_removed: int

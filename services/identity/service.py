@@ -1,26 +1,43 @@
-"""Resolving a batch of events against the identity graph, safely under concurrency."""
+"""Resolving batches against the identity graph, erasing persons, and relaying the outbox."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.identity import metrics, repository
 from services.identity.dedup import Sighting, find_duplicates
-from services.identity.rules import identifiers_of, plan_batch
-from shared.contracts import EventEnvelope, IdentityMerge
+from services.identity.rules import (
+    Graph,
+    IdentifierKey,
+    IdentityRules,
+    identifiers_of,
+    needs_counts,
+    plan_batch,
+)
+from shared.contracts import EventEnvelope, IdentityErasure, IdentityMerge
 from shared.db import unit_of_work
+from shared.errors import NotFound
+from shared.kafka import Publisher
+from shared.topics import IDENTITY_MERGES
 
 log = logging.getLogger(__name__)
 
 MERGE_NAMESPACE = uuid.UUID("0b8f6f1e-7a52-4d8e-bc8e-3c2f5d4a9e61")
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "23505"})  # serialization, deadlock, unique
+T = TypeVar("T")
 
 
 def merge_id(winner: str, absorbed: str) -> str:
@@ -33,32 +50,91 @@ def _retryable(error: DBAPIError) -> bool:
     return code in RETRYABLE_SQLSTATES
 
 
+class IdentifierCache:
+    """Identifier → OneID answers from earlier batches, least recently used dropped first.
+
+    A hit is never trusted alone: the person's row is read in the same SERIALIZABLE transaction,
+    so a merge or erasure by another worker is either seen (and followed) or makes the
+    transaction conflict and retry. Only positive answers are cached: an identifier unknown a
+    moment ago may exist now.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[IdentifierKey, str] = OrderedDict()
+
+    def get_many(self, keys: Iterable[IdentifierKey]) -> dict[IdentifierKey, str]:
+        """The cached owners of ``keys`` that are cached."""
+        found: dict[IdentifierKey, str] = {}
+        for key in keys:
+            oneid = self._entries.get(key)
+            if oneid is not None:
+                self._entries.move_to_end(key)
+                found[key] = oneid
+        return found
+
+    def put_many(self, links: dict[IdentifierKey, str]) -> None:
+        """Remember owners learnt from a committed transaction."""
+        if self._size <= 0:
+            return
+        self._entries.update(links)
+        for key in links:
+            self._entries.move_to_end(key)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def forget(self, keys: Iterable[IdentifierKey]) -> None:
+        """Drop entries (after an erasure, say)."""
+        for key in keys:
+            self._entries.pop(key, None)
+
+
 @dataclass(frozen=True, slots=True)
 class Resolution:
-    """Each event's OneID (None: no usable identifier, or a duplicate) and its duplicate flag."""
+    """Per event: its OneID (None: duplicate, suppressed or nothing usable) and why not."""
 
     oneids: list[str | None]
     duplicates: list[bool]
+    suppressed: list[bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """What an erasure removed."""
+
+    erasure_id: str
+    oneid: str
+    oneids: list[str]
+    identifiers: int
 
 
 class Resolver:
     """Resolves poll batches in one SERIALIZABLE transaction each, retried on conflicts.
 
     Serializable isolation lets Postgres refuse any interleaving of concurrent workers that
-    could create two persons for one identifier or lose a merge; the loser simply re-plans.
+    could create two persons for one identifier, lose a merge or break a limit; the loser simply
+    re-plans. A batch costs a handful of round trips whatever its size.
     """
 
     def __init__(
         self,
         engine: AsyncEngine,
+        rules: IdentityRules,
         *,
+        phone_region: str | None = None,
+        suppression_key: bytes = b"",
         dedup_window: timedelta = timedelta(hours=24),
+        cache_size: int = 200_000,
         max_attempts: int = 20,
     ) -> None:
         self._sessions = async_sessionmaker(
             engine.execution_options(isolation_level="SERIALIZABLE"), expire_on_commit=False
         )
+        self._rules = rules
+        self._region = phone_region
+        self._suppression_key = suppression_key
         self._dedup_window = dedup_window
+        self._cache = IdentifierCache(cache_size)
         self._max_attempts = max_attempts
 
     @property
@@ -66,11 +142,41 @@ class Resolver:
         """Serializable sessions on the identity graph."""
         return self._sessions
 
+    @property
+    def rules(self) -> IdentityRules:
+        """The identity rules in force."""
+        return self._rules
+
+    @property
+    def region(self) -> str | None:
+        """Region for phone numbers without a country code."""
+        return self._region
+
+    def keys_of(self, event: EventEnvelope) -> list[IdentifierKey]:
+        """An event's usable identifiers under these rules, strongest first."""
+        return identifiers_of(event, self._rules, region=self._region)
+
+    def digest(self, key: IdentifierKey) -> str:
+        """What a suppressed identifier is remembered as: HMAC-SHA256 under the suppression key
+        (plain SHA-256 without one), so the table cannot be read back into identifiers."""
+        message = f"{key[0]}\x1f{key[1]}".encode()
+        if self._suppression_key:
+            return hmac.new(self._suppression_key, message, hashlib.sha256).hexdigest()
+        return hashlib.sha256(message).hexdigest()
+
     async def resolve(self, events: list[EventEnvelope], sightings: list[Sighting]) -> Resolution:
-        """Drop re-sent events, then give every other event a OneID, merging as the rules say."""
+        """Drop re-sent and suppressed events, then give every other one a OneID."""
+        started = time.perf_counter()
+        resolution, learnt = await self._serializable(lambda s: self._attempt(s, events, sightings))
+        self._cache.put_many(learnt)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        return resolution
+
+    async def _serializable(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         for attempt in range(1, self._max_attempts + 1):
             try:
-                return await self._attempt(events, sightings)
+                async with unit_of_work(self._sessions) as session:
+                    return await work(session)
             except DBAPIError as error:
                 if not _retryable(error) or attempt == self._max_attempts:
                     raise
@@ -78,38 +184,107 @@ class Resolver:
                 await asyncio.sleep(min(0.005 * 2**attempt, 0.5))
         raise AssertionError("unreachable")
 
-    async def _attempt(self, events: list[EventEnvelope], sightings: list[Sighting]) -> Resolution:
+    async def _attempt(
+        self, session: AsyncSession, events: list[EventEnvelope], sightings: list[Sighting]
+    ) -> tuple[Resolution, dict[IdentifierKey, str]]:
         now = datetime.now(UTC)
-        async with unit_of_work(self._sessions) as session:
-            known = await repository.load_sightings(session, [s.event_id for s in sightings])
-            duplicates, first = find_duplicates(
-                sightings, known, now=now, window=self._dedup_window
+        known = await repository.load_sightings(session, [s.event_id for s in sightings])
+        duplicates, first = find_duplicates(sightings, known, now=now, window=self._dedup_window)
+        await repository.record_sightings(session, first, now)
+        keyed = [[] if dup else self.keys_of(e) for e, dup in zip(events, duplicates, strict=True)]
+
+        digests = [{self.digest(k) for k in keys} for keys in keyed]
+        hidden = await repository.suppressed(session, set().union(*digests))
+        suppressed = [bool(d & hidden) for d in digests]
+        keyed = [[] if s else keys for keys, s in zip(keyed, suppressed, strict=True)]
+
+        links, created = await self._links(session, {k for keys in keyed for k in keys})
+        counts = await repository.load_counts(session, needs_counts(keyed, links))
+        graph = Graph(links, created, counts)
+        times = [e.received_at for e in events]
+        plan = plan_batch(list(zip(keyed, times, strict=True)), graph, self._rules, _new_oneid)
+
+        await repository.insert_persons(session, plan.new_persons)
+        await repository.insert_links(session, plan.new_links, now)
+        for merge in plan.merges:
+            await repository.apply_merge(
+                session,
+                merge_id=merge_id(merge.winner, merge.absorbed),
+                winner=merge.winner,
+                absorbed=merge.absorbed,
+                cause_event_id=events[merge.event_index].event_id,
+                rule=merge.rule,
+                at=now,
             )
-            await repository.record_sightings(session, first, now)
-            keyed = [
-                ([] if duplicate else identifiers_of(event), event.received_at)
-                for event, duplicate in zip(events, duplicates, strict=True)
-            ]
-            links, created = await repository.load_links(
-                session, (key for keys, _ in keyed for key in keys)
-            )
-            metrics.KNOWN_IDENTIFIERS.inc(len(links))
-            plan = plan_batch(keyed, links, created, lambda: str(uuid.uuid4()))
-            await repository.insert_persons(session, plan.new_persons)
-            await repository.insert_links(session, plan.new_links, now)
-            for merge in plan.merges:
-                await repository.apply_merge(
-                    session,
-                    merge_id=merge_id(merge.winner, merge.absorbed),
-                    winner=merge.winner,
-                    absorbed=merge.absorbed,
-                    cause_event_id=events[merge.event_index].event_id,
-                    rule=merge.rule,
-                    at=now,
-                )
+        await repository.insert_refusals(
+            session,
+            [
+                (r, events[r.event_index].event_id, plan.oneids[r.event_index])
+                for r in plan.refusals
+            ],
+            now,
+        )
+        await repository.upsert_traits(session, _latest_traits(events, plan.oneids, plan.root_of))
+
         metrics.NEW_PERSONS.inc(len(plan.new_persons))
-        metrics.MERGES.labels("shared_identifier").inc(len(plan.merges))
-        return Resolution(plan.oneids, duplicates)
+        for merge in plan.merges:
+            metrics.MERGES.labels(merge.rule).inc()
+        for refusal in plan.refusals:
+            metrics.REFUSALS.labels(refusal.rule).inc()
+        learnt = {key: plan.root_of(oneid) for key, oneid in {**links, **plan.new_links}.items()}
+        return Resolution(plan.oneids, duplicates, suppressed), learnt
+
+    async def _links(
+        self, session: AsyncSession, keys: set[IdentifierKey]
+    ) -> tuple[dict[IdentifierKey, str], dict[str, Any]]:
+        """Owners of ``keys``: cached answers checked against person rows, the rest looked up."""
+        cached = self._cache.get_many(keys)
+        persons = await repository.load_persons(session, cached.values())
+        links: dict[IdentifierKey, str] = {}
+        created: dict[str, Any] = {}
+        for key, oneid in cached.items():
+            state = persons.get(oneid)
+            if state is not None and not state.erased and state.merged_into is None:
+                links[key] = oneid
+                created[oneid] = state.created_at
+        metrics.CACHE_LOOKUPS.labels("hit").inc(len(links))
+        misses = keys - links.keys()
+        metrics.CACHE_LOOKUPS.labels("miss").inc(len(misses))
+        if misses:
+            found, found_created = await repository.load_links(session, misses)
+            links.update(found)
+            created.update(found_created)
+        return links, created
+
+    async def erase(self, oneid: str, reason: str) -> Erasure:
+        """Erase a person (and everyone merged into them): raw identifiers and traits deleted,
+        identifiers kept only as digests that suppress later events, a notice queued."""
+
+        async def work(session: AsyncSession) -> tuple[Erasure, list[IdentifierKey]]:
+            root = await repository.resolve_oneid(session, oneid)
+            if root is None:
+                raise NotFound(f"no live person {oneid}")
+            oneids = [root, *await repository.absorbed_by(session, root)]
+            keys = [
+                (i.id_type, i.id_value)
+                for i in await repository.identifiers_of_person(session, root)
+            ]
+            erasure = Erasure(str(uuid.uuid4()), root, oneids, len(keys))
+            await repository.erase(
+                session,
+                erasure_id=erasure.erasure_id,
+                root=root,
+                oneids=oneids,
+                digests=[self.digest(k) for k in keys],
+                reason=reason,
+                at=datetime.now(UTC),
+            )
+            return erasure, keys
+
+        erasure, keys = await self._serializable(work)
+        self._cache.forget(keys)
+        metrics.ERASURES.inc()
+        return erasure
 
     async def prune_sightings(self) -> int:
         """Forget first sightings older than the dedup window."""
@@ -117,17 +292,78 @@ class Resolver:
             return await repository.prune_sightings(session, datetime.now(UTC) - self._dedup_window)
 
 
-async def pending_merges(session: AsyncSession) -> list[IdentityMerge]:
-    """Committed merges not yet on the topic, as contracts (the outbox read)."""
-    records = await repository.claim_unpublished_merges(session)
-    return [
-        IdentityMerge(
-            merge_id=r.merge_id,
-            winner=r.winner,
-            absorbed=r.absorbed,
-            cause_event_id=r.cause_event_id,
-            rule=r.rule,
-            merged_at=r.merged_at,
-        )
-        for r in records
-    ]
+def _new_oneid() -> str:
+    return str(uuid.uuid4())
+
+
+def _latest_traits(
+    events: list[EventEnvelope], oneids: list[str | None], root_of: Callable[[str], str]
+) -> dict[tuple[str, str], tuple[Any, datetime, str]]:
+    """Identify calls' traits per (final person, name), the latest event time winning."""
+    latest: dict[tuple[str, str], tuple[Any, datetime, str]] = {}
+    for event, oneid in zip(events, oneids, strict=True):
+        if oneid is None or event.type != "identify":
+            continue
+        root = root_of(oneid)
+        for name, value in event.traits.items():
+            current = latest.get((root, name[:200]))
+            if current is None or current[1] <= event.timestamp:
+                latest[(root, name[:200])] = (value, event.timestamp, event.event_id)
+    return latest
+
+
+class NoticeRelay:
+    """Publishes committed merges and erasures from the outbox tables, then marks them.
+
+    Rows are claimed with SKIP LOCKED, so several workers (and the erasure API) can relay at once;
+    a crash between publish and mark re-publishes, which consumers handle by id.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], publisher: Publisher) -> None:
+        self._sessions = sessions
+        self._publisher = publisher
+
+    async def relay(self) -> int:
+        """Publish what is pending; returns how many notices went out."""
+        async with unit_of_work(self._sessions) as session:
+            merges = await repository.claim_unpublished_merges(session)
+            erasures = await repository.claim_unpublished_erasures(session)
+            if not merges and not erasures:
+                return 0
+            now = datetime.now(UTC)
+            await self._publisher.publish_many(
+                IDENTITY_MERGES,
+                [
+                    (
+                        m.absorbed,
+                        IdentityMerge(
+                            merge_id=m.merge_id,
+                            winner=m.winner,
+                            absorbed=m.absorbed,
+                            cause_event_id=m.cause_event_id,
+                            rule=m.rule,
+                            merged_at=m.merged_at,
+                        ),
+                    )
+                    for m in merges
+                ],
+            )
+            await self._publisher.publish_many(
+                IDENTITY_MERGES,
+                [
+                    (
+                        e.oneid,
+                        IdentityErasure(
+                            erasure_id=e.erasure_id,
+                            oneid=e.oneid,
+                            oneids=tuple(e.oneids),
+                            requested_at=e.requested_at,
+                            reason=e.reason,
+                        ),
+                    )
+                    for e in erasures
+                ],
+            )
+            await repository.mark_published(session, [m.merge_id for m in merges], now)
+            await repository.mark_erasures_published(session, [e.erasure_id for e in erasures], now)
+            return len(merges) + len(erasures)

@@ -1,4 +1,4 @@
-"""The identity consumer: raw events in, resolved events and merges out (after the commit)."""
+"""The identity consumer: raw events in, resolved events and notices out (after the commit)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,14 @@ from datetime import UTC, datetime
 from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
-from services.identity import metrics, service
+from services.identity import metrics
 from services.identity.dedup import Sighting
-from services.identity.repository import mark_published
-from services.identity.service import Resolver
+from services.identity.service import NoticeRelay, Resolver
 from shared.consumer import Records
 from shared.contracts import DeadLetter, EventEnvelope, ResolvedEvent, decode
-from shared.db import unit_of_work
 from shared.deadletters import from_record
 from shared.kafka import Publisher
-from shared.topics import DEADLETTER, EVENTS_RESOLVED, IDENTITY_MERGES
+from shared.topics import DEADLETTER, EVENTS_RESOLVED
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +25,21 @@ class IdentityHandler:
     """Handles one poll batch; every output is acknowledged before the offsets are committed."""
 
     def __init__(
-        self, resolver: Resolver, publisher: Publisher, *, prune_every_s: float = 300.0
+        self,
+        resolver: Resolver,
+        publisher: Publisher,
+        relay: NoticeRelay,
+        *,
+        prune_every_s: float = 300.0,
     ) -> None:
         self._resolver = resolver
         self._publisher = publisher
+        self._relay = relay
         self._prune_every_s = prune_every_s
         self._pruned_at = time.monotonic()
 
     async def __call__(self, records: Records) -> None:
-        """Decode, resolve in one transaction, publish, then relay the merge outbox."""
+        """Decode, resolve in one transaction, publish, then relay the notice outbox."""
         events: list[EventEnvelope] = []
         sources: list[ConsumerRecord[bytes, bytes]] = []
         dead: list[tuple[str, DeadLetter]] = []
@@ -58,6 +62,10 @@ class IdentityHandler:
             if resolution.duplicates[index]:
                 metrics.RESOLUTIONS.labels("duplicate").inc()
                 continue
+            if resolution.suppressed[index]:
+                # an erased person's identifier: dropped without a trace of its content
+                metrics.RESOLUTIONS.labels("suppressed").inc()
+                continue
             oneid = resolution.oneids[index]
             if oneid is None:
                 metrics.RESOLUTIONS.labels("no_identifier").inc()
@@ -68,21 +76,10 @@ class IdentityHandler:
             resolved.append((oneid, ResolvedEvent(oneid=oneid, event=event, resolved_at=now)))
         await self._publisher.publish_many(EVENTS_RESOLVED, resolved)
         await self._publisher.publish_many(DEADLETTER, dead)
-        await self.relay_merges()
+        await self._relay.relay()
         if time.monotonic() - self._pruned_at >= self._prune_every_s:
             self._pruned_at = time.monotonic()
             metrics.SIGHTINGS_PRUNED.inc(await self._resolver.prune_sightings())
-
-    async def relay_merges(self) -> None:
-        """Publish committed merges that are not on the topic yet, then mark them published."""
-        async with unit_of_work(self._resolver.sessions) as session:
-            merges = await service.pending_merges(session)
-            if not merges:
-                return
-            await self._publisher.publish_many(
-                IDENTITY_MERGES, ((merge.absorbed, merge) for merge in merges)
-            )
-            await mark_published(session, [m.merge_id for m in merges], datetime.now(UTC))
 
 
 def _key(record: ConsumerRecord[bytes, bytes]) -> str:

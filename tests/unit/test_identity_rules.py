@@ -1,12 +1,26 @@
-"""Identity's pure rules: normalisation, blocklist, resolution and merges."""
+"""Identity's pure rules: normalisation, blocklist, priority, limits, winner choice."""
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from itertools import count
+from pathlib import Path
 
-from services.identity.rules import identifiers_of, normalize, plan_batch
+import pytest
+from pydantic import ValidationError
+
+from services.identity.rules import (
+    Graph,
+    IdentityRules,
+    identifiers_of,
+    load_rules,
+    needs_counts,
+    normalize,
+    plan_batch,
+)
 from tests.factories import make_event
 
 T = datetime(2026, 11, 1, tzinfo=UTC)
+RULES = load_rules()
 
 
 def ids() -> object:
@@ -14,35 +28,174 @@ def ids() -> object:
     return lambda: f"p{next(numbers)}"
 
 
-def test_junk_values_never_match() -> None:
-    for junk in ("", " null ", "undefined", "anonymous", "0", "-1"):
-        assert normalize("user_id", junk) is None
+def test_emails_are_trimmed_and_lowercased_and_must_look_like_emails() -> None:
     assert normalize("email", " Ada@Example.COM ") == "ada@example.com"
     assert normalize("email", "not-an-email") is None
+    assert normalize("email", "a@b") is None
 
 
-def test_identifiers_in_priority_order_without_junk() -> None:
-    event = make_event(user_id="u-1", anonymous_id="null", traits={"email": "A@B.io"})
-    assert identifiers_of(event) == [("user_id", "u-1"), ("email", "a@b.io")]
+@pytest.mark.parametrize(
+    ("raw", "region", "expected"),
+    [
+        ("+1 (415) 555-2671", None, "+14155552671"),
+        ("(415) 555-2671", "US", "+14155552671"),
+        ("138 0013 8000", "CN", "+8613800138000"),
+        ("+86 138-0013-8000", "US", "+8613800138000"),  # an explicit country wins
+        ("415 555 2671", None, None),  # no country and no default region: unknowable
+        ("12345", "US", None),  # not a valid number
+        ("call me", "US", None),
+    ],
+)
+def test_phones_become_e164(raw: str, region: str | None, expected: str | None) -> None:
+    assert normalize("phone", raw, region=region) == expected
 
 
-def test_new_identifiers_create_one_person_and_repeat_resolves_to_it() -> None:
+def test_blocked_values_exact_and_by_pattern() -> None:
+    for junk in ("null", "UNDEFINED", "anonymous", "0", "-1", "[object Object]"):
+        assert RULES.is_blocked("user_id", junk)
+    assert RULES.is_blocked("email", "test@acme.io")
+    assert RULES.is_blocked("email", "ada@example.com")
+    assert RULES.is_blocked("phone", "+11111111111")
+    assert not RULES.is_blocked("email", "ada@acme.io")
+    assert not RULES.is_blocked("user_id", "u-1")
+
+
+def test_identifiers_strongest_first_without_junk_or_duplicates() -> None:
+    event = make_event(
+        user_id="u-1",
+        anonymous_id="null",
+        traits={"email": "A@Acme.io", "phone": "+1 415 555 2671"},
+        context={"device": {"id": "dev-9"}},
+        external_ids=[
+            {"id": "a@acme.io", "type": "email"},
+            {"id": "ou-1", "type": "WeChat_OpenID", "collection": "wx-app-7"},
+            {"id": "ou-2", "type": "wechat_openid"},  # no app id: cannot be scoped, dropped
+            {"id": "un-1", "type": "wechat_unionid"},
+            {"id": "L-77", "type": "loyalty_card"},
+        ],
+    )
+    assert identifiers_of(event, RULES) == [
+        ("user_id", "u-1"),
+        ("wechat_unionid", "un-1"),
+        ("email", "a@acme.io"),
+        ("phone", "+14155552671"),
+        ("loyalty_card", "L-77"),
+        ("wechat_openid", "wx-app-7:ou-1"),
+        ("device_id", "dev-9"),
+    ]
+
+
+def test_rules_files_are_validated() -> None:
+    with pytest.raises(ValidationError, match="priority must contain"):
+        IdentityRules.model_validate({"version": "1", "priority": ["user_id"], "limits": {}})
+    with pytest.raises(ValidationError, match="at least 1"):
+        IdentityRules.model_validate({"version": "1", "priority": ["*"], "limits": {"user_id": 0}})
+    with pytest.raises(ValidationError, match="blocked pattern"):
+        IdentityRules.model_validate(
+            {"version": "1", "priority": ["*"], "limits": {}, "blocked": {"patterns": {"*": ["("]}}}
+        )
+
+
+def test_the_shipped_rules_file_loads(tmp_path: Path) -> None:
+    assert RULES.limit("user_id") == 1
+    assert RULES.limit("some_custom_id") == 5
+    assert RULES.rank("some_custom_id") < RULES.rank("anonymous_id")
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("version: x\npriority: ['*']\nlimits: {user_id: one}\n")
+    with pytest.raises(ValidationError, match=r"limits\.user_id"):
+        load_rules(bad)
+
+
+def test_new_identifiers_create_one_person_and_repeats_resolve_to_it() -> None:
     keys = [("user_id", "u-1"), ("anonymous_id", "a-1")]
-    plan = plan_batch([(keys, T), ([("anonymous_id", "a-1")], T)], {}, {}, ids())
+    plan = plan_batch([(keys, T), ([("anonymous_id", "a-1")], T)], Graph(), RULES, ids())
     assert plan.oneids == ["p1", "p1"]
     assert plan.new_links == {("user_id", "u-1"): "p1", ("anonymous_id", "a-1"): "p1"}
+    assert plan.new_persons == {"p1": T}
 
 
-def test_bridging_event_merges_into_the_older_person() -> None:
-    links = {("user_id", "u-1"): "young", ("anonymous_id", "a-1"): "old"}
-    created = {"young": T + timedelta(days=1), "old": T}
+def test_a_bridging_event_merges_into_the_older_person() -> None:
+    graph = Graph(
+        links={("user_id", "u-1"): "young", ("anonymous_id", "a-1"): "old"},
+        created={"young": T + timedelta(days=1), "old": T},
+        counts={"young": Counter(user_id=1), "old": Counter(anonymous_id=1)},
+    )
     bridge = [("user_id", "u-1"), ("anonymous_id", "a-1")]
-    plan = plan_batch([(bridge, T), ([("user_id", "u-1")], T)], links, created, ids())
+    plan = plan_batch([(bridge, T), ([("user_id", "u-1")], T)], graph, RULES, ids())
     assert plan.oneids == ["old", "old"]
-    assert [(m.winner, m.absorbed) for m in plan.merges] == [("old", "young")]
+    assert [(m.winner, m.absorbed, m.rule) for m in plan.merges] == [
+        ("old", "young", "shared_identifier")
+    ]
 
 
-def test_event_without_usable_identifiers_resolves_to_none() -> None:
-    plan = plan_batch([([], T)], {}, {}, ids())
-    assert plan.oneids == [None]
-    assert not plan.new_persons
+def test_equal_ages_tie_break_on_the_oneid() -> None:
+    graph = Graph(
+        links={("email", "x@y.io"): "b", ("anonymous_id", "a"): "a"},
+        created={"a": T, "b": T},
+        counts={"a": Counter(anonymous_id=1), "b": Counter(email=1)},
+    )
+    plan = plan_batch([([("email", "x@y.io"), ("anonymous_id", "a")], T)], graph, RULES, ids())
+    assert plan.merges[0].winner == "a"
+
+
+def test_merge_chains_end_at_the_root_within_a_batch() -> None:
+    batch = [
+        ([("anonymous_id", "a-1")], T),
+        ([("anonymous_id", "a-2")], T + timedelta(seconds=1)),
+        ([("anonymous_id", "a-3")], T + timedelta(seconds=2)),
+        ([("anonymous_id", "a-2"), ("anonymous_id", "a-3")], T + timedelta(seconds=3)),
+        ([("anonymous_id", "a-1"), ("anonymous_id", "a-3")], T + timedelta(seconds=4)),
+    ]
+    plan = plan_batch(batch, Graph(), RULES, ids())
+    assert plan.oneids == ["p1", "p2", "p3", "p2", "p1"]
+    assert plan.root_of("p3") == "p1"
+    assert set(plan.new_links.values()) == {"p1"}
+
+
+def test_a_shared_computer_does_not_merge_two_users() -> None:
+    """Two users behind one cookie: the cookie (weaker) is dropped from the second login."""
+    graph = Graph(
+        links={("user_id", "ada"): "p-ada", ("anonymous_id", "cookie"): "p-ada"},
+        created={"p-ada": T},
+        counts={"p-ada": Counter(user_id=1, anonymous_id=1)},
+    )
+    second_login = [("user_id", "bob"), ("anonymous_id", "cookie")]
+    plan = plan_batch([(second_login, T)], graph, RULES, ids())
+    assert plan.oneids == ["p1"]
+    assert plan.merges == []
+    assert plan.new_links == {("user_id", "bob"): "p1"}
+    [refusal] = plan.refusals
+    assert (refusal.key, refusal.rule, refusal.other) == (
+        ("anonymous_id", "cookie"),
+        "limit:user_id",
+        "p-ada",
+    )
+
+
+def test_a_merge_that_would_exceed_a_limit_keeps_the_stronger_side() -> None:
+    many = IdentityRules(version="t", priority=("user_id", "*", "email"), limits={"email": 3})
+    graph = Graph(
+        links={("user_id", "u"): "p-a", ("email", "shared@acme.io"): "p-b"},
+        created={"p-a": T, "p-b": T + timedelta(days=1)},
+        counts={"p-a": Counter(user_id=1, email=2), "p-b": Counter(email=2)},
+    )
+    event = [("user_id", "u"), ("email", "shared@acme.io")]
+    plan = plan_batch([(event, T)], graph, many, ids())
+    assert plan.oneids == ["p-a"]
+    assert plan.merges == []
+    assert plan.refusals[0].rule == "limit:email"
+
+
+def test_events_without_usable_identifiers_resolve_to_none() -> None:
+    assert plan_batch([([], T)], Graph(), RULES, ids()).oneids == [None]
+    assert identifiers_of(make_event(user_id="undefined", anonymous_id="null"), RULES) == []
+
+
+def test_counts_are_needed_only_where_an_event_can_grow_or_merge_a_person() -> None:
+    links = {("user_id", "u"): "p1", ("anonymous_id", "a"): "p1", ("email", "e@x.io"): "p2"}
+    warm = [("user_id", "u"), ("anonymous_id", "a")]
+    grow = [("user_id", "u"), ("anonymous_id", "new")]
+    merge = [("anonymous_id", "a"), ("email", "e@x.io")]
+    assert needs_counts([warm], links) == set()
+    assert needs_counts([grow], links) == {"p1"}
+    assert needs_counts([warm, merge], links) == {"p1", "p2"}

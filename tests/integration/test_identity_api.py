@@ -1,0 +1,195 @@
+"""The identity service as a process: 360° profile, lookups by identifier, merge history,
+and erasure that leaves no raw identifier behind and suppresses later events."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.contracts import EventEnvelope, encode
+from shared.settings import CommonSettings
+from shared.stack.launcher import Stack
+from shared.topics import EVENTS_RAW, EVENTS_RESOLVED, IDENTITY_MERGES
+from tests.factories import T0, make_event
+from tests.support.services import Service, collect, start_service
+
+ADMIN = "identity-api-admin"
+
+
+@pytest.fixture(scope="module")
+async def identity(
+    infra: Stack, settings: CommonSettings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Service]:
+    env = {
+        **infra.env,
+        "TIERFLOW_ADMIN_TOKEN": ADMIN,
+        "TIERFLOW_IDENTITY_GROUP": f"identity-api-{uuid.uuid4().hex[:6]}",
+        "TIERFLOW_IDENTITY_PHONE_REGION": "CN",
+        "TIERFLOW_IDENTITY_SUPPRESSION_KEY": "test-pepper",
+        "TIERFLOW_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "TIERFLOW_KAFKA_REBALANCE_TIMEOUT_MS": "3000",
+    }
+    service = await start_service("identity", env, tmp_path_factory.mktemp("identity-api"))
+    yield service
+    service.stop()
+
+
+async def _send(settings: CommonSettings, *events: EventEnvelope) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for event in events:
+            await producer.send_and_wait(
+                EVENTS_RAW.name, encode(event), key=event.routing_id.encode()
+            )
+    finally:
+        await producer.stop()
+
+
+async def _resolved(settings: CommonSettings, run: str, count: int) -> list[dict[str, object]]:
+    return await collect(
+        settings.kafka_bootstrap,
+        EVENTS_RESOLVED.name,
+        lambda r: r["event"]["source_id"] == run,
+        count=count,
+        timeout=60,
+    )
+
+
+async def test_profile_lookup_merge_history_and_erasure(
+    identity: Service, settings: CommonSettings, engine: AsyncEngine
+) -> None:
+    run = f"e{uuid.uuid4().hex[:6]}"
+    user, email, anon, crm = f"{run}-ada", f"{run}-ada@acme.io", f"{run}-cookie", f"{run}-crm"
+    browsing = make_event(
+        message_id=f"{run}-1", source_id=run, user_id=None, anonymous_id=anon, timestamp=T0
+    )
+    signup = make_event(
+        message_id=f"{run}-2",
+        source_id=run,
+        type="identify",
+        user_id=user,
+        traits={"email": email, "phone": "138 0013 8000", "plan": "trial", "name": "Ada"},
+        timestamp=T0 + timedelta(minutes=1),
+    )
+    login = make_event(
+        message_id=f"{run}-3",
+        source_id=run,
+        user_id=user,
+        anonymous_id=anon,
+        external_ids=[{"id": crm, "type": "crm_id"}],
+        timestamp=T0 + timedelta(minutes=2),
+    )
+    upgrade = make_event(
+        message_id=f"{run}-4",
+        source_id=run,
+        type="identify",
+        user_id=user,
+        traits={"plan": "pro"},
+        timestamp=T0 + timedelta(minutes=3),
+    )
+    stale = make_event(  # arrives last but happened first: must not overwrite 'pro'
+        message_id=f"{run}-5",
+        source_id=run,
+        type="identify",
+        user_id=user,
+        traits={"plan": "free"},
+        timestamp=T0 - timedelta(days=1),
+    )
+    await _send(settings, browsing)  # other partition than the rest: resolve it first
+    await _resolved(settings, run, 1)
+    await _send(settings, signup, login, upgrade, stale)
+    await _resolved(settings, run, 5)
+
+    async with httpx.AsyncClient(
+        base_url=identity.url, headers={"authorization": f"Bearer {ADMIN}"}
+    ) as client:
+        assert (
+            await client.get(f"/v1/identifiers/user_id/{user}", headers={"authorization": ""})
+        ).status_code == 401
+        by_phone = await client.get("/v1/identifiers/phone/+86 138-0013-8000")
+        assert by_phone.status_code == 200, by_phone.text
+        profile = by_phone.json()
+        assert {(i["type"], i["value"]) for i in profile["identifiers"]} == {
+            ("anonymous_id", anon),
+            ("user_id", user),
+            ("email", email),
+            ("phone", "+8613800138000"),
+            ("crm_id", crm),
+        }
+        assert profile["traits"]["plan"]["value"] == "pro"  # last write wins by event time
+        assert profile["traits"]["name"]["value"] == "Ada"
+        assert len(profile["absorbed"]) == 1  # the anonymous browser joined at login
+        [merge] = profile["merges"]
+        assert merge["absorbed"] == profile["absorbed"][0]
+        assert merge["cause_event_id"] == login.event_id
+        assert profile["scoring"] is None  # no scoring service in this test
+        by_absorbed = await client.get(f"/v1/profiles/{profile['absorbed'][0]}")
+        assert by_absorbed.json()["oneid"] == profile["oneid"]
+        recent = await client.get("/v1/merges", params={"limit": 50})
+        assert merge["merge_id"] in {m["merge_id"] for m in recent.json()}
+        assert (await client.get("/v1/identifiers/user_id/null")).status_code == 404
+
+        erased = await client.post(
+            f"/v1/profiles/{profile['oneid']}/erasure", json={"reason": "GDPR art. 17"}
+        )
+        assert erased.status_code == 202, erased.text
+        body = erased.json()
+        assert set(body["oneids"]) == {profile["oneid"], *profile["absorbed"]}
+        assert body["identifiers_removed"] == 5
+        assert (await client.get(f"/v1/profiles/{profile['oneid']}")).status_code == 404
+
+    notices = await collect(
+        settings.kafka_bootstrap,
+        IDENTITY_MERGES.name,
+        lambda n: n.get("kind") == "erasure" and n.get("erasure_id") == body["erasure_id"],
+        count=1,
+    )
+    assert set(notices[0]["oneids"]) == set(body["oneids"])
+
+    again = make_event(
+        message_id=f"{run}-6",
+        source_id=run,
+        type="identify",
+        user_id=None,
+        anonymous_id=f"{run}-new-cookie",
+        traits={"email": email.upper()},
+    )
+    sentinel = make_event(
+        message_id=f"{run}-7", source_id=run, user_id=None, anonymous_id=f"{run}-new-cookie"
+    )
+    await _send(settings, again, sentinel)
+    resolved = await _resolved(settings, run, 6)
+    assert {r["event"]["message_id"] for r in resolved} == {
+        f"{run}-{n}" for n in (1, 2, 3, 4, 5, 7)
+    }
+
+    raw_values = [user, email, anon, crm, "8613800138000", "Ada", "trial"]
+    async with engine.connect() as connection:
+        tables = (
+            (
+                await connection.execute(
+                    text(
+                        "SELECT table_name FROM information_schema.tables "
+                        "WHERE table_schema = 'identity' AND table_type = 'BASE TABLE'"
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for table in tables:
+            rows = (
+                (await connection.execute(text(f'SELECT t::text FROM identity."{table}" t')))
+                .scalars()
+                .all()
+            )
+            leaked = [v for v in raw_values for row in rows if v.lower() in row.lower()]
+            assert leaked == [], (table, leaked)
