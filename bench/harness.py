@@ -196,7 +196,17 @@ class CpuMeter:
         self.used: dict[str, float] = {}
 
     def _now(self) -> dict[str, float]:
-        return {n: sum(p.cpu_times()[:2]) for n, p in self._procs.items()}
+        """User+system seconds of each process and its children (Postgres backends, say)."""
+        times: dict[str, float] = {}
+        for name, proc in self._procs.items():
+            total = sum(proc.cpu_times()[:2])
+            for child in proc.children(recursive=True):
+                try:
+                    total += sum(child.cpu_times()[:2])
+                except Exception:  # noqa: S112 - a child that exited has no times to add
+                    continue
+            times[name] = total
+        return times
 
     def start(self) -> None:
         """Remember the current CPU times."""

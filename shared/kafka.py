@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -103,6 +104,14 @@ PARTITIONER = DefaultPartitioner()
 """murmur2 of the key over all partitions: the same choice as the Java client's default."""
 
 
+@lru_cache(maxsize=100_000)
+def _partition_of(key: bytes, partitions: tuple[int, ...]) -> int:
+    """The default partitioner's choice for a key, memoised: it is pure-Python murmur2, and the
+    same OneIDs and user ids are published again and again."""
+    chosen: int = PARTITIONER(key, list(partitions), list(partitions))
+    return chosen
+
+
 async def send_grouped(
     producer: AIOKafkaProducer, topic: str, records: Iterable[tuple[bytes | None, bytes]]
 ) -> list[asyncio.Future[Any]]:
@@ -118,7 +127,9 @@ async def send_grouped(
     partitions = sorted(await producer.partitions_for(topic))
     grouped: dict[int, list[tuple[bytes | None, bytes]]] = {}
     for key, value in records:
-        partition = PARTITIONER(key, partitions, partitions)
+        partition = _partition_of(key, tuple(partitions)) if key is not None else None
+        if partition is None:
+            partition = PARTITIONER(key, partitions, partitions)
         grouped.setdefault(partition, []).append((key, value))
     futures: list[asyncio.Future[Any]] = []
     for partition, items in grouped.items():

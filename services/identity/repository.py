@@ -8,8 +8,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, delete, func, literal, or_, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Integer,
+    String,
+    bindparam,
+    delete,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.identity.dedup import FirstSighting, Sighting
@@ -25,6 +37,8 @@ from services.identity.models import (
 )
 from services.identity.rules import IdentifierKey, Refusal
 
+TEXTS = ARRAY(String)
+
 
 @dataclass(frozen=True, slots=True)
 class PersonState:
@@ -35,6 +49,55 @@ class PersonState:
     erased: bool
 
 
+# The statements a batch runs take whole arrays as single parameters: one cached statement and
+# one round trip whatever the batch size (multi-row VALUES and IN lists were compiled anew for
+# every batch, which cost more than the database work).
+_LINKS = text(
+    "SELECT i.id_type, i.id_value, i.oneid, p.created_at "
+    "FROM unnest(:types, :values) AS k(id_type, id_value) "
+    "JOIN identity.identifiers i ON i.id_type = k.id_type AND i.id_value = k.id_value "
+    "JOIN identity.persons p ON p.oneid = i.oneid"
+).bindparams(bindparam("types", type_=TEXTS), bindparam("values", type_=TEXTS))
+_PERSONS = text(
+    "SELECT oneid, created_at, merged_into, erased_at FROM identity.persons "
+    "WHERE oneid = ANY(:oneids)"
+).bindparams(bindparam("oneids", type_=TEXTS))
+_COUNTS = text(
+    "SELECT oneid, id_type, count(*) FROM identity.identifiers WHERE oneid = ANY(:oneids) "
+    "GROUP BY oneid, id_type"
+).bindparams(bindparam("oneids", type_=TEXTS))
+_SUPPRESSED = text(
+    "SELECT id_hash FROM identity.suppressions WHERE id_hash = ANY(:digests)"
+).bindparams(bindparam("digests", type_=TEXTS))
+_INSERT_LINKS = text(
+    "INSERT INTO identity.identifiers (id_type, id_value, oneid, first_seen_at) "
+    "SELECT t, v, o, :seen_at FROM unnest(:types, :values, :oneids) AS k(t, v, o)"
+).bindparams(
+    bindparam("types", type_=TEXTS),
+    bindparam("values", type_=TEXTS),
+    bindparam("oneids", type_=TEXTS),
+)
+_INSERT_PERSONS = text(
+    "INSERT INTO identity.persons (oneid, created_at) SELECT * FROM unnest(:oneids, :created)"
+).bindparams(
+    bindparam("oneids", type_=TEXTS), bindparam("created", type_=ARRAY(DateTime(timezone=True)))
+)
+_SIGHTINGS = text(
+    "SELECT event_id, raw_partition, raw_offset, seen_at FROM identity.seen_events "
+    "WHERE event_id = ANY(:ids)"
+).bindparams(bindparam("ids", type_=TEXTS))
+_RECORD_SIGHTINGS = text(
+    "INSERT INTO identity.seen_events (event_id, raw_partition, raw_offset, seen_at) "
+    "SELECT e, p, o, :seen_at FROM unnest(:ids, :partitions, :offsets) AS s(e, p, o) "
+    "ON CONFLICT (event_id) DO UPDATE SET raw_partition = excluded.raw_partition, "
+    "raw_offset = excluded.raw_offset, seen_at = excluded.seen_at"
+).bindparams(
+    bindparam("ids", type_=TEXTS),
+    bindparam("partitions", type_=ARRAY(Integer)),
+    bindparam("offsets", type_=ARRAY(BigInteger)),
+)
+
+
 async def load_links(
     session: AsyncSession, keys: Iterable[IdentifierKey]
 ) -> tuple[dict[IdentifierKey, str], dict[str, datetime]]:
@@ -43,9 +106,7 @@ async def load_links(
     if not wanted:
         return {}, {}
     rows = await session.execute(
-        select(Identifier.id_type, Identifier.id_value, Identifier.oneid, Person.created_at)
-        .join(Person, Person.oneid == Identifier.oneid)
-        .where(tuple_(Identifier.id_type, Identifier.id_value).in_(wanted))
+        _LINKS, {"types": [t for t, _ in wanted], "values": [v for _, v in wanted]}
     )
     links: dict[IdentifierKey, str] = {}
     created: dict[str, datetime] = {}
@@ -60,11 +121,7 @@ async def load_persons(session: AsyncSession, oneids: Iterable[str]) -> dict[str
     wanted = list(set(oneids))
     if not wanted:
         return {}
-    rows = await session.execute(
-        select(Person.oneid, Person.created_at, Person.merged_into, Person.erased_at).where(
-            Person.oneid.in_(wanted)
-        )
-    )
+    rows = await session.execute(_PERSONS, {"oneids": wanted})
     return {
         oneid: PersonState(created_at, merged_into, erased_at is not None)
         for oneid, created_at, merged_into, erased_at in rows
@@ -75,15 +132,9 @@ async def load_counts(session: AsyncSession, oneids: Iterable[str]) -> dict[str,
     """How many identifiers of each type every given person holds."""
     wanted = list(set(oneids))
     counts: dict[str, Counter[str]] = {oneid: Counter() for oneid in wanted}
-    if not wanted:
-        return counts
-    rows = await session.execute(
-        select(Identifier.oneid, Identifier.id_type, func.count())
-        .where(Identifier.oneid.in_(wanted))
-        .group_by(Identifier.oneid, Identifier.id_type)
-    )
-    for oneid, id_type, n in rows:
-        counts[oneid][id_type] = n
+    if wanted:
+        for oneid, id_type, n in await session.execute(_COUNTS, {"oneids": wanted}):
+            counts[oneid][id_type] = n
     return counts
 
 
@@ -92,16 +143,15 @@ async def suppressed(session: AsyncSession, digests: Iterable[str]) -> set[str]:
     wanted = list(set(digests))
     if not wanted:
         return set()
-    rows = await session.execute(select(Suppression.id_hash).where(Suppression.id_hash.in_(wanted)))
-    return set(rows.scalars())
+    return set((await session.execute(_SUPPRESSED, {"digests": wanted})).scalars())
 
 
 async def insert_persons(session: AsyncSession, persons: dict[str, datetime]) -> None:
     """Create new persons."""
     if persons:
         await session.execute(
-            insert(Person),
-            [{"oneid": oneid, "created_at": at} for oneid, at in persons.items()],
+            _INSERT_PERSONS,
+            {"oneids": list(persons), "created": list(persons.values())},
         )
 
 
@@ -111,11 +161,13 @@ async def insert_links(
     """Attach new identifiers; a concurrent insert of the same identifier raises (and retries)."""
     if links:
         await session.execute(
-            insert(Identifier),
-            [
-                {"id_type": t, "id_value": v, "oneid": oneid, "first_seen_at": seen_at}
-                for (t, v), oneid in links.items()
-            ],
+            _INSERT_LINKS,
+            {
+                "types": [t for t, _ in links],
+                "values": [v for _, v in links],
+                "oneids": list(links.values()),
+                "seen_at": seen_at,
+            },
         )
 
 
@@ -380,10 +432,10 @@ async def load_sightings(session: AsyncSession, event_ids: list[str]) -> dict[st
     """Stored first sightings of these event ids."""
     if not event_ids:
         return {}
-    rows = await session.execute(select(SeenEvent).where(SeenEvent.event_id.in_(set(event_ids))))
+    rows = await session.execute(_SIGHTINGS, {"ids": list(set(event_ids))})
     return {
-        row.event_id: FirstSighting(row.raw_partition, row.raw_offset, row.seen_at)
-        for row in rows.scalars()
+        event_id: FirstSighting(partition, offset, seen_at)
+        for event_id, partition, offset, seen_at in rows
     }
 
 
@@ -391,29 +443,16 @@ async def record_sightings(
     session: AsyncSession, sightings: dict[str, Sighting], seen_at: datetime
 ) -> None:
     """Store first sightings, replacing records that fell out of the window."""
-    if not sightings:
-        return
-    statement = insert(SeenEvent).values(
-        [
+    if sightings:
+        await session.execute(
+            _RECORD_SIGHTINGS,
             {
-                "event_id": s.event_id,
-                "raw_partition": s.partition,
-                "raw_offset": s.offset,
+                "ids": list(sightings),
+                "partitions": [s.partition for s in sightings.values()],
+                "offsets": [s.offset for s in sightings.values()],
                 "seen_at": seen_at,
-            }
-            for s in sightings.values()
-        ]
-    )
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[SeenEvent.event_id],
-            set_={
-                "raw_partition": statement.excluded.raw_partition,
-                "raw_offset": statement.excluded.raw_offset,
-                "seen_at": statement.excluded.seen_at,
             },
         )
-    )
 
 
 async def prune_sightings(session: AsyncSession, before: datetime) -> int:

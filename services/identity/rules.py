@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,18 @@ class IdentityRules(BaseModel):
         """How many identifiers of this type one person may hold (None: no limit)."""
         return self.limits.get(id_type, self.limits.get(OTHER_TYPES))
 
+    @cached_property
+    def canonical(self) -> Callable[[str, str, str | None], str | None]:
+        """``(type, raw value, phone region)`` → the normalised value, None if unusable or
+        blocked; memoised, because the same cookies and ids come back event after event."""
+
+        @lru_cache(maxsize=200_000)
+        def canonical(id_type: str, raw: str, region: str | None) -> str | None:
+            value = normalize(id_type, raw, region=region)
+            return None if value is None or self.is_blocked(id_type, value) else value
+
+        return canonical
+
     def is_blocked(self, id_type: str, value: str) -> bool:
         """True for junk that must not link anyone (shared test accounts, 'null', ...)."""
         if value.lower() in self.blocked.values:
@@ -166,10 +178,7 @@ def identifiers_of(
             candidates.append((id_type, external.id))
     seen: dict[IdentifierKey, None] = {}
     for id_type, raw in candidates:
-        if not isinstance(raw, str):
-            continue
-        value = normalize(id_type, raw, region=region)
-        if value is not None and not rules.is_blocked(id_type, value):
+        if isinstance(raw, str) and (value := rules.canonical(id_type, raw, region)) is not None:
             seen.setdefault((id_type, value), None)
     return sorted(seen, key=lambda key: rules.rank(key[0]))
 

@@ -96,6 +96,7 @@ class Resolution:
     oneids: list[str | None]
     duplicates: list[bool]
     suppressed: list[bool]
+    merged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +233,7 @@ class Resolver:
         for refusal in plan.refusals:
             metrics.REFUSALS.labels(refusal.rule).inc()
         learnt = {key: plan.root_of(oneid) for key, oneid in {**links, **plan.new_links}.items()}
-        return Resolution(plan.oneids, duplicates, suppressed), learnt
+        return Resolution(plan.oneids, duplicates, suppressed, bool(plan.merges)), learnt
 
     async def _links(
         self, session: AsyncSession, keys: set[IdentifierKey]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from datetime import UTC, datetime
 
 from aiokafka import ConsumerRecord
@@ -31,12 +32,15 @@ class IdentityHandler:
         relay: NoticeRelay,
         *,
         prune_every_s: float = 300.0,
+        relay_every_s: float = 5.0,
     ) -> None:
         self._resolver = resolver
         self._publisher = publisher
         self._relay = relay
         self._prune_every_s = prune_every_s
         self._pruned_at = time.monotonic()
+        self._relay_every_s = relay_every_s
+        self._relay_due = 0.0
 
     async def __call__(self, records: Records) -> None:
         """Decode, resolve in one transaction, publish, then relay the notice outbox."""
@@ -48,7 +52,6 @@ class IdentityHandler:
             try:
                 event = decode(EventEnvelope, record.value or b"")
             except ValidationError as error:
-                metrics.RESOLUTIONS.labels("invalid").inc()
                 dead.append((_key(record), from_record("identity", record, error)))
                 continue
             events.append(event)
@@ -56,27 +59,33 @@ class IdentityHandler:
             sightings.append(Sighting(event.event_id, record.partition, record.offset))
         resolution = await self._resolver.resolve(events, sightings) if events else None
         resolved: list[tuple[str, ResolvedEvent]] = []
+        outcomes: Counter[str] = Counter(invalid=len(dead))
         now = datetime.now(UTC)
         for index, event in enumerate(events):
             assert resolution is not None
             if resolution.duplicates[index]:
-                metrics.RESOLUTIONS.labels("duplicate").inc()
+                outcomes["duplicate"] += 1
                 continue
             if resolution.suppressed[index]:
                 # an erased person's identifier: dropped without a trace of its content
-                metrics.RESOLUTIONS.labels("suppressed").inc()
+                outcomes["suppressed"] += 1
                 continue
             oneid = resolution.oneids[index]
             if oneid is None:
-                metrics.RESOLUTIONS.labels("no_identifier").inc()
+                outcomes["no_identifier"] += 1
                 letter = from_record("identity", sources[index], "no usable identifier")
                 dead.append((_key(sources[index]), letter))
                 continue
-            metrics.RESOLUTIONS.labels("resolved").inc()
+            outcomes["resolved"] += 1
             resolved.append((oneid, ResolvedEvent(oneid=oneid, event=event, resolved_at=now)))
         await self._publisher.publish_many(EVENTS_RESOLVED, resolved)
         await self._publisher.publish_many(DEADLETTER, dead)
-        await self._relay.relay()
+        for outcome, n in outcomes.items():
+            metrics.RESOLUTIONS.labels(outcome).inc(n)
+        # merges of this batch go out now; leftovers of a crash (or another worker) on a timer
+        if (resolution and resolution.merged) or time.monotonic() >= self._relay_due:
+            self._relay_due = time.monotonic() + self._relay_every_s
+            await self._relay.relay()
         if time.monotonic() - self._pruned_at >= self._prune_every_s:
             self._pruned_at = time.monotonic()
             metrics.SIGHTINGS_PRUNED.inc(await self._resolver.prune_sightings())
