@@ -188,22 +188,25 @@ def post(path: str, body: bytes, authorization: str) -> bytes:
 class CpuMeter:
     """CPU seconds used by named processes between ``start()`` and ``stop()``."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], *, with_children: tuple[str, ...] = ()) -> None:
         import psutil
 
         self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._with_children = with_children
         self._begin: dict[str, float] = {}
         self.used: dict[str, float] = {}
 
     def _now(self) -> dict[str, float]:
-        """User+system seconds of each process and its children (Postgres backends, say)."""
+        """User+system seconds of each process, plus its children's where asked (Postgres
+        backends are children of the postmaster)."""
         times: dict[str, float] = {}
         for name, proc in self._procs.items():
             total = sum(proc.cpu_times()[:2])
-            for child in proc.children(recursive=True):
+            children = proc.children(recursive=True) if name in self._with_children else []
+            for child in children:
                 try:
                     total += sum(child.cpu_times()[:2])
-                except Exception:  # noqa: S112 - a child that exited has no times to add
+                except Exception:  # a child that exited meanwhile has no times to add
                     continue
             times[name] = total
         return times

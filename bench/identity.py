@@ -162,7 +162,9 @@ async def run(persons: int, events: int, batch: int, *, profile: bool = False) -
         print(f"raw consumer ceiling: {ceiling:,.0f} msg/s ({read:,} messages)", flush=True)
 
         postgres = next(c for c in stack.children if c.name == "postgres")
-        meter = CpuMeter({"worker": os.getpid(), "postgres": postgres.process.pid})
+        meter = CpuMeter(
+            {"worker": os.getpid(), "postgres": postgres.process.pid}, with_children=("postgres",)
+        )
         engine = build_engine(settings, application_name="bench-identity")
         resolver = Resolver(engine, load_rules())
         profiler = cProfile.Profile() if profile else None
