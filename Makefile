@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format schemas install clean bench bench-ingest
+.PHONY: run test lint format schemas install clean bench bench-ingest bench-identity
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +33,13 @@ format: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/tierflow schemas export
 
-bench: bench-ingest  ## every benchmark (prints numbers; see docs/benchmarks.md)
+bench: bench-ingest bench-identity  ## every benchmark (prints numbers; see docs/benchmarks.md)
 
 bench-ingest: $(STAMP)
 	$(BIN)/python -m bench.ingest
+
+bench-identity: $(STAMP)
+	$(BIN)/python -m bench.identity
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
