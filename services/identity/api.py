@@ -13,28 +13,17 @@ from services.identity.schemas import (
     ErasureIn,
     ErasureOut,
     IdentifierOut,
-    MergeOut,
     ProfileOut,
     RefusalOut,
     TraitOut,
 )
-from services.identity.service import Resolver
+from services.identity.service import Resolver, merge_notice
 from shared.auth import AdminOnly
+from shared.contracts import IdentityMerge
 from shared.db import unit_of_work
 from shared.errors import NotFound
 
 router = APIRouter(prefix="/v1", tags=["identity"], dependencies=[AdminOnly])
-
-
-def _merge_out(m: Any) -> MergeOut:
-    return MergeOut(
-        merge_id=m.merge_id,
-        winner=m.winner,
-        absorbed=m.absorbed,
-        rule=m.rule,
-        cause_event_id=m.cause_event_id,
-        merged_at=m.merged_at,
-    )
 
 
 async def _scores(request: Request, oneid: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -82,7 +71,7 @@ async def get_profile(oneid: str, request: Request) -> ProfileOut:
             for t in traits
         },
         absorbed=absorbed,
-        merges=[_merge_out(m) for m in merges],
+        merges=[merge_notice(m) for m in merges],
         refusals=[
             RefusalOut(
                 event_id=r.event_id,
@@ -115,14 +104,14 @@ async def lookup(id_type: str, value: str, request: Request) -> ProfileOut:
     return await get_profile(oneid, request)
 
 
-@router.get("/merges", response_model=list[MergeOut])
+@router.get("/merges", response_model=list[IdentityMerge])
 async def list_merges(
     request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-) -> list[MergeOut]:
+) -> list[IdentityMerge]:
     """The latest merges, newest first."""
     async with unit_of_work(request.app.state.sessions) as session:
         merges = await repository.recent_merges(session, limit)
-    return [_merge_out(m) for m in merges]
+    return [merge_notice(m) for m in merges]
 
 
 @router.post("/profiles/{oneid}/erasure", response_model=ErasureOut, status_code=202)

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -38,6 +38,7 @@ from services.identity.models import (
 from services.identity.rules import IdentifierKey, Refusal
 
 TEXTS = ARRAY(String)
+Outbox = TypeVar("Outbox", MergeRecord, ErasureRecord)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,42 +280,37 @@ async def upsert_traits(
 
 async def claim_unpublished_merges(session: AsyncSession, limit: int = 500) -> list[MergeRecord]:
     """Merges committed but not yet published (locked so one worker publishes each)."""
-    result = await session.execute(
-        select(MergeRecord)
-        .where(MergeRecord.published_at.is_(None))
-        .order_by(MergeRecord.merged_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    return list(result.scalars())
-
-
-async def mark_published(session: AsyncSession, merge_ids: list[str], at: datetime) -> None:
-    """Record that these merges are on the merges topic."""
-    if merge_ids:
-        await session.execute(
-            update(MergeRecord).where(MergeRecord.merge_id.in_(merge_ids)).values(published_at=at)
-        )
+    return await _claim_unpublished(session, MergeRecord, MergeRecord.merged_at, limit)
 
 
 async def claim_unpublished_erasures(
     session: AsyncSession, limit: int = 100
 ) -> list[ErasureRecord]:
     """Erasures committed but not yet published (locked so one worker publishes each)."""
+    return await _claim_unpublished(session, ErasureRecord, ErasureRecord.requested_at, limit)
+
+
+async def _claim_unpublished(
+    session: AsyncSession, outbox: type[Outbox], order: Any, limit: int
+) -> list[Outbox]:
     result = await session.execute(
-        select(ErasureRecord)
-        .where(ErasureRecord.published_at.is_(None))
-        .order_by(ErasureRecord.requested_at)
+        select(outbox)
+        .where(outbox.published_at.is_(None))
+        .order_by(order)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
     return list(result.scalars())
 
 
-async def mark_erasures_published(
-    session: AsyncSession, erasure_ids: list[str], at: datetime
+async def mark_published(
+    session: AsyncSession, merge_ids: list[str], erasure_ids: list[str], at: datetime
 ) -> None:
-    """Record that these erasures are on the notices topic."""
+    """Record that these merges and erasures are on the notices topic."""
+    if merge_ids:
+        await session.execute(
+            update(MergeRecord).where(MergeRecord.merge_id.in_(merge_ids)).values(published_at=at)
+        )
     if erasure_ids:
         await session.execute(
             update(ErasureRecord)

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from shared.contracts import IdentityMerge
+
 
 class IdentifierOut(BaseModel):
     """One identifier of a person."""
@@ -22,17 +24,6 @@ class TraitOut(BaseModel):
     value: Any
     updated_at: datetime
     event_id: str
-
-
-class MergeOut(BaseModel):
-    """One merge: ``absorbed`` became part of ``winner``."""
-
-    merge_id: str
-    winner: str
-    absorbed: str
-    rule: str
-    cause_event_id: str
-    merged_at: datetime
 
 
 class RefusalOut(BaseModel):
@@ -56,7 +47,7 @@ class ProfileOut(BaseModel):
     identifiers: list[IdentifierOut]
     traits: dict[str, TraitOut]
     absorbed: list[str]
-    merges: list[MergeOut]
+    merges: list[IdentityMerge]
     refusals: list[RefusalOut]
     scoring: dict[str, Any] | None = Field(
         description="Tier and scores from the scoring read model (null when it has none)."

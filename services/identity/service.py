@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.identity import metrics, repository
 from services.identity.dedup import Sighting, find_duplicates
+from services.identity.models import ErasureRecord, MergeRecord
 from services.identity.rules import (
     Graph,
     IdentifierKey,
@@ -313,6 +314,29 @@ def _latest_traits(
     return latest
 
 
+def merge_notice(record: MergeRecord) -> IdentityMerge:
+    """A merge audit row as its notice (also what the merges API lists)."""
+    return IdentityMerge(
+        merge_id=record.merge_id,
+        winner=record.winner,
+        absorbed=record.absorbed,
+        cause_event_id=record.cause_event_id,
+        rule=record.rule,
+        merged_at=record.merged_at,
+    )
+
+
+def erasure_notice(record: ErasureRecord) -> IdentityErasure:
+    """An erasure row as its notice."""
+    return IdentityErasure(
+        erasure_id=record.erasure_id,
+        oneid=record.oneid,
+        oneids=tuple(record.oneids),
+        requested_at=record.requested_at,
+        reason=record.reason,
+    )
+
+
 class NoticeRelay:
     """Publishes committed merges and erasures from the outbox tables, then marks them.
 
@@ -331,40 +355,15 @@ class NoticeRelay:
             erasures = await repository.claim_unpublished_erasures(session)
             if not merges and not erasures:
                 return 0
-            now = datetime.now(UTC)
-            await self._publisher.publish_many(
-                IDENTITY_MERGES,
-                [
-                    (
-                        m.absorbed,
-                        IdentityMerge(
-                            merge_id=m.merge_id,
-                            winner=m.winner,
-                            absorbed=m.absorbed,
-                            cause_event_id=m.cause_event_id,
-                            rule=m.rule,
-                            merged_at=m.merged_at,
-                        ),
-                    )
-                    for m in merges
-                ],
+            notices: list[tuple[str, IdentityMerge | IdentityErasure]] = [
+                *((m.absorbed, merge_notice(m)) for m in merges),
+                *((e.oneid, erasure_notice(e)) for e in erasures),
+            ]
+            await self._publisher.publish_many(IDENTITY_MERGES, notices)
+            await repository.mark_published(
+                session,
+                [m.merge_id for m in merges],
+                [e.erasure_id for e in erasures],
+                datetime.now(UTC),
             )
-            await self._publisher.publish_many(
-                IDENTITY_MERGES,
-                [
-                    (
-                        e.oneid,
-                        IdentityErasure(
-                            erasure_id=e.erasure_id,
-                            oneid=e.oneid,
-                            oneids=tuple(e.oneids),
-                            requested_at=e.requested_at,
-                            reason=e.reason,
-                        ),
-                    )
-                    for e in erasures
-                ],
-            )
-            await repository.mark_published(session, [m.merge_id for m in merges], now)
-            await repository.mark_erasures_published(session, [e.erasure_id for e in erasures], now)
             return len(merges) + len(erasures)

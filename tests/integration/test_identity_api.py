@@ -18,7 +18,7 @@ from shared.settings import CommonSettings
 from shared.stack.launcher import Stack
 from shared.topics import EVENTS_RAW, EVENTS_RESOLVED, IDENTITY_MERGES
 from tests.factories import T0, make_event
-from tests.support.services import Service, collect, start_service
+from tests.support.services import Service, collect, service_env, start_service
 
 ADMIN = "identity-api-admin"
 
@@ -27,15 +27,12 @@ ADMIN = "identity-api-admin"
 async def identity(
     infra: Stack, settings: CommonSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Service]:
-    env = {
-        **infra.env,
-        "TIERFLOW_ADMIN_TOKEN": ADMIN,
-        "TIERFLOW_IDENTITY_GROUP": f"identity-api-{uuid.uuid4().hex[:6]}",
-        "TIERFLOW_IDENTITY_PHONE_REGION": "CN",
-        "TIERFLOW_IDENTITY_SUPPRESSION_KEY": "test-pepper",
-        "TIERFLOW_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "TIERFLOW_KAFKA_REBALANCE_TIMEOUT_MS": "3000",
-    }
+    env = service_env(
+        infra.env,
+        admin_token=ADMIN,
+        identity_phone_region="CN",
+        identity_suppression_key="test-pepper",
+    )
     service = await start_service("identity", env, tmp_path_factory.mktemp("identity-api"))
     yield service
     service.stop()
@@ -76,7 +73,7 @@ async def test_profile_lookup_merge_history_and_erasure(
         source_id=run,
         type="identify",
         user_id=user,
-        traits={"email": email, "phone": "138 0013 8000", "plan": "trial", "name": "Ada"},
+        traits={"email": email, "phone": "138 0013 8000", "plan": "trial", "name": f"Ada {run}"},
         timestamp=T0 + timedelta(minutes=1),
     )
     login = make_event(
@@ -125,7 +122,7 @@ async def test_profile_lookup_merge_history_and_erasure(
             ("crm_id", crm),
         }
         assert profile["traits"]["plan"]["value"] == "pro"  # last write wins by event time
-        assert profile["traits"]["name"]["value"] == "Ada"
+        assert profile["traits"]["name"]["value"] == f"Ada {run}"
         assert len(profile["absorbed"]) == 1  # the anonymous browser joined at login
         [merge] = profile["merges"]
         assert merge["absorbed"] == profile["absorbed"][0]
@@ -171,7 +168,7 @@ async def test_profile_lookup_merge_history_and_erasure(
         f"{run}-{n}" for n in (1, 2, 3, 4, 5, 7)
     }
 
-    raw_values = [user, email, anon, crm, "8613800138000", "Ada", "trial"]
+    raw_values = [user, email, anon, crm, "8613800138000", f"Ada {run}"]
     async with engine.connect() as connection:
         tables = (
             (

@@ -21,7 +21,7 @@ from shared.settings import CommonSettings
 from shared.stack.launcher import Stack
 from shared.topics import EVENTS_RAW, EVENTS_RESOLVED, IDENTITY_MERGES
 from tests.factories import T0, make_event
-from tests.support.services import Service, collect, start_service
+from tests.support.services import Service, collect, service_env, start_service
 
 RULES = load_rules()
 EVENTS = 20_000
@@ -74,14 +74,7 @@ def journey(run: str, rng: random.Random) -> list[EventEnvelope]:
 async def workers(
     infra: Stack, settings: CommonSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[list[Service]]:
-    env = {
-        **infra.env,
-        "TIERFLOW_ADMIN_TOKEN": "workers-test",
-        "TIERFLOW_IDENTITY_GROUP": f"identity-workers-{uuid.uuid4().hex[:6]}",
-        "TIERFLOW_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "TIERFLOW_KAFKA_REBALANCE_TIMEOUT_MS": "3000",
-        "TIERFLOW_LOG_LEVEL": "WARNING",
-    }
+    env = service_env(infra.env, admin_token="workers-test", log_level="WARNING")
     logs = tmp_path_factory.mktemp("workers")
     started = [await start_service("identity", env, logs) for _ in range(3)]
     yield started

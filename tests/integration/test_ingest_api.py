@@ -22,7 +22,7 @@ from shared.settings import CommonSettings
 from shared.stack.launcher import Stack
 from shared.topics import DEADLETTER, EVENTS_RAW, EVENTS_RESOLVED
 from tests.factories import free_port
-from tests.support.services import Service, collect, start_service
+from tests.support.services import Service, collect, service_env, start_service
 
 WRITE_KEY = "wk_ingest_tests"
 LIMITED_KEY = "wk_ingest_limited"
@@ -61,12 +61,7 @@ async def identity(
     infra: Stack, settings: CommonSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Service]:
     """One identity worker, to see what reaches the resolved topic."""
-    env = {
-        **infra.env,
-        "TIERFLOW_ADMIN_TOKEN": ADMIN,
-        "TIERFLOW_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "TIERFLOW_KAFKA_REBALANCE_TIMEOUT_MS": "3000",
-    }
+    env = service_env(infra.env, admin_token=ADMIN)
     service = await start_service("identity", env, tmp_path_factory.mktemp("id"))
     yield service
     service.stop()

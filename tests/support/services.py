@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,19 @@ class Service:
     def stop(self) -> None:
         """Stop it (SIGTERM, then kill)."""
         self.child.stop()
+
+
+def service_env(base: Mapping[str, str], **settings: str) -> dict[str, str]:
+    """A service's environment: the stack's, short group timeouts (so joins take seconds, see
+    the architecture's known facts), a fresh identity consumer group, and ``settings`` given as
+    ``NAME=value`` for ``TIERFLOW_NAME``."""
+    return {
+        **base,
+        "TIERFLOW_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "TIERFLOW_KAFKA_REBALANCE_TIMEOUT_MS": "3000",
+        "TIERFLOW_IDENTITY_GROUP": f"identity-{uuid.uuid4().hex[:8]}",
+        **{f"TIERFLOW_{name.upper()}": value for name, value in settings.items()},
+    }
 
 
 async def start_service(
