@@ -161,8 +161,12 @@ class Publisher:
 
     async def publish_many(self, topic: TopicSpec, items: Iterable[tuple[str, Contract]]) -> None:
         """Send many messages and wait until every one is acknowledged (fails if any fails)."""
+        await self.publish_encoded(topic, ((key, encode(message)) for key, message in items))
+
+    async def publish_encoded(self, topic: TopicSpec, items: Iterable[tuple[str, bytes]]) -> None:
+        """``publish_many`` for messages already serialised to their contract's JSON."""
         futures = await send_grouped(
-            self._producer, topic.name, ((key.encode(), encode(message)) for key, message in items)
+            self._producer, topic.name, ((key.encode(), value) for key, value in items)
         )
         if futures:
             await asyncio.gather(*futures)

@@ -14,7 +14,8 @@ from services.identity import metrics
 from services.identity.dedup import Sighting
 from services.identity.service import NoticeRelay, Resolver
 from shared.consumer import Records
-from shared.contracts import DeadLetter, EventEnvelope, ResolvedEvent, decode
+from shared.contracts import DeadLetter, EventEnvelope, decode
+from shared.contracts.events import resolved_json
 from shared.deadletters import from_record
 from shared.kafka import Publisher
 from shared.topics import DEADLETTER, EVENTS_RESOLVED
@@ -58,10 +59,10 @@ class IdentityHandler:
             sources.append(record)
             sightings.append(Sighting(event.event_id, record.partition, record.offset))
         resolution = await self._resolver.resolve(events, sightings) if events else None
-        resolved: list[tuple[str, ResolvedEvent]] = []
+        resolved: list[tuple[str, bytes]] = []
         outcomes: Counter[str] = Counter(invalid=len(dead))
         now = datetime.now(UTC)
-        for index, event in enumerate(events):
+        for index in range(len(events)):
             assert resolution is not None
             if resolution.duplicates[index]:
                 outcomes["duplicate"] += 1
@@ -77,8 +78,8 @@ class IdentityHandler:
                 dead.append((_key(sources[index]), letter))
                 continue
             outcomes["resolved"] += 1
-            resolved.append((oneid, ResolvedEvent(oneid=oneid, event=event, resolved_at=now)))
-        await self._publisher.publish_many(EVENTS_RESOLVED, resolved)
+            resolved.append((oneid, resolved_json(oneid, sources[index].value or b"", now)))
+        await self._publisher.publish_encoded(EVENTS_RESOLVED, resolved)
         await self._publisher.publish_many(DEADLETTER, dead)
         for outcome, n in outcomes.items():
             metrics.RESOLUTIONS.labels(outcome).inc(n)

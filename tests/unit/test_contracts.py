@@ -32,9 +32,22 @@ def test_round_trip_keeps_nulls() -> None:
 
 def test_registry_names_are_unique_and_profiles_compacted() -> None:
     names = [t.name for t in ALL_TOPICS]
-    assert len(names) == len(set(names)) == 7
+    assert len(names) == len(set(names)) == 8
     assert PROFILES.configs["cleanup.policy"] == "compact"
 
 
 def test_checked_in_schemas_are_current() -> None:
     assert stale_schemas(Path(__file__).parents[2] / "docs" / "schemas") == []
+
+
+def test_a_spliced_resolved_event_decodes_like_the_model() -> None:
+    from datetime import timedelta
+
+    from shared.contracts import ResolvedEvent, decode, encode
+    from shared.contracts.events import resolved_json
+    from tests.factories import T0, make_event
+
+    event = make_event(traits={"email": "a@b.io"}, properties={"n": [1, 2]})
+    at = T0 + timedelta(seconds=1, microseconds=5)
+    spliced = decode(ResolvedEvent, resolved_json("p-1", encode(event), at))
+    assert spliced == ResolvedEvent(oneid="p-1", event=event, resolved_at=at)
