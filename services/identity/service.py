@@ -238,12 +238,12 @@ class Resolver:
 
     async def _links(
         self, session: AsyncSession, keys: set[IdentifierKey]
-    ) -> tuple[dict[IdentifierKey, str], dict[str, Any]]:
+    ) -> tuple[dict[IdentifierKey, str], dict[str, datetime]]:
         """Owners of ``keys``: cached answers checked against person rows, the rest looked up."""
         cached = self._cache.get_many(keys)
         persons = await repository.load_persons(session, cached.values())
         links: dict[IdentifierKey, str] = {}
-        created: dict[str, Any] = {}
+        created: dict[str, datetime] = {}
         for key, oneid in cached.items():
             state = persons.get(oneid)
             if state is not None and not state.erased and state.merged_into is None:
