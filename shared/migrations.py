@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from shared.settings import CommonSettings
 
 SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
-SCHEMAS = ("ingest", "identity", "automation")
+SCHEMAS = ("ingest", "identity", "scoring", "automation")
 
 
 def alembic_config(schema: str, database_url: str) -> Config:

@@ -50,6 +50,13 @@ PROFILES = TopicSpec(
     description="Latest scored profile per OneID.",
     configs={"cleanup.policy": "compact"},
 )
+SCORING_COMMANDS = TopicSpec(
+    "tierflow.scoring.commands",
+    key="oneid the command applies to",
+    description="Scoring's own commands between partitions: merge folds, erasures, timer "
+    "re-evaluations.",
+    configs={"retention.ms": SEVEN_DAYS_MS},
+)
 ACTIONS = TopicSpec(
     "tierflow.actions",
     key="oneid",
@@ -68,6 +75,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     IDENTITY_MERGES,
     TIERS_CHANGES,
     PROFILES,
+    SCORING_COMMANDS,
     ACTIONS,
     DEADLETTER,
 )

@@ -1,33 +1,36 @@
 """The scoring Faust app: one agent (concurrency 1) owning one table of per-person state.
 
-Everything about a person lives in one table value, written once per event, so a crash can
+Everything about a person lives in one table value, written once per batch, so a crash can
 never separate "this event was counted" from "its points were added" (see ARCHITECTURE.md).
+Messages a batch produces are acknowledged before its table writes, and Faust flushes the
+changelog before it commits offsets: after a crash, work is redone, never lost.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Any, cast
 
 import faust
 from prometheus_client import generate_latest
-from pydantic import ValidationError
 
-from services.scoring import metrics
+from services.scoring import metrics, repository, service
+from services.scoring.agent import ScoringAgent
+from services.scoring.clock import build_clock
+from services.scoring.processor import is_live
+from services.scoring.profiles import store_profiles
+from services.scoring.recovery import ProbedTableManager
 from services.scoring.rules import ScoringModel, load_model
-from services.scoring.service import profile_of, score_event
 from services.scoring.settings import ScoringSettings
-from shared.contracts import ResolvedEvent, decode, encode
-from shared.deadletters import from_record
-from shared.topics import DEADLETTER, EVENTS_RESOLVED, PROFILES, TIERS_CHANGES
-
-log = logging.getLogger(__name__)
+from shared.consumer import BatchConsumer
+from shared.db import build_engine, build_sessionmaker, unit_of_work
+from shared.kafka import build_consumer
+from shared.topics import EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES, SCORING_COMMANDS
 
 
 def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> faust.App:
-    """Build the Faust app with its topics, table, agent and HTTP pages."""
+    """Build the Faust app with its topics, table, agent, timer, read-model writer and pages."""
     model = model or load_model(settings.scoring_model_path)
+    clock = build_clock(settings.scoring_clock_file)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
@@ -45,6 +48,7 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_max_batch_size=settings.scoring_producer_max_batch_size,
+        TableManager=ProbedTableManager,
         web_enabled=True,
         web_port=settings.port,
         web_bind=settings.host,
@@ -58,44 +62,46 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         "key_serializer": "raw",
         "value_serializer": "raw",
     }
-    resolved_topic = app.topic(EVENTS_RESOLVED.name, **raw)
-    changes_topic = app.topic(TIERS_CHANGES.name, **raw)
-    profiles_topic = app.topic(PROFILES.name, **raw)
-    dead_topic = app.topic(DEADLETTER.name, **raw)
-    # bytes keys: the changelog is keyed exactly like events.resolved, so partitions line up.
-    people = app.Table("people", default=None, partitions=settings.topic_partitions, key_type=bytes)
+    inputs = app.topic(EVENTS_RESOLVED.name, IDENTITY_MERGES.name, SCORING_COMMANDS.name, **raw)
+    # Changelog records are partitioned by key like every input, not by "the current event"
+    # (a batch holds events of several partitions).
+    people = app.Table(
+        "people",
+        default=None,
+        partitions=settings.topic_partitions,
+        key_type=bytes,
+        use_partitioner=True,
+    )
+    agent = ScoringAgent(app, people, model, clock, settings.topic_partitions)
 
-    @app.agent(resolved_topic, concurrency=1)
+    @app.agent(inputs, concurrency=1)
     async def score(stream: Any) -> None:
-        async for event in stream.events():
-            key: bytes = event.key or b""
-            try:
-                resolved = decode(ResolvedEvent, event.value)
-                state, counted, change = score_event(people.get(key), resolved, model)
-            except Exception as error:
-                # faust treats an event whose handler raised as done, so a message the model
-                # cannot apply must be dead-lettered here with its cause, never dropped.
-                outcome = "invalid" if isinstance(error, ValidationError) else "failed"
-                metrics.EVENTS.labels(outcome).inc()
-                log.warning("dead-lettering event: %r", error)
-                letter = from_record("scoring", cast(Any, _AsRecord(event)), error)
-                await dead_topic.send(key=key, value=encode(letter))
-                continue
-            if not counted:
-                metrics.EVENTS.labels("duplicate").inc()
-                continue
-            metrics.EVENTS.labels("scored").inc()
-            people[key] = state
-            if change is not None:
-                # wait for the ack: the offset is committed only after this event is handled
-                await (await changes_topic.send(key=key, value=encode(change)))
-                profile = profile_of(resolved.oneid, state, model, time.time())
-                await profiles_topic.send(key=key, value=encode(profile))
-                data = change.data
-                metrics.TIER_CHANGES.labels(data.from_tier or "none", data.to_tier).inc()
-                metrics.EVENT_TO_CHANGE.observe(
-                    max(0.0, time.time() - resolved.event.received_at.timestamp())
-                )
+        batches = stream.take_events(settings.scoring_batch_size, settings.scoring_batch_seconds)
+        async for events in batches:
+            await agent.handle(events)
+
+    @app.timer(interval=settings.scoring_timer_interval)  # type: ignore[untyped-decorator]
+    async def due() -> None:
+        await agent.tick()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def read_model() -> None:
+        """Write tierflow.profiles into the Postgres read model, a poll batch per transaction."""
+        engine = build_engine(settings, application_name="tierflow-scoring")
+        sessions = build_sessionmaker(engine)
+        consumer = build_consumer(settings, PROFILES.name, group_id=settings.scoring_profiles_group)
+
+        async def handle(records: Any) -> None:
+            await store_profiles(sessions, records)
+
+        await consumer.start()
+        try:
+            await BatchConsumer(consumer, handle, group=settings.scoring_profiles_group).run()
+        finally:
+            await consumer.stop()
+            await engine.dispose()
+
+    sessions = build_sessionmaker(build_engine(settings, application_name="tierflow-scoring-api"))
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
@@ -116,25 +122,29 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
-        metrics.PEOPLE.set(len(people))
+        metrics.TABLE_SIZE.labels("people").set(len(people))
+        metrics.TABLE_SIZE.labels("deadlines").set(len(agent.deadlines))
+        for tier, count in agent.population.items():
+            metrics.TIER_POPULATION.labels(tier).set(count)
         return web.bytes(generate_latest(), content_type="text/plain; version=0.0.4")
 
     @app.page("/v1/scores/{oneid}")
-    @app.table_route(table=people, match_info="oneid")
     async def scores(web: Any, request: Any, oneid: str) -> Any:
-        state = people.get(oneid.encode())
-        if state is None:
+        """From the read model, so any worker answers for anyone."""
+        async with unit_of_work(sessions) as session:
+            profile = await repository.get_profile(session, oneid)
+        if profile is None:
             return web.json({"error": "not_found", "detail": f"no scores for {oneid}"}, status=404)
-        return web.json(profile_of(oneid, state, model, time.time()).model_dump(mode="json"))
+        return web.json(profile.model_dump(mode="json"))
 
-    del score, healthz, readyz, prometheus, scores
+    @app.page("/v1/scores/{oneid}/explain")
+    @app.table_route(table=people, match_info="oneid")
+    async def explain(web: Any, request: Any, oneid: str) -> Any:
+        """From the table (the worker owning the person answers), measured now."""
+        state = people.get(oneid.encode())
+        if state is None or not is_live(state):
+            return web.json({"error": "not_found", "detail": f"no scores for {oneid}"}, status=404)
+        return web.json(service.explain(oneid, state, model, clock()))
+
+    del score, due, read_model, healthz, readyz, prometheus, scores, explain
     return app
-
-
-class _AsRecord:
-    """Adapts a Faust event to the fields a dead letter names (topic, partition, offset)."""
-
-    def __init__(self, event: Any) -> None:
-        message = event.message
-        self.topic, self.partition, self.offset = message.topic, message.partition, message.offset
-        self.key, self.value = event.key, event.value

@@ -2,11 +2,12 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.metrics import PIPELINE_BUCKETS
+from shared.metrics import LATENCY_BUCKETS, PIPELINE_BUCKETS
 
 EVENTS = Counter(
     "tierflow_scoring_events_total",
-    "Resolved events seen, by outcome (scored, duplicate, invalid, failed).",
+    "Records seen by the scoring agent, by outcome (scored, duplicate, invalid, failed, "
+    "forwarded, merge, folded, erased, reevaluated, ...).",
     ["outcome"],
 )
 TIER_CHANGES = Counter(
@@ -14,9 +15,33 @@ TIER_CHANGES = Counter(
     "Tier changes emitted, by from and to tier.",
     ["from_tier", "to_tier"],
 )
+TIER_POPULATION = Gauge(
+    "tierflow_scoring_tier_population",
+    "People per tier in this worker's partitions (as of the last /metrics scrape).",
+    ["tier"],
+)
 EVENT_TO_CHANGE = Histogram(
     "tierflow_scoring_event_to_tier_change_seconds",
     "From the event's receipt by ingest to its tier change being emitted.",
     buckets=PIPELINE_BUCKETS,
 )
-PEOPLE = Gauge("tierflow_scoring_people", "People in this worker's table partitions.")
+TIMER_LATENESS = Histogram(
+    "tierflow_scoring_timer_lateness_seconds",
+    "How long after a person's deadline the re-evaluation ran.",
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SECONDS = Histogram(
+    "tierflow_scoring_batch_duration_seconds",
+    "Time to process one agent batch, sends and table writes included.",
+    buckets=LATENCY_BUCKETS,
+)
+TABLE_SIZE = Gauge(
+    "tierflow_scoring_table_entries",
+    "Entries in this worker's table partitions (people and markers), and scheduled deadlines.",
+    ["table"],
+)
+PROFILES_WRITTEN = Counter(
+    "tierflow_scoring_profiles_written_total",
+    "Profiles upserted (or deleted) in the Postgres read model.",
+    ["operation"],
+)

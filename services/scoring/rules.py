@@ -1,7 +1,8 @@
-"""The scoring model as data (YAML, validated) — what earns points and where tiers begin."""
+"""The scoring model as data (YAML, validated) — what earns points, tags, stages and tiers."""
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_MODEL_PATH = Path(__file__).with_name("default_model.yaml")
+
+SCORES = frozenset({"value", "engagement", "fit", "total"})
+"""Metrics that are scores: hysteresis widens thresholds on these only."""
+FACTS = frozenset({"silent_days", "age_days", "purchases", "revenue"})
+"""Other metrics a condition can test (``count.<rule>`` too, for each engagement rule)."""
+
+Scalar = str | int | float | bool
 
 
 class Strict(BaseModel):
@@ -22,7 +30,7 @@ class Match(Strict):
 
     type: str | None = None
     event: str | None = None
-    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    properties: dict[str, Scalar] = Field(default_factory=dict)
 
     def matches(self, kind: str, name: str | None, properties: dict[str, Any]) -> bool:
         """True when the event has this type, name and every listed property value."""
@@ -34,7 +42,7 @@ class Match(Strict):
 
 
 class EngagementRule(Strict):
-    """Points for matching events, at most ``daily_cap`` points a day (None: no cap)."""
+    """Points for matching events, at most ``daily_cap`` points a UTC day (None: no cap)."""
 
     name: str = Field(pattern=r"^[a-z0-9_]+$")
     match: Match
@@ -42,47 +50,160 @@ class EngagementRule(Strict):
     daily_cap: float | None = Field(default=None, gt=0)
 
 
-class ValueRule(Strict):
-    """Monetary value: matching events add ``points_per_unit`` times their amount."""
+class Bands(Strict):
+    """Four ascending thresholds that map a number to a 1-5 score."""
+
+    thresholds: tuple[float, float, float, float]
+
+    @model_validator(mode="after")
+    def _ascending(self) -> Bands:
+        if list(self.thresholds) != sorted(set(self.thresholds)):
+            raise ValueError("thresholds must be strictly ascending")
+        return self
+
+    def at_least(self, amount: float) -> int:
+        """More is better: 1 plus the number of thresholds ``amount`` reaches."""
+        return 1 + sum(amount >= t for t in self.thresholds)
+
+    def at_most(self, amount: float) -> int:
+        """Less is better (recency in days): 5 minus the number of thresholds it exceeds."""
+        return 5 - sum(amount > t for t in self.thresholds)
+
+
+class RfmWeights(Strict):
+    """How much recency, frequency and monetary each weigh in the value score."""
+
+    recency: float = Field(default=1.0, ge=0)
+    frequency: float = Field(default=1.0, ge=0)
+    monetary: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _positive(self) -> RfmWeights:
+        if self.recency + self.frequency + self.monetary <= 0:
+            raise ValueError("at least one RFM weight must be positive")
+        return self
+
+
+class Rfm(Strict):
+    """Value from purchases: R, F, M each 1-5, weighted, times ``scale`` (0 with no purchase
+    in the frequency window)."""
 
     match: Match
     amount_property: str = "revenue"
-    points_per_unit: float = Field(default=0.1, ge=0)
-    max_points: float = Field(default=100.0, gt=0)
+    recency_days: Bands = Field(description="Days since the last purchase; fewer is better.")
+    frequency: Bands = Field(description="Purchases within frequency_window_days.")
+    frequency_window_days: float = Field(default=365, gt=0)
+    monetary: Bands = Field(description="Sum of amounts within monetary_window_days.")
+    monetary_window_days: float = Field(default=365, gt=0)
+    weights: RfmWeights = Field(default_factory=RfmWeights)
+    scale: float = Field(default=20.0, gt=0, description="5 in every band scores 5 x scale.")
 
 
-class Tier(Strict):
-    """A tier entered at ``min_score``; ``silent_days`` makes it a tier of the silent."""
+class FitRule(Strict):
+    """Attribute fit: ``weight`` x the points listed for the person's value of ``trait``."""
+
+    trait: str
+    weight: float = 1.0
+    points: dict[str, float]
+
+
+class Condition(Strict):
+    """Checks that must all hold; ``any_of`` adds alternatives of which one must hold.
+
+    Metrics: value, engagement, fit, total (scores), silent_days, age_days, purchases,
+    revenue, and ``count.<rule>`` (events matching an engagement rule in the count window).
+    """
+
+    at_least: dict[str, float] = Field(default_factory=dict)
+    below: dict[str, float] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    not_tags: list[str] = Field(default_factory=list)
+    stages: list[str] = Field(default_factory=list)
+    traits: dict[str, list[Scalar]] = Field(default_factory=dict)
+    any_of: list[Condition] = Field(default_factory=list)
+
+    def metrics(self) -> set[str]:
+        """Every metric this condition (and its alternatives) tests."""
+        names = {*self.at_least, *self.below}
+        for alternative in self.any_of:
+            names |= alternative.metrics()
+        return names
+
+    def thresholds(self) -> list[tuple[str, float]]:
+        """Every (metric, threshold) pair, for scheduling re-evaluations."""
+        pairs = [*self.at_least.items(), *self.below.items()]
+        for alternative in self.any_of:
+            pairs += alternative.thresholds()
+        return pairs
+
+    def uses(self, field: str) -> bool:
+        """True when this condition or an alternative tests tags or stages (``field``)."""
+        return bool(getattr(self, field)) or any(a.uses(field) for a in self.any_of)
+
+
+class Named(Strict):
+    """A tag, stage or tier: a name and the condition for it (empty: always)."""
 
     name: str = Field(pattern=r"^[a-z0-9_]+$")
-    min_score: float = 0.0
-    min_silent_days: float | None = Field(default=None, gt=0)
+    when: Condition = Field(default_factory=Condition)
+
+
+class Tier(Named):
+    """A tier; leaving it for a tier listed below it waits ``min_dwell_days`` after entry."""
+
+    min_dwell_days: float = Field(default=0.0, ge=0)
 
 
 class ScoringModel(Strict):
-    """A versioned model: engagement rules with decay, value, and ordered tiers."""
+    """A versioned model: engagement with decay, RFM value, fit, tags, stages, ordered tiers."""
 
     version: str = Field(min_length=1)
-    half_life_days: float = Field(gt=0)
+    half_life_days: float = Field(gt=0, description="Engagement halves after this long.")
+    count_window_days: float = Field(default=90, gt=0, description="Window of count.<rule>.")
     engagement: list[EngagementRule]
-    value: ValueRule
-    tiers: list[Tier] = Field(min_length=1, description="Checked in order; first match wins.")
-    hysteresis: float = Field(default=5.0, ge=0, description="Points below min to leave a tier.")
+    rfm: Rfm
+    fit: list[FitRule] = Field(default_factory=list)
+    tags: list[Named] = Field(default_factory=list)
+    stages: list[Named] = Field(min_length=1, description="Checked in order; first wins.")
+    tiers: list[Tier] = Field(min_length=1, description="Checked in order; first wins.")
+    hysteresis: float = Field(default=5.0, ge=0, description="Score margin to leave a tier.")
     reevaluate_after_days: float = Field(
-        default=1.0, gt=0, description="Silent people are re-scored at least this often."
+        default=1.0, gt=0, description="Silent people are re-evaluated at least this often."
     )
 
+    @cached_property
+    def thresholds(self) -> tuple[tuple[str, float], ...]:
+        """Every (metric, threshold) any stage, tag or tier tests: where time alone can move
+        a person, so where deadlines go."""
+        pairs = [
+            p for item in [*self.stages, *self.tags, *self.tiers] for p in item.when.thresholds()
+        ]
+        return tuple(dict.fromkeys(pairs))
+
     @model_validator(mode="after")
-    def _unique_names(self) -> ScoringModel:
+    def _consistent(self) -> ScoringModel:
         for label, names in (
             ("engagement rule", [r.name for r in self.engagement]),
+            ("tag", [t.name for t in self.tags]),
+            ("stage", [s.name for s in self.stages]),
             ("tier", [t.name for t in self.tiers]),
         ):
             dupes = {n for n in names if names.count(n) > 1}
             if dupes:
                 raise ValueError(f"duplicate {label} names: {sorted(dupes)}")
-        if self.tiers[-1].min_score > 0 or self.tiers[-1].min_silent_days is not None:
-            raise ValueError("the last tier must catch everyone (min_score <= 0, no silence)")
+        known = SCORES | FACTS | {f"count.{r.name}" for r in self.engagement}
+        for kind, items in (("stage", self.stages), ("tag", self.tags), ("tier", self.tiers)):
+            for item in items:
+                unknown = item.when.metrics() - known
+                if unknown:
+                    raise ValueError(f"{kind} {item.name}: unknown metrics {sorted(unknown)}")
+        for kind, items in (("stage", self.stages), ("tag", self.tags)):
+            for item in items:
+                if item.when.uses("tags") or (kind == "stage" and item.when.uses("stages")):
+                    raise ValueError(f"{kind} {item.name} may not test tags or stages")
+        for kind, items in (("stage", self.stages), ("tier", self.tiers)):
+            if items[-1].when != Condition():
+                raise ValueError(f"the last {kind} must catch everyone (no condition)")
         return self
 
 

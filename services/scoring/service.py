@@ -1,4 +1,5 @@
-"""One resolved event through the model: new state and, maybe, a tier-change CloudEvent (pure)."""
+"""Scoring use cases as pure functions: an event, a timer, a merge fold — each returns the new
+state and, maybe, a tier-change CloudEvent; plus the profile and the explanation of a person."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from services.scoring import scorer
 from services.scoring.rules import ScoringModel
+from services.scoring.scorer import State
 from shared.contracts import (
     Contribution,
     Profile,
@@ -30,9 +32,21 @@ def _at(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
+def _copy(state: State) -> State:
+    """A copy deep enough that mutating it never changes the table's current value."""
+    return {
+        **state,
+        "engagement": dict(state["engagement"]),
+        "earned": dict(state["earned"]),
+        "days": {rule: dict(days) for rule, days in state["days"].items()},
+        "purchases": list(state["purchases"]),
+        "traits": dict(state["traits"]),
+    }
+
+
 def score_event(
-    state: dict[str, Any] | None, resolved: ResolvedEvent, model: ScoringModel
-) -> tuple[dict[str, Any], bool, TierChangeEvent | None]:
+    state: State | None, resolved: ResolvedEvent, model: ScoringModel
+) -> tuple[State, bool, TierChangeEvent | None]:
     """Count the event (unless already counted) and re-decide the tier at the event's time.
 
     Returns the new state, whether the event was counted, and the tier change if any. Event
@@ -40,75 +54,155 @@ def score_event(
     """
     event = resolved.event
     at = event.timestamp.timestamp()
-    current = dict(state) if state else scorer.new_state(at)
-    current["daily"] = dict(current["daily"])
-    current["contributions"] = dict(current["contributions"])
+    current = _copy(state) if state else scorer.new_state(at)
     counted = scorer.apply_event(
         current,
         event_id=event.event_id,
         kind=event.type,
         name=event.event,
         properties=event.properties,
+        traits=event.traits,
         at=at,
         model=model,
     )
     if not counted:
         return current, False, None
-    now = max(at, current["engagement_at"])
+    now = current["engagement_at"]
     move = scorer.evaluate(current, now, model)
-    if move is None:
-        return current, True, None
-    return current, True, _change(resolved.oneid, current, move, model, now, event.event_id)
+    cause = TierChangeCause(kind="event", event_id=event.event_id)
+    return current, True, _change(resolved.oneid, current, move, model, now, cause)
+
+
+def reevaluate(
+    oneid: str, state: State, now: float, model: ScoringModel
+) -> tuple[State, TierChangeEvent | None]:
+    """The inactivity timer: re-decide the tier at ``now`` with no event."""
+    current = _copy(state)
+    at = max(now, current["engagement_at"])
+    move = scorer.evaluate(current, at, model)
+    return current, _change(oneid, current, move, model, at, TierChangeCause(kind="timer"))
+
+
+def fold_in(
+    oneid: str, state: State | None, absorbed: State, fold_id: str, model: ScoringModel
+) -> tuple[State, bool, TierChangeEvent | None]:
+    """A merge: fold the absorbed person's state into ``oneid``'s once (``fold_id`` dedups),
+    then re-evaluate once at the latest time either of them was seen."""
+    if state is not None and fold_id in state["seen"]:
+        return state, False, None
+    current = scorer.fold(_copy(state) if state else None, _copy(absorbed), model)
+    scorer.remember(current, fold_id)
+    now = current["engagement_at"]
+    move = scorer.evaluate(current, now, model)
+    cause = TierChangeCause(kind="merge", event_id=fold_id)
+    return current, True, _change(oneid, current, move, model, now, cause)
 
 
 def _change(
     oneid: str,
-    state: dict[str, Any],
-    move: scorer.Move,
+    state: State,
+    move: scorer.Move | None,
     model: ScoringModel,
     now: float,
-    event_id: str | None,
-) -> TierChangeEvent:
-    sequence = state.get("changes", 0) + 1
-    state["changes"] = sequence
+    cause: TierChangeCause,
+) -> TierChangeEvent | None:
+    if move is None:
+        return None
     changed_at = _at(now)
     return TierChangeEvent(
-        id=tier_change_id(oneid, sequence),
+        id=tier_change_id(oneid, move.sequence),
         subject=oneid,
         time=changed_at,
         data=TierChanged(
             oneid=oneid,
             from_tier=move.from_tier,
             to_tier=move.to_tier,
-            lifecycle_stage=scorer.lifecycle_stage(state, now),
-            scores=Scores(
-                value=round(state["value"], 3),
-                engagement=round(move.engagement, 3),
-                total=round(move.score, 3),
-            ),
+            lifecycle_stage=move.stage,
+            scores=_scores(move.facts.value, move.facts.engagement, move.facts.fit),
+            tags=move.tags,
             contributions=[Contribution(rule=r, points=p) for r, p in move.contributions],
             model_version=model.version,
-            cause=TierChangeCause(kind="event" if event_id else "timer", event_id=event_id),
+            cause=cause,
             changed_at=changed_at,
         ),
     )
 
 
-def profile_of(oneid: str, state: dict[str, Any], model: ScoringModel, now: float) -> Profile:
-    """The profile published on ``tierflow.profiles``."""
-    engagement = scorer.engagement_at(state, now, model)
+def _scores(value: float, engagement: float, fit: float) -> Scores:
+    return Scores(
+        value=round(value, 3),
+        engagement=round(engagement, 3),
+        fit=round(fit, 3),
+        total=round(value + engagement + fit, 3),
+    )
+
+
+def profile_of(oneid: str, state: State, model: ScoringModel) -> Profile:
+    """The profile published on ``tierflow.profiles``: the scores, stage and tags of the
+    person's latest evaluation (an event, a merge or the timer — at least daily)."""
+    last = state["last"]
     return Profile(
         oneid=oneid,
         tier=state["tier"],
         tier_since=_at(state["tier_since"]) if state["tier_since"] else None,
-        lifecycle_stage=scorer.lifecycle_stage(state, now),
-        scores=Scores(
-            value=round(state["value"], 3),
-            engagement=round(engagement, 3),
-            total=round(state["value"] + engagement, 3),
-        ),
+        lifecycle_stage=last["stage"],
+        scores=_scores(last["value"], last["engagement"], last["fit"]),
+        tags=last["tags"],
         events_counted=state["events"],
         last_event_at=_at(state["last_event_at"]) if state["last_event_at"] else None,
         model_version=model.version,
-        updated_at=_at(now),
+        updated_at=_at(last["at"]),
     )
+
+
+def explain(oneid: str, state: State, model: ScoringModel, now: float) -> dict[str, Any]:
+    """Scores, every rule's contribution, the decay applied, why this tier, what would change it."""
+    at = max(now, state["engagement_at"])
+    decision = scorer.decide(state, at, model, detail=True)
+    facts = decision.facts
+    factor = scorer.decay_factor(at - state["engagement_at"], model.half_life_days)
+    engagement = [
+        {
+            "rule": rule,
+            "earned": round(state["earned"].get(rule, 0.0), 3),
+            "now": round(points * factor, 3),
+            "decay_applied": round(state["earned"].get(rule, 0.0) - points * factor, 3),
+        }
+        for rule, points in sorted(state["engagement"].items())
+    ]
+    current = state["tier"]
+    names = [t.name for t in model.tiers]
+    tiers = []
+    for tier in model.tiers:
+        margin = model.hysteresis if tier.name == current else 0.0
+        missing = scorer.gaps(tier.when, facts, decision.stage, decision.tags, margin)
+        tiers.append({"tier": tier.name, "holds": not missing, "missing": missing})
+    above = names[: names.index(current)] if current in names else names
+    return {
+        "profile": profile_of(oneid, state, model).model_dump(mode="json"),
+        "now": {
+            "at": _at(at).isoformat(),
+            "scores": _scores(facts.value, facts.engagement, facts.fit).model_dump(),
+            "lifecycle_stage": decision.stage,
+            "tags": decision.tags,
+        },
+        "rfm": dict(zip(("recency", "frequency", "monetary"), facts.rfm, strict=True))
+        if facts.rfm
+        else None,
+        "contributions": {k: round(v, 3) for k, v in sorted(facts.contributions.items())},
+        "engagement": engagement,
+        "half_life_days": model.half_life_days,
+        "counts": facts.counts,
+        "silent_days": round(facts.silent_days, 3),
+        "why": {
+            "tier": current,
+            "chosen_now": decision.tier,
+            "held_by_dwell": decision.held_by_dwell,
+            "hysteresis": model.hysteresis,
+            "tiers": tiers,
+        },
+        "what_would_change_it": {
+            "to_reach": {t["tier"]: t["missing"] for t in tiers if t["tier"] in above},
+            "next_evaluation": _at(scorer.next_deadline(state, at, model)).isoformat(),
+        },
+    }

@@ -25,8 +25,26 @@ class ScoringSettings(CommonSettings):
     )
     scoring_model_path: Path = Field(default=DEFAULT_MODEL_PATH)
     scoring_producer_max_batch_size: int = Field(
-        default=16_384,
+        default=512 * 1024,
         ge=1,
-        description="Producer batch bytes; 1 on Tansu, whose end offsets under-count batches "
-        "and would end changelog recovery early.",
+        description="Producer batch bytes: large, since a batch writes many people's states "
+        "and one request per partition is in flight. Recovery reads changelogs to their real "
+        "end, so brokers that under-count batched records (Tansu) need no special value.",
+    )
+    scoring_batch_size: int = Field(
+        default=1000, ge=1, description="Records the agent takes at most per batch."
+    )
+    scoring_batch_seconds: float = Field(
+        default=0.05, gt=0, description="How long the agent waits to fill a batch."
+    )
+    scoring_timer_interval: float = Field(
+        default=0.5, gt=0, description="Seconds between looks at the deadline heap."
+    )
+    scoring_clock_file: Path | None = Field(
+        default=None,
+        description="Tests and demos: read 'now' (epoch seconds) from this file, not the clock.",
+    )
+    scoring_profiles_group: str = Field(
+        default="tierflow-scoring-profiles",
+        description="Consumer group writing tierflow.profiles into the Postgres read model.",
     )

@@ -15,7 +15,8 @@ TIER_CHANGED_SCHEMA = "https://tierflow.dev/schemas/tierflow.tiers.changes.json"
 
 
 class Contribution(Contract):
-    """One rule's share of the move: which rule, how many points (after decay)."""
+    """One rule's share of the move: how many points (after decay) it gained or lost since the
+    person's previous tier change."""
 
     rule: str
     points: float
@@ -36,6 +37,7 @@ class TierChanged(Contract):
     to_tier: str
     lifecycle_stage: str
     scores: Scores
+    tags: list[str] = Field(default_factory=list)
     contributions: list[Contribution] = Field(default_factory=list)
     model_version: str
     cause: TierChangeCause

@@ -84,7 +84,6 @@ def start_infrastructure(settings: StackSettings, stack: Stack) -> None:
         stack.children.append(start_broker(settings.stack_broker_port, logs))
         stack.env["TIERFLOW_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{settings.stack_broker_port}"
         stack.env["TIERFLOW_KAFKA_IDEMPOTENCE"] = "false"
-        stack.env["TIERFLOW_SCORING_PRODUCER_MAX_BATCH_SIZE"] = "1"  # see ScoringSettings
     else:
         stack.env["TIERFLOW_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
     if settings.database_url is None:
@@ -145,6 +144,7 @@ def start_services(settings: StackSettings, stack: Stack) -> None:
     for name in SERVICES:
         env[f"TIERFLOW_{name.upper()}_PORT"] = str(ports[name])
         stack.urls[name] = f"http://127.0.0.1:{ports[name]}"
+    env["TIERFLOW_IDENTITY_SCORING_URL"] = stack.urls["scoring"]
     for name in SERVICES:
         stack.children.append(
             spawn(name, [sys.executable, "-m", f"services.{name}"], log_dir=logs, env=env)

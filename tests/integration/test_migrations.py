@@ -20,8 +20,8 @@ async def test_migrate_is_idempotent_and_schemas_are_separate(
     async with engine.connect() as connection:
         rows = await connection.execute(
             text(
-                "SELECT table_schema, table_name FROM information_schema.tables "
-                "WHERE table_schema IN ('ingest', 'identity', 'automation') ORDER BY 1, 2"
+                "SELECT table_schema, table_name FROM information_schema.tables WHERE "
+                "table_schema IN ('ingest', 'identity', 'scoring', 'automation') ORDER BY 1, 2"
             )
         )
         tables = {(schema, name) for schema, name in rows}
@@ -30,5 +30,8 @@ async def test_migrate_is_idempotent_and_schemas_are_separate(
         ("identity", "persons"),
         ("identity", "identifiers"),
         ("identity", "merges"),
+        ("identity", "traits"),
+        ("identity", "refusals"),
+        ("scoring", "profiles"),
         ("automation", "actions"),
     } <= tables

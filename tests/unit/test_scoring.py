@@ -1,38 +1,236 @@
-"""The scoring model: decay, caps, dedup, hysteresis, tier changes — hand-computed values."""
+"""The scoring model: RFM, decay, caps, tags, stages, hysteresis, dwell — hand-computed values."""
 
+from __future__ import annotations
+
+import math
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from services.scoring import scorer
-from services.scoring.rules import load_model
-from services.scoring.service import score_event, tier_change_id
+from services.scoring.rules import ScoringModel, load_model
+from services.scoring.scorer import DAY, State
+from services.scoring.service import (
+    explain,
+    fold_in,
+    reevaluate,
+    score_event,
+    tier_change_id,
+)
 from tests.factories import T0, make_resolved
 
 MODEL = load_model()
-DAY = scorer.DAY
+BASE = T0.timestamp()
+ONE_DAY = timedelta(days=1)
 
 
-def test_decay_halves_every_half_life_at_any_time() -> None:
-    assert scorer.decayed(40, 0, 14 * DAY, 14) == pytest.approx(20)
-    assert scorer.decayed(40, 0, 7 * DAY, 14) == pytest.approx(40 / 2**0.5)
-    assert scorer.decayed(40, 10, 5, 14) == 40  # reads before the measurement do not grow it
+def apply(state: State, event_id: str, day: float, **fields: Any) -> State:
+    """Apply a track event ``day`` days after T0 (fields: kind, name, properties, traits)."""
+    scorer.apply_event(
+        state,
+        event_id=event_id,
+        kind=fields.get("kind", "track"),
+        name=fields.get("name"),
+        properties=fields.get("properties", {}),
+        traits=fields.get("traits", {}),
+        at=BASE + day * DAY,
+        model=MODEL,
+    )
+    return state
 
 
-def test_daily_cap_limits_points_per_day() -> None:
-    state = scorer.new_state(0)
+def webinar(state: State, event_id: str, day: float) -> State:
+    return apply(state, event_id, day, name="Webinar Attended")
+
+
+def order(state: State, event_id: str, day: float, revenue: float) -> State:
+    return apply(state, event_id, day, name="Order Completed", properties={"revenue": revenue})
+
+
+def facts(state: State, day: float) -> scorer.Facts:
+    return scorer.measure(state, BASE + day * DAY, MODEL)
+
+
+def test_rfm_bands_map_amounts_and_days_to_one_to_five() -> None:
+    rfm = MODEL.rfm
+    assert [rfm.recency_days.at_most(d) for d in (0, 7, 7.1, 30, 31, 90, 180, 181)] == [
+        5,
+        5,
+        4,
+        4,
+        3,
+        3,
+        2,
+        1,
+    ]
+    assert [rfm.frequency.at_least(n) for n in (1, 2, 3, 4, 5, 10, 11)] == [1, 2, 3, 3, 4, 5, 5]
+    assert [rfm.monetary.at_least(a) for a in (99.99, 100, 999, 1000, 5000)] == [1, 2, 3, 4, 5]
+
+
+def test_value_score_weights_rfm_and_follows_the_windows() -> None:
+    state = order(scorer.new_state(BASE), "o1", 0, 1000)
+    # 10 days later: R=4 (10 > 7), F=1 (one purchase), M=4 (1000); weights 3/3/4, scale 20
+    # value = (4*3 + 1*3 + 4*4) * 20 / 10 = 62
+    assert facts(state, 10).value == pytest.approx(62)
+    assert facts(state, 10).rfm == (4, 1, 4)
+    # 200 days: R=1 (200 > 180) -> (3 + 3 + 16) * 2 = 44
+    assert facts(state, 200).value == pytest.approx(44)
+    assert facts(state, 366).value == 0  # the purchase left the 365-day windows
+
+
+def test_engagement_decays_exactly_at_any_read_time() -> None:
+    state = webinar(scorer.new_state(BASE), "w1", 0)
+    assert facts(state, 0).engagement == pytest.approx(15)
+    assert facts(state, 14).engagement == pytest.approx(7.5)
+    assert facts(state, 7).engagement == pytest.approx(15 / 2**0.5)
+    assert facts(state, 3.25).engagement == pytest.approx(15 * 2 ** (-3.25 / 14))
+    assert scorer.decay_factor(-5, 14) == 1  # reads before the measurement do not grow it
+
+
+def test_late_events_give_the_same_scores_as_in_order_events() -> None:
+    forward = webinar(scorer.new_state(BASE), "w", 0)
+    apply(forward, "f", 2, name="Form Submitted")
+    backward = apply(scorer.new_state(BASE), "f", 2, name="Form Submitted")
+    webinar(backward, "w", 0)
+    expected = 15 * 2 ** (-5 / 14) + 10 * 2 ** (-3 / 14)
+    assert facts(forward, 5).engagement == pytest.approx(expected)
+    assert facts(backward, 5).engagement == pytest.approx(expected)
+
+
+def test_daily_cap_limits_points_per_day_and_still_counts_events() -> None:
+    state = scorer.new_state(BASE)
     for n in range(3):
-        scorer.apply_event(
-            state,
-            event_id=f"e{n}",
-            kind="track",
-            name="Webinar Attended",
-            properties={},
-            at=1000 + n,
-            model=MODEL,
-        )
-    # 15 + 15, then the 30/day cap leaves 0 for the third webinar (decay over 2 s is negligible)
-    assert state["engagement"] == pytest.approx(30, abs=1e-3)
+        webinar(state, f"w{n}", n / 1e6)
+    # 15 + 15, then the 30/day cap leaves 0 for the third webinar
+    assert facts(state, 0).engagement == pytest.approx(30)
+    assert facts(state, 0).counts["webinar_attended"] == 3
+    webinar(state, "next-day", 1)  # a new day, a new cap: 30 * 2^(-1/14) + 15
+    assert facts(state, 1).engagement == pytest.approx(30 * 2 ** (-1 / 14) + 15)
+
+
+def test_negative_points_are_not_capped() -> None:
+    state = webinar(scorer.new_state(BASE), "w", 0)
+    apply(state, "c", 0, name="Complaint Filed")
+    assert facts(state, 0).engagement == pytest.approx(-5)
+
+
+def test_fit_score_weights_traits() -> None:
+    traits = {"company_size": "201-1000", "job_level": "director", "industry": "software"}
+    state = apply(scorer.new_state(BASE), "id", 0, kind="identify", traits=traits)
+    # 15 + 10 + 0.5 * 10
+    assert facts(state, 0).fit == pytest.approx(30)
+    apply(state, "old", -1, kind="identify", traits={"job_level": "individual"})
+    assert facts(state, 0).fit == pytest.approx(30)  # an older trait value does not win
+
+
+def test_tags_from_rules() -> None:
+    state = scorer.new_state(BASE)
+    for day in (0, 10, 20):
+        webinar(state, f"w{day}", day)
+    f = facts(state, 20)
+    assert scorer.tags_of(f, scorer.stage_of(f, MODEL), MODEL) == ["active", "webinar_regular"]
+    f = facts(state, 120)  # the first webinar left the 90-day count window; silent 100 days
+    assert scorer.tags_of(f, scorer.stage_of(f, MODEL), MODEL) == ["silent"]
+    order(state, "o", 21, 1500)
+    assert "quality_seeking" in scorer.tags_of(facts(state, 21), "growing", MODEL)
+    apply(state, "c1", 22, name="Coupon Applied")
+    apply(state, "c2", 23, name="Coupon Applied")
+    tags = scorer.tags_of(facts(state, 23), "growing", MODEL)
+    assert "price_sensitive" in tags
+    assert "quality_seeking" not in tags
+    trait = apply(scorer.new_state(BASE), "t", 0, traits={"price_sensitivity": "high"})
+    assert scorer.tags_of(facts(trait, 0), "new", MODEL) == ["active", "price_sensitive"]
+
+
+def test_lifecycle_stages_move_backward() -> None:
+    state = scorer.new_state(BASE)
+    order(state, "o1", 1, 50)
+    assert scorer.stage_of(facts(state, 1), MODEL) == "new"
+    order(state, "o2", 15, 50)
+    assert scorer.stage_of(facts(state, 16), MODEL) == "mature"  # two purchases, 16 days old
+    assert scorer.stage_of(facts(state, 36), MODEL) == "declining"  # silent 21 days
+    apply(state, "p", 37, kind="page")
+    assert scorer.stage_of(facts(state, 37), MODEL) == "mature"
+    apply(state, "p2", 370, kind="page")  # the first purchase left the 365-day window
+    assert scorer.stage_of(facts(state, 370), MODEL) == "growing"
+
+
+def with_tier(tier: str, since_day: float, engagement: float) -> State:
+    state = scorer.new_state(BASE)
+    state.update(
+        tier=tier,
+        tier_since=BASE + since_day * DAY,
+        engagement={"webinar_attended": engagement},
+        last_event_at=BASE + since_day * DAY,
+    )
+    return state
+
+
+def test_hysteresis_keeps_a_tier_until_the_margin_is_crossed() -> None:
+    state = with_tier("growth", -10, 37.0)
+    assert scorer.decide(state, BASE, MODEL).tier == "growth"  # 37 >= 40 - 5
+    state["engagement"] = {"webinar_attended": 34.0}
+    assert scorer.decide(state, BASE, MODEL).tier == "prospect"
+    state["tier"] = "prospect"
+    state["engagement"] = {"webinar_attended": 39.9}
+    assert scorer.decide(state, BASE, MODEL).tier == "prospect"  # entering needs the full 40
+
+
+def test_minimum_dwell_delays_moving_down_but_not_up() -> None:
+    state = with_tier("growth", 0, 20.0)  # growth has a 3-day dwell
+    decision = scorer.decide(state, BASE + 1 * DAY, MODEL)
+    assert (decision.tier, decision.held_by_dwell) == ("growth", True)
+    assert scorer.decide(state, BASE + 3 * DAY, MODEL).tier == "prospect"
+    order(state, "big", 1, 5000)  # R=5, F=1, M=5: (15 + 3 + 20) * 2 = 76 -> vip at once
+    assert scorer.decide(state, BASE + 1 * DAY, MODEL).tier == "vip"
+
+
+def test_silence_outranks_value_and_the_deadline_is_exact() -> None:
+    state = order(scorer.new_state(BASE), "o", 0, 5000)
+    state.update(tier="vip", tier_since=BASE)
+    assert scorer.decide(state, BASE + 29.9 * DAY, MODEL).tier == "vip"
+    assert scorer.decide(state, BASE + 30 * DAY, MODEL).tier == "at_risk"
+    browser = apply(scorer.new_state(BASE), "p", 0, kind="page")
+    # candidates at day 13.5: age 14 (new -> growing), silent 14 (tag silent), periodic 14.5
+    assert scorer.next_deadline(browser, BASE + 13.5 * DAY, MODEL) == BASE + 14 * DAY
+    assert scorer.next_deadline(browser, BASE + 29.5 * DAY, MODEL) == BASE + 30 * DAY
+
+
+def test_engagement_decay_below_a_threshold_is_scheduled() -> None:
+    state = with_tier("growth", -10, 80.0)
+    # 80 decays to 35 (growth's 40 minus the 5-point margin) after 14 * log2(80 / 35) days
+    crossing = BASE + 14 * DAY * math.log2(80 / 35)
+    assert scorer.next_deadline(state, BASE, MODEL) <= crossing
+    assert scorer.decide(state, crossing - 1, MODEL).tier == "growth"
+    assert scorer.decide(state, crossing + 1, MODEL).tier == "prospect"
+
+
+def test_threshold_crossing_emits_deterministic_tier_changes_with_reasons() -> None:
+    state = None
+    changes = []
+    for day in range(3):
+        event = make_resolved(message_id=f"w{day}", timestamp=T0 + day * ONE_DAY)
+        state, _, change = score_event(state, event, MODEL)
+        if change is not None:
+            changes.append(change)
+    assert [(c.data.from_tier, c.data.to_tier) for c in changes] == [
+        (None, "prospect"),
+        ("prospect", "growth"),
+    ]
+    # 15*2^(-2/14) + 15*2^(-1/14) + 15 at day 2
+    expected = 15 * (2 ** (-2 / 14) + 2 ** (-1 / 14) + 1)
+    growth = changes[1]
+    assert growth.data.scores.total == pytest.approx(expected, abs=1e-3)
+    assert growth.id == tier_change_id("p-1", 2)
+    assert growth.data.cause.kind == "event"
+    assert growth.data.cause.event_id == "w2"
+    # the reason: what moved since the previous change (15 at day 0 -> ~43.9 at day 2)
+    assert growth.data.contributions[0].rule == "engagement.webinar_attended"
+    assert growth.data.contributions[0].points == pytest.approx(expected - 15, abs=1e-3)
+    assert growth.data.lifecycle_stage == "new"
+    assert growth.data.model_version == MODEL.version
 
 
 def test_redelivered_event_is_counted_once() -> None:
@@ -45,36 +243,84 @@ def test_redelivered_event_is_counted_once() -> None:
     assert again["events"] == 1
 
 
-def test_threshold_crossing_emits_deterministic_tier_changes() -> None:
-    state = None
-    changes = []
-    for day in range(3):
-        event = make_resolved(message_id=f"w{day}", timestamp=T0 + timedelta(days=day))
-        state, _, change = score_event(state, event, MODEL)
-        if change is not None:
-            changes.append(change)
-    assert [(c.data.from_tier, c.data.to_tier) for c in changes] == [
-        (None, "prospect"),
-        ("prospect", "growth"),
+def test_timer_drops_a_silent_person_to_at_risk() -> None:
+    state, _, _ = score_event(None, make_resolved(event="Order Completed"), MODEL)
+    # no revenue: R=5, F=1, M=1 -> (5*3 + 1*3 + 1*4) * 2 = 44 >= 40
+    assert state["tier"] == "growth"
+    moved, change = reevaluate("p-1", state, BASE + 31 * DAY, MODEL)
+    assert change is not None
+    assert (change.data.from_tier, change.data.to_tier) == ("growth", "at_risk")
+    assert change.data.cause.kind == "timer"
+    assert change.data.cause.event_id is None
+    assert change.id == tier_change_id("p-1", 2)
+    assert moved["deadline"] > BASE + 31 * DAY
+    _, again = reevaluate("p-1", moved, BASE + 32 * DAY, MODEL)
+    assert again is None
+
+
+def test_merge_gives_the_state_of_one_person_with_all_events() -> None:
+    events = [
+        ("w1", 0, {"name": "Webinar Attended"}),
+        ("o1", 3, {"name": "Order Completed", "properties": {"revenue": 700}}),
+        ("p1", 4, {"kind": "page", "properties": {"path": "/pricing"}}),
+        ("w2", 5, {"name": "Webinar Attended"}),
+        ("i1", 6, {"kind": "identify", "traits": {"company_size": "51-200"}}),
+        ("o2", 8, {"name": "Order Completed", "properties": {"revenue": 400}}),
     ]
-    # 15 + 15*2^(-1/14) + 15*2^(-2/14), decayed to day 2: 15*(2^(-2/14) + 2^(-1/14) + 1)
-    expected = 15 * (2 ** (-2 / 14) + 2 ** (-1 / 14) + 1)
-    assert changes[1].data.scores.total == pytest.approx(expected, abs=1e-3)
-    assert changes[1].id == tier_change_id("p-1", 2)
-    assert changes[1].data.contributions[0].rule == "webinar_attended"
+    one = scorer.new_state(BASE)
+    left = scorer.new_state(BASE)
+    right = scorer.new_state(BASE + 3 * DAY)
+    for index, (event_id, day, fields) in enumerate(events):
+        apply(one, event_id, day, **fields)
+        apply(left if index % 2 == 0 else right, event_id, day, **fields)
+    merged, counted, _ = fold_in("p-1", left, right, "merge:m1", MODEL)
+    again, counted_again, _ = fold_in("p-1", merged, right, "merge:m1", MODEL)
+    assert counted
+    assert not counted_again
+    assert again == merged
+    for day in (8, 20, 45):
+        a, b = facts(one, day), facts(merged, day)
+        assert (a.value, a.purchases, a.revenue, a.counts, a.traits) == (
+            b.value,
+            b.purchases,
+            b.revenue,
+            b.counts,
+            b.traits,
+        )
+        assert a.engagement == pytest.approx(b.engagement)
+        assert a.fit == b.fit
+        assert scorer.stage_of(a, MODEL) == scorer.stage_of(b, MODEL)
+    assert merged["events"] == 6
 
 
-def test_hysteresis_keeps_a_tier_until_the_margin_is_crossed() -> None:
-    state = scorer.new_state(0)
-    state.update(tier="growth", engagement=37.0, engagement_at=0, last_event_at=0)
-    assert scorer.choose_tier(state, 0, MODEL) == "growth"  # 37 >= 40 - 5
-    state["engagement"] = 34.0
-    assert scorer.choose_tier(state, 0, MODEL) == "prospect"
+def test_explain_says_why_and_what_would_change_it() -> None:
+    state = None
+    for day in range(2):
+        event = make_resolved(message_id=f"w{day}", timestamp=T0 + day * ONE_DAY)
+        state, _, _ = score_event(state, event, MODEL)
+    assert state is not None
+    report = explain("p-1", state, MODEL, BASE + 15 * DAY)
+    webinars = report["engagement"][0]
+    assert webinars["rule"] == "webinar_attended"
+    assert webinars["earned"] == 30
+    # 15 * 2^(-15/14) + 15 * 2^(-14/14)
+    now = 15 * 2 ** (-15 / 14) + 15 * 0.5
+    assert webinars["now"] == pytest.approx(now, abs=1e-3)
+    assert webinars["decay_applied"] == pytest.approx(30 - now, abs=1e-3)
+    assert report["why"]["tier"] == "prospect"
+    assert report["what_would_change_it"]["to_reach"]["growth"] == [f"total >= 40 (now {now:.3f})"]
 
 
-def test_silence_moves_people_to_at_risk() -> None:
-    state = scorer.new_state(0)
-    state.update(tier="vip", value=100.0, last_event_at=0)
-    assert scorer.choose_tier(state, 29 * DAY, MODEL) == "vip"
-    assert scorer.choose_tier(state, 30 * DAY, MODEL) == "at_risk"
-    assert scorer.next_deadline(state, 29.5 * DAY, MODEL) == 30 * DAY
+def test_invalid_models_are_refused_with_the_cause() -> None:
+    raw = MODEL.model_dump()
+    raw["tiers"][1]["when"]["any_of"][0]["at_least"] = {"valeu": 60}
+    with pytest.raises(ValidationError, match="unknown metrics"):
+        ScoringModel.model_validate(raw)
+    raw = MODEL.model_dump()
+    raw["tiers"] = raw["tiers"][:-1]
+    with pytest.raises(ValidationError, match="last tier must catch everyone"):
+        ScoringModel.model_validate(raw)
+    raw = MODEL.model_dump()
+    raw["tags"][0]["when"] = {"tags": ["silent"]}
+    with pytest.raises(ValidationError, match="may not test tags"):
+        ScoringModel.model_validate(raw)

@@ -1,0 +1,87 @@
+"""Table recovery that reads the changelog to its real end, whatever the broker reports.
+
+Faust stops replaying a changelog partition at its end offset (ListOffsets "latest"). Tansu
+reports that as the base offset of the last record batch plus one, so every record after the
+first in the last batch is not replayed (measured: ``python -m bench.scoring_offsets``). The
+worker then continues from a state missing those writes, and the next write to those people
+overwrites the newer state in the changelog: a lost update. Here the reported end is only a
+starting point: the tail is read until the broker returns nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.tables import TableManager
+from faust.tables.recovery import Recovery
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_MS = 300
+
+
+async def true_ends(
+    bootstrap: str, reported: dict[TopicPartition, int]
+) -> dict[TopicPartition, int]:
+    """The end offset of each partition, found by reading from the reported end's last record.
+
+    A fetch returns whole record batches, so reading from ``reported - 1`` yields the rest of
+    the batch the broker's count stopped in, and any batch after it.
+    """
+    ends = dict(reported)
+    probed = [tp for tp, end in reported.items() if end > 0]
+    if not probed:
+        return ends
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(probed)
+        for tp in probed:
+            consumer.seek(tp, reported[tp] - 1)
+        while True:
+            fetched = await consumer.getmany(timeout_ms=PROBE_TIMEOUT_MS, max_records=10_000)
+            if not fetched:
+                return ends
+            for tp, records in fetched.items():
+                ends[tp] = max(ends[tp], records[-1].offset + 1)
+    finally:
+        await consumer.stop()
+
+
+class ProbedRecovery(Recovery):  # type: ignore[misc,unused-ignore]  # faust is untyped
+    """Faust's recovery with highwaters corrected by :func:`true_ends`."""
+
+    async def _build_highwaters(
+        self, consumer: Any, tps: Any, destination: Counter[Any], title: str
+    ) -> None:
+        await super()._build_highwaters(consumer, tps, destination, title)
+        if not tps:
+            return
+        bootstrap = ",".join(f"{url.host}:{url.port}" for url in self.app.conf.broker)
+        reported = {TopicPartition(tp.topic, tp.partition): destination[tp] + 1 for tp in tps}
+        ends = await true_ends(bootstrap, reported)
+        for tp in tps:
+            end = ends[TopicPartition(tp.topic, tp.partition)]
+            if end - 1 != destination[tp]:
+                log.warning(
+                    "broker under-reported the end of %s[%d]: %d, read to %d",
+                    tp.topic,
+                    tp.partition,
+                    destination[tp] + 1,
+                    end,
+                )
+                destination[tp] = end - 1
+
+
+class ProbedTableManager(TableManager):  # type: ignore[misc,unused-ignore]  # faust is untyped
+    """The table manager that recovers with :class:`ProbedRecovery`."""
+
+    @property
+    def recovery(self) -> Recovery:
+        """The recovery service (created on first use, like Faust's own)."""
+        if self._recovery is None:
+            self._recovery = ProbedRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery

@@ -1,0 +1,48 @@
+"""Scoring's own commands on ``tierflow.scoring.commands``, keyed by the person they apply to.
+
+They carry work from one partition to another (a merge folds the absorbed person's state into
+the winner's, an erasure reaches every merged id) and let the timer hand a re-evaluation to the
+agent, which is the only writer of the table.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class Command(BaseModel):
+    """Immutable, strict: only scoring writes these."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Fold(Command):
+    """Fold ``state`` (the absorbed person's) into ``winner``; ``fold_id`` dedups redelivery."""
+
+    kind: Literal["fold"] = "fold"
+    fold_id: str
+    winner: str
+    absorbed: str
+    state: dict[str, Any]
+
+
+class Erase(Command):
+    """Delete everything held about ``oneid`` (one of the ids of an erasure)."""
+
+    kind: Literal["erase"] = "erase"
+    erasure_id: str
+    oneid: str
+
+
+class Reevaluate(Command):
+    """The person's next-evaluation ``deadline`` has passed: re-decide their tier now."""
+
+    kind: Literal["reevaluate"] = "reevaluate"
+    oneid: str
+    deadline: float
+
+
+COMMAND = TypeAdapter(Annotated[Fold | Erase | Reevaluate, Field(discriminator="kind")])
+"""Parses any command: ``COMMAND.validate_json(raw)``."""

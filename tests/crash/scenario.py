@@ -1,0 +1,230 @@
+"""The scoring crash scenario: a stream with redelivery, workers killed with kill -9 at random
+points and restarted at once, and a check against a pure replay of the model.
+
+Used by ``tests/crash`` (a small stream) and ``bench/scoring_crash.py`` (~50k events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from aiokafka import ConsumerRecord
+
+from services.scoring.processor import Record, process
+from services.scoring.rules import load_model
+from services.scoring.scorer import State
+from services.scoring.service import profile_of, tier_change_id
+from shared.contracts import ResolvedEvent, TierChangeEvent, decode, encode
+from shared.topics import EVENTS_RESOLVED, TIERS_CHANGES
+from tests.crash.scoring_worker import Worker, produce, read_until, worker_env
+from tests.factories import T0, make_resolved
+
+MODEL = load_model()
+KINDS: list[dict[str, Any]] = [
+    {"type": "page", "event": None, "properties": {"path": "/docs"}},
+    {"type": "page", "event": None, "properties": {"path": "/pricing"}},
+    {"event": "Webinar Attended"},
+    {"event": "Email Opened"},
+    {"event": "Form Submitted"},
+    {"event": "Coupon Applied"},
+    {"event": "Complaint Filed"},
+    {"event": "Order Completed", "properties": {"revenue": 250}},
+    {"event": "Order Completed", "properties": {"revenue": 3000}},
+    {"type": "identify", "event": None, "traits": {"job_level": "director"}},
+]
+WEIGHTS = [20, 6, 6, 10, 3, 2, 1, 2, 1, 2]
+
+
+def make_stream(people: int, events: int, seed: int) -> list[ResolvedEvent]:
+    """``events`` events over ``people`` people across 90 days, ~4% of them redelivered later."""
+    rng = random.Random(seed)
+    prefix = uuid.UUID(int=rng.getrandbits(128)).hex[:8]
+    oneids = [f"crash-{prefix}-{n}" for n in range(people)]
+    stream: list[ResolvedEvent] = []
+    for n in range(events):
+        kind = rng.choices(KINDS, WEIGHTS)[0]
+        at = T0 + timedelta(days=90 * n / events, seconds=rng.random())
+        stream.append(
+            make_resolved(rng.choice(oneids), message_id=f"{prefix}-{n}", timestamp=at, **kind)
+        )
+        if stream and rng.random() < 0.04:
+            stream.append(rng.choice(stream[-200:]))  # a redelivery, a little later
+    return stream
+
+
+def replay(stream: list[ResolvedEvent]) -> tuple[dict[bytes, State], dict[str, int]]:
+    """The pure model over the same events (per person, in stream order)."""
+    states: dict[bytes, State] = {}
+    records = [
+        Record(EVENTS_RESOLVED.name, 0, n, r.oneid.encode(), encode(r))
+        for n, r in enumerate(stream)
+    ]
+    outcome = process(records, states.get, MODEL, 0.0)
+    states.update(outcome.writes)
+    changes = {key.decode(): state["changes"] for key, state in outcome.writes.items()}
+    return dict(outcome.writes), changes
+
+
+@dataclass
+class Result:
+    """What a run found."""
+
+    events: int
+    people: int
+    kills: int
+    seconds: float
+    mismatched: list[str] = field(default_factory=list)
+    stale_in_memory: list[str] = field(default_factory=list)
+    missing_changes: list[str] = field(default_factory=list)
+    conflicting_changes: list[str] = field(default_factory=list)
+    unexpected_changes: list[str] = field(default_factory=list)
+    duplicate_deliveries: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """No lost or wrong state, every tier change once per id with one content."""
+        return not (
+            self.mismatched
+            or self.stale_in_memory
+            or self.missing_changes
+            or self.conflicting_changes
+            or self.unexpected_changes
+        )
+
+
+def _json(value: State) -> Any:
+    return orjson.loads(orjson.dumps(value))
+
+
+async def run(
+    bootstrap: str,
+    database_url: str,
+    work_dir: Path,
+    *,
+    people: int,
+    events: int,
+    kills: int,
+    workers: int,
+    partitions: int,
+    seed: int,
+    settle: float = 90.0,
+    extra_env: dict[str, str] | None = None,
+    module: str = "services.scoring",
+) -> Result:
+    """Produce the stream in chunks while killing (-9) and at once restarting random workers;
+    then compare the changelog's last value of every person with the pure replay."""
+    rng = random.Random(seed)
+    stream = make_stream(people, events, seed)
+    expected, change_counts = replay(stream)
+    app_id = f"scoring-crash-{uuid.uuid4().hex[:8]}"
+    env = worker_env(
+        bootstrap,
+        database_url,
+        app_id=app_id,
+        work_dir=work_dir,
+        partitions=partitions,
+        clock=(T0 - timedelta(days=365)).timestamp(),  # timers never due: a pure replay
+        **(extra_env or {}),
+    )
+    started = time.monotonic()
+    running = [Worker(f"w{n}-0", env, work_dir, module) for n in range(workers)]
+    try:
+        await asyncio.gather(*(w.ready() for w in running))
+        chunks = 40
+        kill_at = set(rng.sample(range(2, chunks - 2), kills))
+        size = -(-len(stream) // chunks)
+        for chunk in range(chunks):
+            part = stream[chunk * size : (chunk + 1) * size]
+            await produce(
+                bootstrap, EVENTS_RESOLVED.name, [(r.oneid.encode(), encode(r)) for r in part]
+            )
+            await asyncio.sleep(rng.uniform(0.05, 0.4))
+            if chunk in kill_at:
+                victim = rng.randrange(len(running))
+                running[victim].kill()
+                # at once: the dead member still holds its partitions until its session expires
+                running[victim] = Worker(f"w{victim}-{chunk}", env, work_dir, module)
+        changelog = f"{app_id}-people-changelog"
+        latest: dict[bytes, Any] = {}
+
+        def converged(records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+            for record in records[len(seen_records) :]:
+                if record.key is not None and record.value is not None:
+                    latest[record.key] = orjson.loads(record.value)
+            seen_records[:] = records
+            return all(latest.get(k, {}).get("events") == v["events"] for k, v in expected.items())
+
+        seen_records: list[ConsumerRecord[bytes, bytes]] = []
+        await read_until(bootstrap, changelog, converged, timeout=settle)
+        result = Result(len(stream), people, kills, time.monotonic() - started)
+        for key, state in expected.items():
+            if latest.get(key) != _json(state):
+                result.mismatched.append(key.decode())
+        changes = await read_until(
+            bootstrap,
+            TIERS_CHANGES.name,
+            lambda _: False,
+            keep=lambda r: (r.key or b"").startswith(b"crash-"),
+            timeout=3,
+        )
+        _check_changes(result, changes, change_counts)
+        # what the workers hold in memory (recovered at their restarts), then after one more
+        # kill -9 of every worker and a fresh start
+        result.stale_in_memory += await _stale(running[0], expected)
+        for worker in running:
+            worker.kill()
+        running[:] = [Worker("final", env, work_dir, module)]
+        await running[0].ready(timeout=settle)  # recovers every changelog partition
+        result.stale_in_memory += await _stale(running[0], expected)
+        return result
+    finally:
+        for worker in running:
+            worker.stop()
+
+
+async def _stale(worker: Worker, expected: dict[bytes, State]) -> list[str]:
+    """People whose state in the workers' memory differs from the replay (via /explain)."""
+    stale = []
+    async with httpx.AsyncClient(timeout=10) as client:
+        for key, state in expected.items():
+            oneid = key.decode()
+            want = profile_of(oneid, state, MODEL).model_dump(mode="json")
+            got = (await client.get(f"{worker.url}/v1/scores/{oneid}/explain")).json()
+            held = got.get("profile", {})
+            fields = ("tier", "scores", "events_counted", "tags", "lifecycle_stage")
+            if any(held.get(f) != want[f] for f in fields):
+                stale.append(oneid)
+    return stale
+
+
+def _check_changes(
+    result: Result, records: list[ConsumerRecord[bytes, bytes]], counts: dict[str, int]
+) -> None:
+    by_id: dict[str, set[tuple[Any, ...]]] = defaultdict(set)
+    copies: dict[str, int] = defaultdict(int)
+    for record in records:
+        change = decode(TierChangeEvent, record.value or b"")
+        if change.subject not in counts:
+            continue
+        data = change.data
+        by_id[change.id].add((change.subject, data.from_tier, data.to_tier, data.cause.event_id))
+        copies[change.id] += 1
+    expected_ids = {
+        tier_change_id(oneid, n): oneid
+        for oneid, count in counts.items()
+        for n in range(1, count + 1)
+    }
+    result.missing_changes = sorted(i for i in expected_ids if i not in by_id)
+    result.unexpected_changes = sorted(i for i in by_id if i not in expected_ids)
+    result.conflicting_changes = sorted(i for i, contents in by_id.items() if len(contents) > 1)
+    result.duplicate_deliveries = sum(n - 1 for n in copies.values())

@@ -1,0 +1,31 @@
+"""kill -9 scoring workers mid-stream and restart them at once: the changelog ends equal to a pure
+replay of the model, and every tier change exists once per id, with one content per id."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from shared.settings import CommonSettings
+from tests.crash.scenario import run
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["restart-at-once", "two-workers"])
+async def test_killed_workers_lose_and_duplicate_nothing(
+    settings: CommonSettings, tmp_path: Path, workers: int
+) -> None:
+    seed = random.randrange(1 << 30)
+    result = await run(
+        settings.kafka_bootstrap,
+        settings.database_url,
+        tmp_path,
+        people=150,
+        events=4000,
+        kills=3,
+        workers=workers,
+        partitions=settings.topic_partitions,
+        seed=seed,
+    )
+    assert result.ok, (seed, result)

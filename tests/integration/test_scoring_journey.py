@@ -1,0 +1,192 @@
+"""A real scoring worker on the real broker and Postgres: a customer journey ends at_risk by the
+timer with no event, a merge equals one person with every event, an erasure forgets both ids."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services.scoring.rules import load_model
+from services.scoring.service import profile_of, score_event
+from shared.contracts import IdentityErasure, IdentityMerge, TierChangeEvent, decode, encode
+from shared.settings import CommonSettings
+from shared.topics import EVENTS_RESOLVED, IDENTITY_MERGES, TIERS_CHANGES
+from tests.crash.scoring_worker import Worker, produce, read_until, set_clock, worker_env
+from tests.factories import T0, make_resolved
+
+MODEL = load_model()
+DAY = timedelta(days=1)
+
+
+@pytest.fixture
+async def worker(settings: CommonSettings, tmp_path: Path) -> AsyncIterator[tuple[Worker, Any]]:
+    env = worker_env(
+        settings.kafka_bootstrap,
+        settings.database_url,
+        app_id=f"scoring-it-{uuid.uuid4().hex[:8]}",
+        work_dir=tmp_path,
+        partitions=settings.topic_partitions,
+        clock=T0.timestamp(),
+    )
+    started = Worker("scoring", env, tmp_path)
+    try:
+        await started.ready()
+        yield started, env
+    finally:
+        started.stop()
+
+
+def changes_of(oneid: str, count: int) -> Any:
+    async def read(bootstrap: str) -> list[TierChangeEvent]:
+        records = await read_until(
+            bootstrap,
+            TIERS_CHANGES.name,
+            lambda kept: len(kept) >= count,
+            keep=lambda r: r.key == oneid.encode(),
+        )
+        return [decode(TierChangeEvent, r.value or b"") for r in records]
+
+    return read
+
+
+async def send_events(bootstrap: str, oneid: str, events: list[dict[str, Any]]) -> list[Any]:
+    resolved = [make_resolved(oneid, **fields) for fields in events]
+    await produce(bootstrap, EVENTS_RESOLVED.name, [(oneid.encode(), encode(r)) for r in resolved])
+    return resolved
+
+
+async def eventually(url: str, expect: int, timeout: float = 30) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=5) as client:
+        while True:
+            response = await client.get(url)
+            if response.status_code == expect or time.monotonic() > deadline:
+                return response
+            await asyncio.sleep(0.3)
+
+
+async def test_journey_ends_at_risk_by_the_timer_with_no_event(
+    settings: CommonSettings, worker: tuple[Worker, Any]
+) -> None:
+    scoring, env = worker
+    oneid = f"journey-{uuid.uuid4()}"
+    journey: list[dict[str, Any]] = [
+        {"type": "page", "event": None, "properties": {"path": "/features"}},
+        {"type": "page", "event": None, "properties": {"path": "/blog"}},
+        {"type": "page", "event": None, "properties": {"path": "/features"}, "timestamp": T0},
+        {"type": "page", "event": None, "properties": {"path": "/pricing"}, "timestamp": T0 + DAY},
+        {"type": "page", "event": None, "properties": {"path": "/pricing"}, "timestamp": T0 + DAY},
+        {"event": "Webinar Attended", "timestamp": T0 + 2 * DAY},
+        {"event": "Form Submitted", "timestamp": T0 + 3 * DAY},
+        {"event": "Webinar Attended", "timestamp": T0 + 4 * DAY},
+        {"event": "Order Completed", "properties": {"revenue": 2000}, "timestamp": T0 + 6 * DAY},
+    ]
+    await send_events(settings.kafka_bootstrap, oneid, journey)
+    by_events = await changes_of(oneid, 3)(settings.kafka_bootstrap)
+    assert [(c.data.from_tier, c.data.to_tier) for c in by_events] == [
+        (None, "prospect"),  # three page views: 3 points
+        ("prospect", "growth"),  # pricing pages, a webinar, a form, a webinar: ~49.2
+        ("growth", "vip"),  # R=5 F=1 M=4: value (15 + 3 + 16) * 2 = 68 >= 60
+    ]
+
+    set_clock(env, (T0 + 35 * DAY).timestamp())  # silent 29 days: still vip (value 62)
+    set_clock(env, (T0 + 36.5 * DAY).timestamp())  # silent 30.5 days
+    changes = await changes_of(oneid, 4)(settings.kafka_bootstrap)
+    assert [(c.data.from_tier, c.data.to_tier, c.data.cause.kind) for c in changes] == [
+        (None, "prospect", "event"),
+        ("prospect", "growth", "event"),
+        ("growth", "vip", "event"),
+        ("vip", "at_risk", "timer"),
+    ]
+    drop = changes[-1].data
+    assert drop.cause.event_id is None
+    assert drop.lifecycle_stage == "declining"
+    assert "silent" in drop.tags
+    assert len({c.id for c in changes}) == 4
+
+    profile = await eventually(f"{scoring.url}/v1/scores/{oneid}", 200)
+    assert profile.status_code == 200
+    deadline = time.monotonic() + 30
+    while profile.json()["tier"] != "at_risk" and time.monotonic() < deadline:
+        profile = await eventually(f"{scoring.url}/v1/scores/{oneid}", 200)
+    assert profile.json()["tier"] == "at_risk"
+    explained = (await eventually(f"{scoring.url}/v1/scores/{oneid}/explain", 200)).json()
+    assert explained["why"]["tier"] == "at_risk"
+    assert explained["rfm"] == {"recency": 3, "frequency": 1, "monetary": 4}
+    assert (await eventually(f"{scoring.url}/v1/scores/nobody", 404)).status_code == 404
+
+
+async def test_merge_equals_one_person_and_erasure_forgets_both(
+    settings: CommonSettings, worker: tuple[Worker, Any]
+) -> None:
+    scoring, env = worker
+    winner, absorbed = f"winner-{uuid.uuid4()}", f"absorbed-{uuid.uuid4()}"
+    split: list[tuple[str, dict[str, Any]]] = [
+        (winner, {"event": "Webinar Attended"}),
+        (absorbed, {"type": "page", "event": None, "properties": {"path": "/pricing"}}),
+        (absorbed, {"event": "Order Completed", "properties": {"revenue": 300}}),
+        (winner, {"type": "identify", "event": None, "traits": {"company_size": "51-200"}}),
+    ]
+    resolved = []
+    for day, (oneid, fields) in enumerate(split):
+        resolved += await send_events(
+            settings.kafka_bootstrap, oneid, [{**fields, "timestamp": T0 + day * DAY}]
+        )
+    set_clock(env, (T0 + 3 * DAY).timestamp())
+    await changes_of(absorbed, 2)(settings.kafka_bootstrap)  # prospect, then growth
+
+    merge = IdentityMerge(
+        merge_id=str(uuid.uuid4()),
+        winner=winner,
+        absorbed=absorbed,
+        cause_event_id="e",
+        rule="email",
+        merged_at=T0 + 3 * DAY,
+    )
+    notice = [(absorbed.encode(), encode(merge))]
+    await produce(settings.kafka_bootstrap, IDENTITY_MERGES.name, notice * 2)  # redelivered
+    changes = await changes_of(winner, 2)(settings.kafka_bootstrap)
+    assert [(c.data.to_tier, c.data.cause.kind) for c in changes] == [
+        ("prospect", "event"),
+        ("growth", "merge"),
+    ]
+
+    single = None
+    for event in resolved:
+        single, _, _ = score_event(single, event.model_copy(update={"oneid": winner}), MODEL)
+    assert single is not None
+    expected = profile_of(winner, single, MODEL)
+    explained = (await eventually(f"{scoring.url}/v1/scores/{winner}/explain", 200)).json()
+    assert explained["profile"]["scores"] == expected.scores.model_dump(mode="json")
+    assert explained["profile"]["events_counted"] == 4
+    assert explained["profile"]["tags"] == expected.tags
+    gone = await eventually(f"{scoring.url}/v1/scores/{absorbed}/explain", 404)
+    assert gone.status_code == 404
+
+    erasure = IdentityErasure(
+        erasure_id=str(uuid.uuid4()),
+        oneid=winner,
+        oneids=(winner, absorbed),
+        requested_at=T0 + 3 * DAY,
+    )
+    await produce(
+        settings.kafka_bootstrap, IDENTITY_MERGES.name, [(winner.encode(), encode(erasure))]
+    )
+    assert (await eventually(f"{scoring.url}/v1/scores/{winner}/explain", 404)).status_code == 404
+    assert (await eventually(f"{scoring.url}/v1/scores/{winner}", 404)).status_code == 404
+    # a redelivered old event does not bring the erased person back
+    await produce(
+        settings.kafka_bootstrap,
+        EVENTS_RESOLVED.name,
+        [(winner.encode(), encode(resolved[0]))],
+    )
+    await asyncio.sleep(1)
+    assert (await eventually(f"{scoring.url}/v1/scores/{winner}/explain", 404)).status_code == 404

@@ -1,0 +1,168 @@
+"""The batch processor: batch boundaries never change results, merges, erasures, late events,
+timer commands and dead letters — pure, no broker."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from services.scoring.deadlines import Deadlines
+from services.scoring.processor import ERASED, MERGED, Outcome, Record, process
+from services.scoring.rules import load_model
+from services.scoring.schemas import COMMAND, Fold, Reevaluate
+from services.scoring.scorer import DAY, State
+from shared.contracts import IdentityErasure, IdentityMerge, encode
+from shared.topics import (
+    DEADLETTER,
+    EVENTS_RESOLVED,
+    IDENTITY_MERGES,
+    PROFILES,
+    SCORING_COMMANDS,
+    TIERS_CHANGES,
+)
+from tests.factories import T0, make_resolved
+
+MODEL = load_model()
+BASE = T0.timestamp()
+
+
+class Table:
+    """A dict standing in for the Faust table, applying outcomes like the agent does."""
+
+    def __init__(self) -> None:
+        self.states: dict[bytes, State] = {}
+        self.sent: list[tuple[str, bytes, bytes | None]] = []
+
+    def run(self, records: list[Record], now: float = BASE) -> Outcome:
+        outcome = process(records, self.states.get, MODEL, now)
+        self.sent += [(s.topic, s.key, s.value) for s in outcome.sends]
+        self.states.update(outcome.writes)
+        return outcome
+
+    def commands(self) -> list[Record]:
+        """The commands sent so far, as records to feed back (and forget them)."""
+        mine = [s for s in self.sent if s[0] == SCORING_COMMANDS.name]
+        self.sent = [s for s in self.sent if s[0] != SCORING_COMMANDS.name]
+        return [Record(t, 0, n, k, v) for n, (t, k, v) in enumerate(mine)]
+
+
+def event(oneid: str, day: float = 0, **fields: Any) -> Record:
+    resolved = make_resolved(oneid, timestamp=T0 + timedelta(days=day), **fields)
+    return Record(EVENTS_RESOLVED.name, 0, 0, oneid.encode(), encode(resolved))
+
+
+def notice(key: str, message: IdentityMerge | IdentityErasure) -> Record:
+    return Record(IDENTITY_MERGES.name, 0, 0, key.encode(), encode(message))
+
+
+def merge(winner: str, absorbed: str) -> IdentityMerge:
+    return IdentityMerge(
+        merge_id=str(uuid.uuid4()),
+        winner=winner,
+        absorbed=absorbed,
+        cause_event_id="e",
+        rule="email",
+        merged_at=T0,
+    )
+
+
+def test_batch_boundaries_do_not_change_the_result() -> None:
+    records = [event("a", day / 4, message_id=f"m{day}") for day in range(12)]
+    records.insert(5, records[2])  # a redelivery
+    whole, split = Table(), Table()
+    whole.run(records)
+    for start in range(0, len(records), 5):
+        split.run(records[start : start + 5])
+    assert whole.states == split.states
+    changes = [s for s in whole.sent if s[0] == TIERS_CHANGES.name]
+    assert changes == [s for s in split.sent if s[0] == TIERS_CHANGES.name]
+
+
+def test_each_changed_person_gets_one_profile_per_batch() -> None:
+    table = Table()
+    outcome = table.run([event("a", message_id="1"), event("a", message_id="2"), event("b")])
+    profiles = [s.key for s in outcome.sends if s.topic == PROFILES.name]
+    assert profiles == [b"a", b"b"]
+    assert outcome.sends[-1].topic == PROFILES.name  # profiles go last
+    assert outcome.outcomes["scored"] == 3
+
+
+def test_merge_folds_through_a_command_and_late_events_follow() -> None:
+    table = Table()
+    table.run([event("w", message_id="w1"), event("x", 1, message_id="x1")])
+    table.run([notice("x", merge("w", "x"))])
+    assert table.states[b"x"] == {MERGED: "w"}
+    assert (PROFILES.name, b"x", None) in table.sent
+    table.run(table.commands())
+    assert table.states[b"w"]["events"] == 2
+    late = event("x", 2, message_id="x2")
+    table.run([late, late])  # a late event of the absorbed id, redelivered
+    table.run(table.commands())
+    assert table.states[b"w"]["events"] == 3
+    assert table.states[b"x"] == {MERGED: "w"}
+
+
+def test_a_fold_for_a_winner_merged_since_is_passed_on() -> None:
+    table = Table()
+    table.run([event("a", message_id="a1"), event("b", message_id="b1"), event("c")])
+    table.run([notice("b", merge("a", "b")), notice("a", merge("c", "a"))])
+    for _ in range(3):
+        table.run(table.commands())
+    assert table.states[b"c"]["events"] == 3
+    assert table.states[b"a"] == {MERGED: "c"}
+
+
+def test_erasure_reaches_every_id_and_nothing_comes_back() -> None:
+    table = Table()
+    first = event("w", message_id="w1")
+    table.run([first, event("x", message_id="x1")])
+    table.run([notice("x", merge("w", "x"))])
+    folds = table.commands()
+    erasure = IdentityErasure(erasure_id="er", oneid="w", oneids=("w", "x"), requested_at=T0)
+    table.run([notice("w", erasure)])
+    table.run(table.commands())
+    table.run(folds)  # a fold arriving after the erasure
+    table.run([first])  # a redelivered old event
+    assert table.states[b"w"] == {ERASED: "er"}
+    assert table.states[b"x"] == {ERASED: "er"}
+    profiles = [v for topic, key, v in table.sent if (topic, key) == (PROFILES.name, b"w")]
+    assert profiles[-1] is None  # the last word on w's profile is a tombstone
+
+
+def test_timer_command_reevaluates_only_when_still_due() -> None:
+    table = Table()
+    table.run([event("a", message_id="o", event="Order Completed", properties={"revenue": 10})])
+    deadline = table.states[b"a"]["deadline"]
+    command = Reevaluate(oneid="a", deadline=deadline).model_dump_json().encode()
+    record = Record(SCORING_COMMANDS.name, 0, 0, b"a", command)
+    early = table.run([record], now=deadline - 1)
+    assert early.outcomes["reevaluated"] == 0
+    late = table.run([record], now=BASE + 31 * DAY)
+    assert late.outcomes["reevaluated"] == 1
+    assert late.lateness == [BASE + 31 * DAY - deadline]
+    assert [c.data.to_tier for c in late.changes] == ["at_risk"]
+
+
+def test_records_the_model_cannot_apply_are_dead_lettered() -> None:
+    table = Table()
+    bad = Record(EVENTS_RESOLVED.name, 2, 7, b"a", b'{"oneid": 1}')
+    outcome = table.run([bad, event("b")])
+    assert outcome.outcomes["invalid"] == 1
+    assert outcome.outcomes["scored"] == 1
+    assert [s.topic for s in outcome.sends].count(DEADLETTER.name) == 1
+    fold = Fold(fold_id="f", winner="w", absorbed="x", state={})
+    assert COMMAND.validate_json(fold.model_dump_json()) == fold
+
+
+def test_deadline_heap_pops_only_current_entries_in_order() -> None:
+    heap = Deadlines()
+    heap.set(b"a", 30.0)
+    heap.set(b"b", 10.0)
+    heap.set(b"a", 20.0)  # moved: the entry at 30 is stale
+    heap.set(b"c", None)
+    assert heap.pop_due(25.0, 10) == [(b"b", 10.0), (b"a", 20.0)]
+    assert heap.pop_due(100.0, 10) == []
+    heap.rebuild([(b"x", 5.0), (b"y", None)])
+    assert len(heap) == 1
+    assert heap.pop_due(5.0, 10) == [(b"x", 5.0)]
