@@ -1,30 +1,32 @@
-"""The automation process: the tier-change consumer, the sweeper, and the operator API."""
+"""The automation process: two consumers (tier changes, identity notices), the dispatcher,
+the outbox publisher, and the operator API."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 
-import httpx
 from fastapi import FastAPI
 
 from services.automation.api import router
-from services.automation.delivery import WebhookSender
-from services.automation.playbooks import load_playbooks
-from services.automation.service import ActionRunner
+from services.automation.clock import Clock, SystemClock
+from services.automation.delivery import build_endpoints
+from services.automation.playbooks import CHANNELS, load_playbooks
+from services.automation.service import AutomationService, DeliveryPolicy
 from services.automation.settings import AutomationSettings
-from services.automation.worker import AutomationHandler, sweep_forever
+from services.automation.worker import IdentityNoticeHandler, TierChangeHandler, run_loop
 from shared.consumer import BatchConsumer
 from shared.db import build_engine, build_sessionmaker
 from shared.http import consumer_readiness, install_common
 from shared.kafka import Publisher, build_consumer, build_producer, wait_for_broker
-from shared.topics import ACTIONS, TIERS_CHANGES
+from shared.topics import ACTIONS, IDENTITY_MERGES, TIERS_CHANGES
 
 
-def create_app(settings: AutomationSettings) -> FastAPI:
+def create_app(settings: AutomationSettings, clock: Clock | None = None) -> FastAPI:
     """Build the app; playbooks are validated before anything starts."""
     playbooks = load_playbooks(settings.playbooks_path)
+    time_source = clock or SystemClock()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -34,47 +36,98 @@ def create_app(settings: AutomationSettings) -> FastAPI:
         producer = build_producer(settings)
         await producer.start()
         publisher = Publisher(producer)
-        client = httpx.AsyncClient(
-            timeout=settings.webhook_timeout_s,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        endpoints = build_endpoints(
+            settings.webhook_base_url,
+            settings.webhook_endpoints,
+            CHANNELS,
+            timeout_s=settings.webhook_timeout_s,
+            concurrency=settings.endpoint_concurrency,
+            breaker_threshold=settings.breaker_threshold,
+            breaker_cooldown_s=settings.breaker_cooldown_s,
         )
-        sender = WebhookSender(
-            client,
-            base_url=settings.webhook_base_url,
+        policy = DeliveryPolicy(
             secrets=[s.get_secret_value() for s in settings.webhook_secrets],
             attempts=settings.webhook_attempts,
+            backoff_base_s=settings.webhook_backoff_base_s,
+            backoff_cap_s=settings.webhook_backoff_cap_s,
+            lease_s=settings.delivery_lease_s,
         )
-        runner = ActionRunner(sessions, playbooks, sender, publisher)
-        consumer = build_consumer(settings, TIERS_CHANGES.name, group_id=settings.group_id)
-        await consumer.start()
+        service = AutomationService(sessions, playbooks, endpoints, policy, time_source)
+        changes = build_consumer(settings, TIERS_CHANGES.name, group_id=settings.group_id)
+        notices = build_consumer(
+            settings, IDENTITY_MERGES.name, group_id=f"{settings.group_id}-identity"
+        )
+        await changes.start()
+        await notices.start()
         loop = BatchConsumer(
-            consumer, AutomationHandler(runner, publisher), group=settings.group_id
+            changes, TierChangeHandler(service, publisher), group=settings.group_id
         )
+        notice_loop = BatchConsumer(
+            notices,
+            IdentityNoticeHandler(service, publisher),
+            group=f"{settings.group_id}-identity",
+        )
+        stopping = asyncio.Event()
         app.state.engine, app.state.sessions, app.state.producer = engine, sessions, producer
-        app.state.loop, app.state.playbooks = loop, playbooks
+        app.state.loop, app.state.service = loop, service
         app.state.admin_token = settings.admin_token.get_secret_value()
-        tasks = [
-            asyncio.create_task(loop.run(), name="automation-consumer"),
-            asyncio.create_task(sweep_forever(runner), name="automation-sweeper"),
+        consumers = [
+            asyncio.create_task(loop.run(), name="automation-changes"),
+            asyncio.create_task(notice_loop.run(), name="automation-notices"),
+        ]
+        loops = [
+            asyncio.create_task(
+                run_loop(
+                    "dispatch", service.dispatch_once, service.wake, idle_s=0.5, stopping=stopping
+                )
+            ),
+            asyncio.create_task(
+                run_loop(
+                    "outbox",
+                    lambda: service.publish_once(publisher),
+                    service.outbox_wake,
+                    idle_s=0.5,
+                    stopping=stopping,
+                )
+            ),
+            asyncio.create_task(
+                run_loop("gauges", _gauges(service), None, idle_s=15, stopping=stopping)
+            ),
         ]
         try:
             yield
         finally:
             loop.stop()
-            tasks[1].cancel()
+            notice_loop.stop()
             with suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*tasks), timeout=15)
-            await consumer.stop()
+                await asyncio.wait_for(asyncio.gather(*consumers), timeout=15)
+            stopping.set()
+            with suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*loops), timeout=15)
+            await service.drain()
+            with suppress(Exception):
+                await service.publish_once(publisher)
+            await changes.stop()
+            await notices.stop()
             await producer.stop()
-            await client.aclose()
+            for endpoint in endpoints.values():
+                await endpoint.aclose()
             await engine.dispose()
 
     app = FastAPI(
         title="Tierflow automation",
-        description="Touch actions per tier: a person's actions and the playbooks in force.",
+        description="Touch actions per tier: a person's actions, the dead-letter, the playbooks.",
         version="1",
         lifespan=lifespan,
     )
     install_common(app, "automation", consumer_readiness(app, ACTIONS.name))
     app.include_router(router)
     return app
+
+
+def _gauges(service: AutomationService) -> Callable[[], Awaitable[int]]:
+    async def refresh() -> int:
+        await service.refresh_gauges()
+        return 0
+
+    return refresh

@@ -1,11 +1,12 @@
-"""Tables of the ``automation`` schema."""
+"""Tables of the ``automation`` schema: actions (with their schedule), the action log that is
+also the outbox of ``tierflow.actions``, and the erased persons."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, MetaData, String, Text, func
+from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, MetaData, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -19,7 +20,12 @@ class Base(DeclarativeBase):
 
 
 class Action(Base):
-    """One touch action; the primary key is its idempotency key, so it exists at most once."""
+    """One touch action; the primary key is its idempotency key, so it exists at most once.
+
+    ``status`` is ``scheduled`` (waiting for ``due_at``: a delay, a postponement or a retry),
+    ``delivering`` (leased by a worker until ``lease_until``), or final: ``sent``,
+    ``dead_lettered``, ``suppressed``, ``capped``, ``held_out``, ``exited``.
+    """
 
     __tablename__ = "actions"
 
@@ -36,5 +42,43 @@ class Action(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    hold_tier: Mapped[str | None] = mapped_column(String(64))
+    person: Mapped[dict[str, Any]] = mapped_column(JSONB)
 
-    __table_args__ = (Index("ix_actions_oneid", "oneid", "created_at"),)
+    __table_args__ = (
+        Index("ix_actions_oneid", "oneid", "created_at"),
+        Index("ix_actions_due", "status", "due_at"),
+        Index("ix_actions_sends", "oneid", "channel", "sent_at"),
+    )
+
+
+class ActionLog(Base):
+    """Every outcome of every action, in order; unpublished rows are the outbox."""
+
+    __tablename__ = "action_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    action_id: Mapped[str] = mapped_column(String(36))
+    oneid: Mapped[str] = mapped_column(String(36))
+    outcome: Mapped[str] = mapped_column(String(16))
+    record: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    published: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (
+        Index("ix_action_log_action", "action_id"),
+        Index("ix_action_log_oneid", "oneid"),
+        Index("ix_action_log_published", "published", "id"),
+    )
+
+
+class Erased(Base):
+    """Persons erased on request: nothing is ever sent to them again."""
+
+    __tablename__ = "erased"
+
+    oneid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -2,72 +2,272 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+    update,
+    values,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.types import DateTime, String
 
-from services.automation.models import Action
+from services.automation.models import Action, ActionLog, Erased, metadata
+from shared.contracts import ActionRecord
 
-REQUESTED, DELIVERING, SENT, DEAD = "requested", "delivering", "sent", "dead_lettered"
-
-
-async def record_requested(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert planned actions; an action that already exists (redelivery) is left as it is."""
-    if rows:
-        statement = insert(Action).values(
-            [{**row, "status": REQUESTED, "attempts": 0} for row in rows]
-        )
-        await session.execute(statement.on_conflict_do_nothing(index_elements=[Action.action_id]))
+SCHEDULED, DELIVERING, SENT, DEAD = "scheduled", "delivering", "sent", "dead_lettered"
+EXITED = "exited"
+ACTIONS_TABLE = metadata.tables["automation.actions"]
+LOG_TABLE = metadata.tables["automation.action_log"]
 
 
-async def claim(
-    session: AsyncSession, action_ids: Sequence[str] | None, *, lease: timedelta, now: datetime
-) -> list[Action]:
-    """Mark actions as being delivered by this worker: requested ones, or ones whose
-    delivery lease expired (a crashed worker). ``None`` claims any such action (the sweeper)."""
-    condition = or_(
-        Action.status == REQUESTED,
-        (Action.status == DELIVERING) & (Action.updated_at < now - lease),
+def one_of(column: InstrumentedAttribute[Any], items: Iterable[Any]) -> ColumnElement[bool]:
+    """``column = ANY(:array)``: one bound array, so the statement compiles (and caches) once
+    whatever the number of items, unlike an expanding ``IN``."""
+    return column == any_(bindparam(None, list(items), type_=ARRAY(column.type)))
+
+
+async def erased_among(session: AsyncSession, oneids: Iterable[str]) -> set[str]:
+    """Which of these persons were erased."""
+    wanted = list(set(oneids))
+    if not wanted:
+        return set()
+    result = await session.execute(select(Erased.oneid).where(one_of(Erased.oneid, wanted)))
+    return set(result.scalars())
+
+
+async def insert_actions(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """Insert planned actions; returns the ids that are new (a redelivered change adds none)."""
+    if not rows:
+        return set()
+    result = await session.execute(
+        insert(ACTIONS_TABLE)
+        .on_conflict_do_nothing(index_elements=[ACTIONS_TABLE.c.action_id])
+        .returning(ACTIONS_TABLE.c.action_id),
+        list(rows),
     )
-    target = select(Action.action_id).where(condition)
-    if action_ids is not None:
-        target = target.where(Action.action_id.in_(action_ids))
-    else:
-        target = target.where(Action.updated_at < now - lease).limit(200)
+    return set(result.scalars())
+
+
+async def exit_pending(
+    session: AsyncSession, moves: Sequence[tuple[str, str, datetime]], now: datetime
+) -> list[Action]:
+    """The exit rule in SQL: pending steps of a person who moved, after they were planned, to a
+    tier other than the one their playbook holds them in, become ``exited``.
+
+    Comparing change times makes it order-safe: a redelivered older change exits nothing newer.
+    """
+    if not moves:
+        return []
+    moved = values(
+        literal_column("oneid", String),
+        literal_column("tier", String),
+        literal_column("changed_at", DateTime(timezone=True)),
+        name="moved",
+    ).data(list(moves))
     result = await session.execute(
         update(Action)
-        .where(Action.action_id.in_(target.with_for_update(skip_locked=True).scalar_subquery()))
-        .values(status=DELIVERING, updated_at=now)
-        .returning(Action)
+        .where(
+            Action.oneid == moved.c.oneid,
+            Action.status == SCHEDULED,
+            Action.sent_at.is_(None),
+            Action.hold_tier.is_not(None),
+            Action.hold_tier != moved.c.tier,
+            Action.changed_at < moved.c.changed_at,
+        )
+        .values(status=EXITED, updated_at=now, last_error="left the tier")
+        .returning(Action),
+        execution_options={"synchronize_session": False},
+    )
+    return list(result.scalars().unique())
+
+
+async def append_log(session: AsyncSession, records: Sequence[ActionRecord]) -> None:
+    """Store outcomes; they are published on ``tierflow.actions`` from here (the outbox)."""
+    if records:
+        await session.execute(
+            insert(LOG_TABLE),
+            [
+                {
+                    "action_id": r.action_id,
+                    "oneid": r.oneid,
+                    "outcome": r.outcome,
+                    "record": r.model_dump(mode="json"),
+                    "published": False,
+                }
+                for r in records
+            ],
+        )
+
+
+async def lock_due(
+    session: AsyncSession, now: datetime, limit: int, exclude_channels: Sequence[str]
+) -> list[Action]:
+    """Lock due actions no other worker holds: scheduled and due, or leased by a worker whose
+    lease ran out (it crashed). Skipping locked rows is what keeps workers from double-firing."""
+    statement = (
+        select(Action)
+        .where(
+            or_(
+                and_(Action.status == SCHEDULED, Action.due_at <= now),
+                and_(Action.status == DELIVERING, Action.lease_until < now),
+            )
+        )
+        .order_by(Action.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    if exclude_channels:
+        statement = statement.where(Action.channel.not_in(list(exclude_channels)))
+    result = await session.execute(statement)
+    return list(result.scalars())
+
+
+async def lock_persons(session: AsyncSession, oneids: Sequence[str]) -> None:
+    """Serialise cap checks per person across workers until commit (sorted: no deadlock)."""
+    await session.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(hashtextextended(o, 7)) "
+            "FROM unnest(CAST(:ids AS text[])) AS o"
+        ),
+        {"ids": sorted(set(oneids))},
+    )
+
+
+async def recent_sends(
+    session: AsyncSession, oneids: Sequence[str], since: datetime
+) -> dict[tuple[str, str], list[datetime]]:
+    """When each person was last sent to, per channel (what frequency caps count)."""
+    result = await session.execute(
+        select(Action.oneid, Action.channel, Action.sent_at).where(
+            one_of(Action.oneid, set(oneids)),
+            Action.sent_at >= since,
+            Action.status != DEAD,
+        )
+    )
+    sends: dict[tuple[str, str], list[datetime]] = defaultdict(list)
+    for oneid, channel, sent_at in result:
+        if sent_at is not None:
+            sends[(oneid, channel)].append(sent_at)
+    return sends
+
+
+async def update_actions(session: AsyncSession, changes: Sequence[dict[str, Any]]) -> None:
+    """Bulk update by primary key (each dict holds ``action_id`` and the new values)."""
+    grouped: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for change in changes:
+        grouped[tuple(sorted(k for k in change if k != "action_id"))].append(change)
+    for columns, rows in grouped.items():
+        statement = (
+            update(ACTIONS_TABLE)
+            .where(ACTIONS_TABLE.c.action_id == bindparam("b_action_id"))
+            .values({c: bindparam(f"b_{c}") for c in columns})
+        )
+        await session.execute(statement, [{f"b_{k}": v for k, v in row.items()} for row in rows])
+
+
+async def lock_existing(session: AsyncSession, action_ids: Sequence[str]) -> set[str]:
+    """Lock these actions if they still exist (an erasure may have deleted them meanwhile)."""
+    if not action_ids:
+        return set()
+    result = await session.execute(
+        select(Action.action_id).where(one_of(Action.action_id, action_ids)).with_for_update()
+    )
+    return set(result.scalars())
+
+
+async def unpublished(session: AsyncSession, limit: int) -> list[ActionLog]:
+    """The oldest outbox rows no other worker is publishing."""
+    result = await session.execute(
+        select(ActionLog)
+        .where(ActionLog.published.is_(False))
+        .order_by(ActionLog.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     return list(result.scalars())
 
 
-async def finish(
-    session: AsyncSession,
-    action_id: str,
-    *,
-    status: str,
-    attempts: int,
-    status_code: int | None,
-    error: str | None,
-) -> None:
-    """Record the outcome of a delivery."""
+async def mark_published(session: AsyncSession, ids: Sequence[int]) -> None:
+    """The broker acknowledged these outbox rows."""
+    await session.execute(
+        update(ActionLog).where(ActionLog.id.in_(list(ids))).values(published=True)
+    )
+
+
+async def erase(session: AsyncSession, oneids: Sequence[str], now: datetime) -> int:
+    """Delete every action and log row of these persons and remember them as erased."""
+    ids = list(set(oneids))
+    await session.execute(delete(ActionLog).where(ActionLog.oneid.in_(ids)))
+    result = await session.execute(
+        delete(Action).where(Action.oneid.in_(ids)).returning(Action.action_id)
+    )
+    await session.execute(
+        insert(Erased)
+        .values([{"oneid": oneid, "erased_at": now} for oneid in ids])
+        .on_conflict_do_nothing(index_elements=[Erased.oneid])
+    )
+    return len(result.all())
+
+
+async def merge(
+    session: AsyncSession, absorbed: str, winner: str, now: datetime
+) -> tuple[int, list[Action]]:
+    """Move the absorbed person's actions to the winner; returns (moved, duplicates exited).
+
+    A pending step the winner already has (same playbook and step) is exited rather than sent
+    twice. Steps never attempted get the winner's id in their payload; steps already attempted
+    keep theirs, so a retry carries exactly the content of the first try.
+    """
+    winner_steps = select(Action.playbook, Action.step).where(
+        Action.oneid == winner, Action.status.in_([SCHEDULED, DELIVERING, SENT])
+    )
+    duplicates = await session.execute(
+        update(Action)
+        .where(
+            Action.oneid == absorbed,
+            Action.status == SCHEDULED,
+            Action.sent_at.is_(None),
+            func.row(Action.playbook, Action.step).in_(winner_steps),
+        )
+        .values(status=EXITED, updated_at=now, last_error=f"duplicate after merge into {winner}")
+        .returning(Action),
+        execution_options={"synchronize_session": False},
+    )
+    exited = list(duplicates.scalars())
     await session.execute(
         update(Action)
-        .where(Action.action_id == action_id)
-        .values(
-            status=status,
-            attempts=Action.attempts + attempts,
-            last_status_code=status_code,
-            last_error=error,
-            updated_at=func.now(),
-        )
+        .where(Action.oneid == absorbed, Action.status == SCHEDULED, Action.sent_at.is_(None))
+        .values(payload=Action.payload.op("||")(func.jsonb_build_object("oneid", winner)))
+        .execution_options(synchronize_session=False)
     )
+    moved = await session.execute(
+        update(Action)
+        .where(Action.oneid == absorbed)
+        .values(oneid=winner, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(
+        update(ActionLog)
+        .where(ActionLog.oneid == absorbed)
+        .values(oneid=winner)
+        .execution_options(synchronize_session=False)
+    )
+    return moved.rowcount, exited  # type: ignore[attr-defined]
 
 
 async def actions_of(session: AsyncSession, oneid: str, limit: int = 200) -> list[Action]:
@@ -76,3 +276,37 @@ async def actions_of(session: AsyncSession, oneid: str, limit: int = 200) -> lis
         select(Action).where(Action.oneid == oneid).order_by(Action.created_at.desc()).limit(limit)
     )
     return list(result.scalars())
+
+
+async def history_of(session: AsyncSession, oneid: str, limit: int = 1000) -> list[ActionLog]:
+    """A person's recorded outcomes, oldest first."""
+    result = await session.execute(
+        select(ActionLog).where(ActionLog.oneid == oneid).order_by(ActionLog.id).limit(limit)
+    )
+    return list(result.scalars())
+
+
+async def dead_letters(session: AsyncSession, limit: int = 200) -> list[Action]:
+    """Actions whose retry schedule ran out, newest first."""
+    result = await session.execute(
+        select(Action).where(Action.status == DEAD).order_by(Action.updated_at.desc()).limit(limit)
+    )
+    return list(result.scalars())
+
+
+async def dead_letter_count(session: AsyncSession) -> int:
+    """How many actions wait in the dead-letter."""
+    result = await session.execute(select(func.count()).where(Action.status == DEAD))
+    return int(result.scalar_one())
+
+
+async def requeue_dead(session: AsyncSession, action_id: str, now: datetime) -> Action | None:
+    """Give a dead-lettered action a fresh schedule, due now (an operator's retry)."""
+    result = await session.execute(
+        update(Action)
+        .where(Action.action_id == action_id, Action.status == DEAD)
+        .values(status=SCHEDULED, due_at=now, attempts=0, lease_until=None, updated_at=now)
+        .returning(Action),
+        execution_options={"synchronize_session": False},
+    )
+    return result.scalar_one_or_none()

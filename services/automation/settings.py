@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from services.automation.playbooks import DEFAULT_PLAYBOOKS_PATH
@@ -26,13 +26,27 @@ class AutomationSettings(CommonSettings):
         default="http://127.0.0.1:8090/hooks",
         description="Deliveries go to <base>/<channel>; the default is the embedded stack's sink.",
     )
+    webhook_endpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description='Per-channel URLs that replace <base>/<channel>, as JSON: {"sms": "https://…"}.',
+    )
     webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(
         description="Signing secrets (whsec_…); several during rotation, the first is newest.",
         min_length=1,
         validation_alias="TIERFLOW_WEBHOOK_SECRET",
     )
     webhook_timeout_s: float = Field(default=5.0, gt=0)
-    webhook_attempts: int = Field(default=4, ge=1, description="Tries before dead-lettering.")
+    webhook_attempts: int = Field(default=6, ge=1, description="Tries before dead-lettering.")
+    webhook_backoff_base_s: float = Field(default=10.0, gt=0, description="First retry delay.")
+    webhook_backoff_cap_s: float = Field(default=3600.0, gt=0, description="Longest retry delay.")
+    endpoint_concurrency: int = Field(default=16, ge=1, description="In-flight per endpoint.")
+    breaker_threshold: int = Field(default=20, ge=1, description="Failures that open a circuit.")
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    delivery_lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a claimed action is a worker's before another may take it.",
+    )
     admin_token: SecretStr = Field(description="Bearer token of the operator APIs (no default).")
 
     @field_validator("webhook_secrets", mode="before")
@@ -50,3 +64,10 @@ class AutomationSettings(CommonSettings):
             if not secret.get_secret_value().startswith(SECRET_PREFIX):
                 raise ValueError(f"webhook secrets must start with {SECRET_PREFIX}")
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_request(self) -> AutomationSettings:
+        """A lease shorter than a request would let a second worker send while one still is."""
+        if self.delivery_lease_s <= self.webhook_timeout_s:
+            raise ValueError("delivery_lease_s must be longer than webhook_timeout_s")
+        return self

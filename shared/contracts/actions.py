@@ -15,6 +15,7 @@ ActionOutcome = Literal[
     "postponed",
     "held_out",
     "dead_lettered",
+    "exited",
 ]
 
 

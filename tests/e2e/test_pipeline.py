@@ -102,26 +102,31 @@ async def test_track_calls_become_a_signed_webhook_for_the_right_person(
 
             deadline = time.monotonic() + 60
             growth: list[dict[str, Any]] = []
-            while time.monotonic() < deadline and len(growth) < 2:
+            while time.monotonic() < deadline and not growth:
                 growth = [d for d in receiver.deliveries if d["payload"]["tier"] == "growth"]
                 await asyncio.sleep(0.2)
-            person = await client.get(
-                f"{stack.urls['identity']}/v1/identifiers/user_id/e2e-user",
-                headers={"authorization": f"Bearer {ADMIN}"},
-            )
-        assert person.status_code == 200
+            # the 360° profile: identity's graph plus scoring's read model (filled in batches)
+            tier = None
+            while time.monotonic() < deadline and tier != "growth":
+                person = await client.get(
+                    f"{stack.urls['identity']}/v1/identifiers/user_id/e2e-user",
+                    headers={"authorization": f"Bearer {ADMIN}"},
+                )
+                assert person.status_code == 200, person.text
+                tier = (person.json()["scoring"] or {}).get("tier")
+                await asyncio.sleep(0.2)
+        assert tier == "growth"
+        assert person.json()["scoring"]["events_counted"] == 3
         oneid = person.json()["oneid"]
-        assert {d["payload"]["step"] for d in growth} == {
-            "industry_solutions",
-            "webinar_invitation",
-        }
+        assert [d["payload"]["step"] for d in growth] == ["industry_solutions"]
         assert all(d["verified"] for d in receiver.deliveries)
         assert {d["payload"]["oneid"] for d in receiver.deliveries} == {oneid}
         prospect = [d for d in receiver.deliveries if d["payload"]["tier"] == "prospect"]
-        assert [d["payload"]["step"] for d in prospect] == ["case_studies"]
+        # the prospect step may have been exited already if both changes came in one batch
+        assert [d["payload"]["step"] for d in prospect] in ([], ["light_education"])
         assert all(d["path"] == f"/hooks/{d['payload']['channel']}" for d in receiver.deliveries)
         ids = [d["id"] for d in receiver.deliveries]
-        assert len(ids) == len(set(ids)) == 3  # each action delivered once
+        assert len(ids) == len(set(ids))  # each action delivered once (the rest is delayed)
     finally:
         stack.stop()
     assert all(_gone(pid) for pid in pids)

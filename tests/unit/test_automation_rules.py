@@ -1,10 +1,27 @@
-"""Playbook choice, idempotency keys, webhook signatures and retry backoff."""
+"""Playbooks as data: validation, what each default playbook plans, branches, exit rules,
+idempotency keys, signatures and the retry schedule."""
 
 import base64
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from services.automation.delivery import backoff_s
-from services.automation.playbooks import action_id, load_playbooks, plan_actions
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from services.automation.delivery import (
+    CircuitBreaker,
+    parse_retry_after,
+    retry_delay_s,
+    retryable_status,
+)
+from services.automation.playbooks import (
+    PlaybookSet,
+    action_id,
+    leaves,
+    load_playbooks,
+    plan_actions,
+)
 from shared.contracts import Scores, TierChangeCause, TierChanged, TierChangeEvent
 from shared.webhooks import sign_headers, verify
 
@@ -13,17 +30,26 @@ OTHER = "whsec_" + base64.b64encode(b"z" * 24).decode()
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 
 
-def change(to_tier: str, from_tier: str | None = "prospect") -> TierChangeEvent:
+def change(
+    to_tier: str,
+    from_tier: str | None = "prospect",
+    *,
+    change_id: str = "c-1",
+    oneid: str = "p-1",
+    tags: list[str] | None = None,
+    stage: str = "growing",
+) -> TierChangeEvent:
     return TierChangeEvent(
-        id="c-1",
-        subject="p-1",
+        id=change_id,
+        subject=oneid,
         time=NOW,
         data=TierChanged(
-            oneid="p-1",
+            oneid=oneid,
             from_tier=from_tier,
             to_tier=to_tier,
-            lifecycle_stage="growing",
+            lifecycle_stage=stage,
             scores=Scores(total=50),
+            tags=tags or [],
             model_version="v",
             cause=TierChangeCause(kind="event", event_id="e"),
             changed_at=NOW,
@@ -31,18 +57,99 @@ def change(to_tier: str, from_tier: str | None = "prospect") -> TierChangeEvent:
     )
 
 
-def test_each_default_tier_has_its_playbook() -> None:
-    playbooks = load_playbooks()
-    steps = {
-        tier: [p.step.name for p in plan_actions(change(tier), playbooks)]
-        for tier in ("vip", "growth", "prospect", "at_risk")
-    }
-    assert steps == {
-        "vip": ["assign_success_manager", "exclusive_offer"],
-        "growth": ["industry_solutions", "webinar_invitation"],
-        "prospect": ["case_studies"],
-        "at_risk": ["winback_offer", "satisfaction_survey"],
-    }
+def plan(event: TierChangeEvent, playbooks: PlaybookSet | None = None) -> list[tuple[str, int]]:
+    """(step, delay in days) of everything a change plans."""
+    planned = plan_actions(event, playbooks or load_playbooks())
+    return [(p.step.send, p.delay // timedelta(days=1)) for p in planned]
+
+
+def test_each_default_playbook_plans_its_sequence_with_delays() -> None:
+    assert plan(change("vip", "growth")) == [
+        ("assign_success_manager", 0),
+        ("exclusive_offer", 0),
+        ("early_access", 3),
+    ]
+    assert plan(change("growth", "prospect")) == [
+        ("industry_solutions", 0),
+        ("webinar_invitation", 3),
+        ("product_trial", 7),
+    ]
+    assert plan(change("prospect", None)) == [
+        ("light_education", 0),
+        ("case_studies", 5),
+        ("free_resources", 10),
+    ]
+    assert plan(change("at_risk", "vip")) == [
+        ("winback_offer", 0),
+        ("satisfaction_survey", 3),
+        ("winback_call", 7),
+    ]
+
+
+def test_branch_is_decided_on_the_change() -> None:
+    steps = plan(change("at_risk", "vip", tags=["price_sensitive"]))
+    assert steps[0] == ("winback_offer_discount", 0)
+
+
+def test_staying_in_a_tier_triggers_nothing() -> None:
+    assert plan(change("vip", "vip")) == []
+
+
+def custom(playbook: dict[str, Any]) -> PlaybookSet:
+    return PlaybookSet.model_validate({"playbooks": [playbook]})
+
+
+SEND = {"send": "hello", "channel": "email"}
+
+
+def test_exited_transition_and_stage_triggers() -> None:
+    exited = custom({"name": "miss_you", "trigger": {"exited": "vip"}, "steps": [SEND]})
+    assert plan(change("growth", "vip"), exited) == [("hello", 0)]
+    assert plan(change("growth", "prospect"), exited) == []
+    moved = custom({"name": "upgrade", "trigger": {"from": "growth", "to": "vip"}, "steps": [SEND]})
+    assert plan(change("vip", "growth"), moved) == [("hello", 0)]
+    assert plan(change("vip", "prospect"), moved) == []
+    stage = custom({"name": "declining", "trigger": {"stage": "declining"}, "steps": [SEND]})
+    assert plan(change("at_risk", "vip", stage="declining"), stage) == [("hello", 0)]
+    assert plan(change("at_risk", "vip"), stage) == []
+
+
+def test_exit_rule_holds_people_in_the_trigger_tier() -> None:
+    planned = plan_actions(change("growth"), load_playbooks())
+    assert {p.hold_tier for p in planned} == {"growth"}
+    assert leaves("growth", "vip")
+    assert not leaves("growth", "growth")
+    assert not leaves(None, "vip")
+    sticky = custom(
+        {"name": "sticky", "trigger": {"entered": "vip"}, "exit_on_leave": False, "steps": [SEND]}
+    )
+    assert plan_actions(change("vip"), sticky)[0].hold_tier is None
+
+
+@pytest.mark.parametrize(
+    "playbook",
+    [
+        {"name": "x", "trigger": {"entered": "vip", "stage": "new"}, "steps": [SEND]},
+        {"name": "x", "trigger": {"from": "vip"}, "steps": [SEND]},
+        {"name": "x", "trigger": {"entered": "vip"}, "steps": [SEND, SEND]},
+        {"name": "x", "trigger": {"entered": "vip"}, "steps": [{"wait": "1d"}]},
+        {"name": "x", "trigger": {"entered": "vip"}, "steps": [{"wait": "0s"}, SEND]},
+        {"name": "x", "trigger": {"entered": "vip"}, "steps": [{**SEND, "channel": "fax"}]},
+        {"name": "x", "trigger": {"entered": "vip"}, "steps": [{**SEND, "colour": "red"}]},
+        {"name": "x", "trigger": {"entered": "vip"}, "steps": [{"branch": "b", "when": {}}]},
+    ],
+)
+def test_invalid_playbooks_are_refused(playbook: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        custom(playbook)
+
+
+def test_guards_validate(tmp_path: Any) -> None:
+    bad = {"guards": {"holdout": {"shares": {"vip": 1.5}}}, "playbooks": []}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ValidationError):
+        load_playbooks(path)
 
 
 def test_action_ids_are_deterministic_idempotency_keys() -> None:
@@ -51,6 +158,8 @@ def test_action_ids_are_deterministic_idempotency_keys() -> None:
     assert first == [p.action_id for p in plan_actions(change("vip"), playbooks)]
     assert first[0] == action_id("c-1", "vip_welcome", "assign_success_manager")
     assert len(set(first)) == len(first)
+    other = [p.action_id for p in plan_actions(change("vip", change_id="c-2"), playbooks)]
+    assert not set(first) & set(other)
 
 
 def test_signatures_verify_and_tampering_or_staleness_fails() -> None:
@@ -69,7 +178,40 @@ def test_rotation_signs_with_every_active_secret() -> None:
     assert verify(OTHER, headers, body, now=50)
 
 
-def test_backoff_honours_retry_after_and_grows_with_jitter() -> None:
-    assert backoff_s(1, 0.5, 30, "7") == 7
-    assert backoff_s(1, 0.5, 30, "999") == 30
-    assert all(0 <= backoff_s(3, 0.5, 30, None) <= 4 for _ in range(50))
+def test_retry_schedule_grows_with_jitter_and_honours_retry_after() -> None:
+    low = [
+        retry_delay_s(n, base_s=10, cap_s=300, retry_after_s=None, rand=lambda: 0.0)
+        for n in (1, 2, 3, 6)
+    ]
+    high = [
+        retry_delay_s(n, base_s=10, cap_s=300, retry_after_s=None, rand=lambda: 1.0)
+        for n in (1, 2, 3, 6)
+    ]
+    assert low == [5, 10, 20, 150]
+    assert high == [10, 20, 40, 300]
+    assert retry_delay_s(1, base_s=10, cap_s=300, retry_after_s=42) == 42
+    assert retry_delay_s(1, base_s=10, cap_s=300, retry_after_s=9999) == 300
+    assert parse_retry_after("7", NOW) == 7
+    later = (NOW + timedelta(seconds=90)).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    assert parse_retry_after(later, NOW) == 90
+    assert parse_retry_after("soon", NOW) is None
+
+
+def test_only_transient_statuses_are_retried() -> None:
+    assert all(retryable_status(s) for s in (500, 502, 503, 504, 429, 408))
+    assert not any(retryable_status(s) for s in (400, 401, 403, 404, 410, 422))
+
+
+def test_circuit_opens_after_failures_and_probes_after_cooldown() -> None:
+    breaker = CircuitBreaker(threshold=3, cooldown_s=30)
+    for _ in range(3):
+        assert breaker.allows(100)
+        breaker.record(False, 100)
+    assert breaker.is_open
+    assert not breaker.allows(110)
+    assert breaker.allows(131)
+    breaker.record(False, 131)
+    assert not breaker.allows(140)
+    breaker.record(True, 170)
+    assert not breaker.is_open
+    assert breaker.allows(170)

@@ -1,0 +1,158 @@
+"""The guards every send passes, as pure functions: consent, frequency caps, quiet hours,
+holdouts. The database and the clock stay outside; callers pass what these need."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from services.automation.playbooks import CHANNELS, FrequencyCap, Guards, QuietHours
+
+DO_NOT_CONTACT = "do_not_contact"
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """What the guards need to know about a person: time zone and the channels refused."""
+
+    timezone: str
+    optouts: frozenset[str]
+
+    def as_json(self) -> dict[str, Any]:
+        """Stored with each action so delayed steps are guarded with what was known."""
+        return {"timezone": self.timezone, "optouts": sorted(self.optouts)}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any] | None, default_timezone: str) -> Person:
+        """The stored form back (missing means the documented defaults)."""
+        value = value or {}
+        return cls(value.get("timezone") or default_timezone, frozenset(value.get("optouts", ())))
+
+
+def _zone_or_none(name: object) -> str | None:
+    if not isinstance(name, str) or not name:
+        return None
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+    return name
+
+
+def person_from_event(data: Mapping[str, Any], default_timezone: str) -> Person:
+    """Read consent and time zone from a tier change's raw ``data``.
+
+    Scoring's contract carries no consent or time zone yet, so this looks, in order, at
+    ``data.timezone`` / ``data.consent`` / ``data.suppressed``, then at ``data.profile`` and its
+    ``traits``, then at tags (``do_not_contact``, ``unsubscribed_<channel>``). Defaults: the
+    playbook file's ``default_timezone`` and consent granted on every channel.
+    """
+    profile = data.get("profile") if isinstance(data.get("profile"), Mapping) else {}
+    assert isinstance(profile, Mapping)
+    traits = profile.get("traits") if isinstance(profile.get("traits"), Mapping) else {}
+    assert isinstance(traits, Mapping)
+    sources: list[Mapping[str, Any]] = [data, profile, traits]
+    timezone = next(
+        (zone for src in sources if (zone := _zone_or_none(src.get("timezone")))),
+        default_timezone,
+    )
+    optouts: set[str] = set()
+    for src in sources:
+        consent = src.get("consent")
+        if isinstance(consent, Mapping):
+            optouts.update(ch for ch, granted in consent.items() if granted is False)
+        suppressed = src.get("suppressed")
+        if isinstance(suppressed, list):
+            optouts.update(str(ch) for ch in suppressed)
+        if src.get(DO_NOT_CONTACT) is True:
+            optouts.add(DO_NOT_CONTACT)
+    tags = data.get("tags") if isinstance(data.get("tags"), list) else []
+    assert isinstance(tags, list)
+    for tag in tags:
+        if tag == DO_NOT_CONTACT:
+            optouts.add(DO_NOT_CONTACT)
+        elif isinstance(tag, str) and tag.startswith("unsubscribed_"):
+            optouts.add(tag.removeprefix("unsubscribed_"))
+    return Person(timezone, frozenset(optouts))
+
+
+def consent_allows(person: Person, channel: str) -> bool:
+    """False when the person refused this channel, or every contact."""
+    return channel not in person.optouts and DO_NOT_CONTACT not in person.optouts
+
+
+def frequency_capped(recent: Sequence[datetime], now: datetime, cap: FrequencyCap | None) -> bool:
+    """True when ``cap.max`` sends on this channel already happened within ``cap.per``."""
+    if cap is None:
+        return False
+    since = now - cap.per
+    return sum(1 for at in recent if since < at <= now) >= cap.max
+
+
+def quiet_until(
+    now: datetime, timezone: str, quiet: QuietHours | None, channel: str
+) -> datetime | None:
+    """The next allowed moment (UTC) when ``now`` is inside quiet hours, else None.
+
+    Wall-clock arithmetic in the person's zone, so DST days keep "08:00 local"; an end time
+    that does not exist that day (spring forward) maps to the first instant after the gap.
+    """
+    if quiet is None or channel not in quiet.channels or quiet.start == quiet.end:
+        return None
+    zone = ZoneInfo(timezone)
+    local = now.astimezone(zone)
+    clock = local.time().replace(tzinfo=None)
+    overnight = quiet.start > quiet.end
+    inside = (
+        (clock >= quiet.start or clock < quiet.end)
+        if overnight
+        else (quiet.start <= clock < quiet.end)
+    )
+    if not inside:
+        return None
+    day = local.date() + timedelta(days=1) if overnight and clock >= quiet.start else local.date()
+    end = datetime.combine(day, quiet.end, tzinfo=zone).astimezone(UTC)
+    return max(end, now)
+
+
+def held_out(oneid: str, tier: str, holdout_shares: Mapping[str, float], salt: str) -> bool:
+    """Deterministic: the same person in the same tier is always in or out of the holdout."""
+    share = holdout_shares.get(tier, 0.0)
+    if share <= 0:
+        return False
+    digest = hashlib.sha256(f"{salt}\x1f{tier}\x1f{oneid}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+DecisionKind = Literal["send", "suppressed", "capped", "postponed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with a due action now: send, drop (suppressed, capped), or wait until."""
+
+    kind: DecisionKind
+    detail: str | None = None
+    until: datetime | None = None
+
+
+def decide(
+    channel: str, person: Person, recent: Sequence[datetime], now: datetime, guards: Guards
+) -> Decision:
+    """Consent first (a refusal is final), then the cap, then quiet hours (postpone)."""
+    if channel not in CHANNELS:
+        return Decision("suppressed", f"unknown channel {channel}")
+    if not consent_allows(person, channel):
+        return Decision("suppressed", f"no consent for {channel}")
+    cap = next((c for name, c in guards.frequency_caps.items() if name == channel), None)
+    if frequency_capped(recent, now, cap):
+        assert cap is not None
+        return Decision("capped", f"{cap.max} {channel} per {cap.per}")
+    until = quiet_until(now, person.timezone, guards.quiet_hours, channel)
+    if until is not None:
+        return Decision("postponed", f"quiet hours in {person.timezone}", until)
+    return Decision("send")

@@ -1,0 +1,650 @@
+"""The automation service in-process (its real app and lifespan) against the real broker, a
+real Postgres and a real HTTP receiver, with a clock the tests move forward."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import yaml
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.automation.app import create_app
+from services.automation.clock import ManualClock
+from services.automation.delivery import build_endpoints
+from services.automation.playbooks import CHANNELS, DEFAULT_PLAYBOOKS_PATH
+from services.automation.service import AutomationService, DeliveryPolicy
+from services.automation.settings import AutomationSettings
+from services.automation.worker import run_loop
+from shared.contracts import (
+    IdentityErasure,
+    IdentityMerge,
+    Scores,
+    TierChangeCause,
+    TierChanged,
+    TierChangeEvent,
+    encode,
+)
+from shared.db import build_engine, build_sessionmaker
+from shared.settings import CommonSettings
+from shared.topics import ACTIONS, IDENTITY_MERGES, TIERS_CHANGES
+from shared.webhooks import verify
+from tests.factories import free_port
+from tests.support.services import collect
+
+SECRET = "whsec_" + base64.b64encode(b"automation-tests-secret!").decode()
+ADMIN = "automation-admin"
+START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # 10:00 UTC: outside quiet hours in UTC
+HANG_S = 6.0
+Behaviour = Callable[[int], tuple[int, dict[str, str]]]
+
+
+def by_hand(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """Standard Webhooks verification written out from the spec, independent of shared code."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return any(
+        sig.split(",", 1)[1] == expected
+        for sig in headers["webhook-signature"].split()
+        if sig.startswith("v1,")
+    )
+
+
+@dataclass
+class Delivery:
+    """One request the receiver got."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The parsed body."""
+        value: dict[str, Any] = orjson.loads(self.body)
+        return value
+
+
+class Receiver:
+    """A real HTTP server; each path answers 200 unless a behaviour says otherwise."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+        self.behaviours: dict[str, Behaviour] = {}
+        self.hanging = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                receiver.deliveries.append(Delivery(self.path, headers, body, time.monotonic()))
+                count = sum(1 for d in receiver.deliveries if d.path == self.path)
+                behaviour = receiver.behaviours.get(self.path)
+                status, extra = behaviour(count) if behaviour else (200, {})
+                if status == 0:  # hang past the client's timeout
+                    receiver.hanging += 1
+                    time.sleep(HANG_S)
+                    receiver.hanging -= 1
+                    status = 503
+                self.send_response(status)
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def of(self, oneid: str) -> list[Delivery]:
+        """Deliveries for one person, in arrival order."""
+        return [d for d in self.deliveries if d.payload.get("oneid") == oneid]
+
+
+@dataclass
+class Worker:
+    """The running app, its clock and its receiver."""
+
+    service: AutomationService
+    api: httpx.AsyncClient
+    clock: ManualClock
+    receiver: Receiver
+    producer: AIOKafkaProducer
+    bootstrap: str
+
+    async def advance(self, by: timedelta) -> None:
+        """Move time on once nothing is in flight (a lease must not expire under a request)."""
+        await wait_for(lambda: self.service.idle, "in-flight deliveries")
+        self.clock.advance(by)
+        self.service.wake.set()
+
+    async def advance_to_hour(self, hour: int) -> None:
+        """Move time on to the next ``hour``:00 UTC."""
+        now = self.clock.now()
+        target = now.replace(hour=hour, minute=0, second=0, microsecond=0)
+        await self.advance((target - now) % timedelta(days=1))
+
+    async def publish(self, *events: TierChangeEvent, extra: dict[str, Any] | None = None) -> None:
+        """Publish tier changes, optionally with data fields outside the contract."""
+        for event in events:
+            raw = orjson.loads(encode(event))
+            raw["data"].update(extra or {})
+            await self.producer.send_and_wait(
+                TIERS_CHANGES.name, orjson.dumps(raw), key=event.data.oneid.encode()
+            )
+
+
+EXTRA_PLAYBOOKS: list[dict[str, Any]] = [
+    {
+        "name": "flaky_hook",
+        "trigger": {"entered": "flaky"},
+        "steps": [{"send": "notify", "channel": "webhook", "content": {"x": 1}}],
+    },
+    {
+        "name": "slow_sms",
+        "trigger": {"entered": "slow"},
+        "steps": [{"send": "ping", "channel": "sms"}],
+    },
+    {
+        "name": "held",
+        "trigger": {"entered": "control"},
+        "steps": [{"send": "offer", "channel": "email"}],
+    },
+]
+
+
+@pytest.fixture(scope="module")
+async def worker(
+    settings: CommonSettings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Worker]:
+    """The automation app with a manual clock, its own consumer groups and a receiver."""
+    receiver = Receiver()
+    defaults = yaml.safe_load(DEFAULT_PLAYBOOKS_PATH.read_text())
+    defaults["guards"]["holdout"]["shares"] = {"control": 1.0}
+    defaults["playbooks"] += EXTRA_PLAYBOOKS
+    path = tmp_path_factory.mktemp("playbooks") / "playbooks.yaml"
+    path.write_text(yaml.safe_dump(defaults))
+    group = f"automation-test-{uuid.uuid4().hex[:8]}"
+    app_settings = AutomationSettings(
+        kafka_bootstrap=settings.kafka_bootstrap,
+        database_url=settings.database_url,
+        kafka_session_timeout_ms=6000,
+        kafka_rebalance_timeout_ms=3000,
+        playbooks_path=path,
+        webhook_base_url=f"{receiver.url}/hooks",
+        webhook_timeout_s=3.0,
+        webhook_attempts=4,
+        webhook_backoff_base_s=60,
+        webhook_backoff_cap_s=3600,
+        endpoint_concurrency=4,
+        delivery_lease_s=30,
+        admin_token=ADMIN,
+        **{
+            "TIERFLOW_WEBHOOK_SECRET": SECRET,
+            "TIERFLOW_AUTOMATION_GROUP": group,
+        },
+    )
+    clock = ManualClock(START)
+    app = create_app(app_settings, clock)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport,
+                base_url="http://automation",
+                headers={"authorization": f"Bearer {ADMIN}"},
+            ) as api:
+                yield Worker(
+                    app.state.service, api, clock, receiver, producer, settings.kafka_bootstrap
+                )
+    finally:
+        await producer.stop()
+        receiver.server.shutdown()
+
+
+async def wait_for(check: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Poll until ``check()`` is truthy (generous: the machine is shared)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
+    """Like :func:`wait_for`, for checks that ask the API or the database."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def tier_change(
+    oneid: str, to_tier: str, from_tier: str | None = None, *, tags: list[str] | None = None
+) -> TierChangeEvent:
+    """A tier change now (the manual clock's time)."""
+    at = datetime.now(UTC)
+    return TierChangeEvent(
+        id=f"tc-{uuid.uuid4()}",
+        subject=oneid,
+        time=at,
+        data=TierChanged(
+            oneid=oneid,
+            from_tier=from_tier,
+            to_tier=to_tier,
+            lifecycle_stage="growing",
+            scores=Scores(total=50),
+            tags=tags or [],
+            model_version="test",
+            cause=TierChangeCause(kind="event", event_id="e"),
+            changed_at=at,
+        ),
+    )
+
+
+def person() -> str:
+    return str(uuid.uuid4())
+
+
+def steps(deliveries: list[Delivery]) -> list[str]:
+    return [d.payload["step"] for d in deliveries]
+
+
+async def test_each_default_playbook_fires_its_sequence_with_delays(worker: Worker) -> None:
+    people = {tier: person() for tier in ("vip", "growth", "prospect", "at_risk")}
+    await worker.publish(*(tier_change(oneid, tier) for tier, oneid in people.items()))
+    got = worker.receiver.of
+    await wait_for(lambda: all(got(p) for p in people.values()), "first steps")
+    await wait_for(lambda: len(got(people["vip"])) == 2, "both vip first steps")
+    assert sorted(steps(got(people["vip"]))) == ["assign_success_manager", "exclusive_offer"]
+    assert steps(got(people["growth"])) == ["industry_solutions"]
+    assert steps(got(people["prospect"])) == ["light_education"]
+    assert steps(got(people["at_risk"])) == ["winback_offer"]
+
+    expected_after = {
+        3: {
+            "vip": "early_access",
+            "growth": "webinar_invitation",
+            "at_risk": "satisfaction_survey",
+        },
+        5: {"prospect": "case_studies"},
+        7: {"growth": "product_trial", "at_risk": "winback_call"},
+        10: {"prospect": "free_resources"},
+    }
+    elapsed = 0
+    for day, fired in expected_after.items():
+        before = {tier: len(got(p)) for tier, p in people.items()}
+        await worker.advance(timedelta(days=day - elapsed))
+        elapsed = day
+        await wait_for(
+            lambda fired=fired, before=before: all(  # type: ignore[misc]
+                len(got(people[t])) == before[t] + 1 for t in fired
+            ),
+            f"day {day} steps",
+        )
+        for tier, step in fired.items():
+            assert steps(got(people[tier]))[-1] == step
+    assert steps(got(people["at_risk"])) == [
+        "winback_offer",
+        "satisfaction_survey",
+        "winback_call",
+    ]
+    for delivery in (d for p in people.values() for d in got(p)):
+        assert delivery.path == f"/hooks/{delivery.payload['channel']}"
+        assert verify(SECRET, delivery.headers, delivery.body)
+        assert by_hand(SECRET, delivery.headers, delivery.body)
+        assert delivery.headers["webhook-id"] == delivery.payload["action_id"]
+
+
+async def test_signatures_verify_and_a_tampered_or_stale_one_does_not(worker: Worker) -> None:
+    oneid = person()
+    await worker.publish(tier_change(oneid, "growth"))
+    await wait_for(lambda: worker.receiver.of(oneid), "a delivery")
+    delivery = worker.receiver.of(oneid)[0]
+    assert by_hand(SECRET, delivery.headers, delivery.body)
+    assert verify(SECRET, delivery.headers, delivery.body)
+    tampered = delivery.body.replace(b"industry_solutions", b"industry_solution5")
+    assert not verify(SECRET, delivery.headers, tampered)
+    assert not by_hand(SECRET, delivery.headers, tampered)
+    forged = {**delivery.headers, "webhook-id": "someone-else"}
+    assert not verify(SECRET, forged, delivery.body)
+    stale = int(delivery.headers["webhook-timestamp"]) + 301
+    assert not verify(SECRET, delivery.headers, delivery.body, now=stale)
+    other = "whsec_" + base64.b64encode(b"not-the-automation-key!!").decode()
+    assert not verify(other, delivery.headers, delivery.body)
+
+
+async def test_redelivered_changes_deliver_each_action_once(worker: Worker) -> None:
+    oneid = person()
+    change = tier_change(oneid, "vip")
+    await worker.publish(change, change, change)
+    await wait_for(lambda: len(worker.receiver.of(oneid)) >= 2, "vip first steps")
+    await worker.publish(change)
+    await asyncio.sleep(1.5)
+    ids = [d.headers["webhook-id"] for d in worker.receiver.of(oneid)]
+    assert len(ids) == len(set(ids)) == 2
+
+
+async def test_several_workers_claim_without_double_firing(
+    worker: Worker, settings: CommonSettings
+) -> None:
+    """A second worker's dispatcher races the first over the same table."""
+    engine = build_engine(settings, application_name="automation-second-worker")
+    endpoints = build_endpoints(
+        f"{worker.receiver.url}/hooks",
+        {},
+        CHANNELS,
+        timeout_s=3,
+        concurrency=4,
+        breaker_threshold=20,
+        breaker_cooldown_s=30,
+    )
+    second = AutomationService(
+        build_sessionmaker(engine),
+        worker.service.playbooks,
+        endpoints,
+        DeliveryPolicy(secrets=[SECRET], lease_s=30),
+        worker.clock,
+    )
+    stopping = asyncio.Event()
+    claimed: list[int] = []
+
+    async def dispatch() -> int:
+        claimed.append(await second.dispatch_once())
+        return claimed[-1]
+
+    racing = asyncio.create_task(
+        run_loop("second", dispatch, second.wake, idle_s=0.05, stopping=stopping)
+    )
+    try:
+        people = [person() for _ in range(60)]
+        await worker.publish(*(tier_change(p, "vip") for p in people))
+        got = worker.receiver.of
+        await wait_for(lambda: all(len(got(p)) >= 2 for p in people), "vip first steps")
+        await wait_for(lambda: second.idle, "the second worker's deliveries")
+        await worker.advance_to_hour(10)
+        await worker.advance(timedelta(days=3))
+        second.wake.set()
+        await wait_for(lambda: all(len(got(p)) >= 3 for p in people), "vip early access")
+        await asyncio.sleep(1.0)
+    finally:
+        stopping.set()
+        await racing
+        await second.drain()
+        for endpoint in endpoints.values():
+            await endpoint.aclose()
+        await engine.dispose()
+    ids = [d.headers["webhook-id"] for p in people for d in got(p)]
+    assert len(ids) == len(set(ids)) == 3 * len(people)
+    assert sum(claimed) > 0, "the second worker never got any work"
+
+
+async def test_failing_endpoint_is_retried_on_schedule_then_dead_lettered(
+    worker: Worker, engine: AsyncEngine
+) -> None:
+    worker.receiver.behaviours["/hooks/webhook"] = lambda _: (503, {})
+    oneid = person()
+    await worker.publish(tier_change(oneid, "flaky"))
+    got = worker.receiver.of
+    await wait_for(lambda: len(got(oneid)) == 1, "first attempt")
+    # backoff with equal jitter: attempt n+1 comes between 60*2^(n-1)/2 and 60*2^(n-1) seconds
+    for attempt, ceiling_s in ((2, 60), (3, 120), (4, 240)):
+        await worker.advance(timedelta(seconds=ceiling_s / 2 - 1))
+        await asyncio.sleep(0.7)
+        assert len(got(oneid)) == attempt - 1, "retried before its schedule"
+        await worker.advance(timedelta(seconds=ceiling_s / 2 + 1))
+        await wait_for(lambda attempt=attempt: len(got(oneid)) == attempt, f"attempt {attempt}")
+    ids = {d.headers["webhook-id"] for d in got(oneid)}
+    bodies = {d.body for d in got(oneid)}
+    assert len(ids) == 1
+    assert len(bodies) == 1
+    action_id = ids.pop()
+
+    async def status() -> str:
+        async with engine.connect() as connection:
+            row = await connection.execute(
+                text("SELECT status FROM automation.actions WHERE action_id = :a"),
+                {"a": action_id},
+            )
+            return str(row.scalar_one())
+
+    async def dead() -> bool:
+        return await status() == "dead_lettered"
+
+    await eventually(dead, "dead-lettering")
+    await worker.advance(timedelta(hours=2))
+    await asyncio.sleep(0.7)
+    assert len(got(oneid)) == 4, "a dead letter is not retried on its own"
+
+    dead = await worker.api.get("/v1/deadletters")
+    assert action_id in [a["action_id"] for a in dead.json()]
+    worker.receiver.behaviours.pop("/hooks/webhook")
+    retried = await worker.api.post(f"/v1/deadletters/{action_id}/retry")
+    assert retried.status_code == 200
+    await wait_for(lambda: len(got(oneid)) == 5, "operator retry")
+    assert got(oneid)[-1].body == got(oneid)[0].body
+    assert (await worker.api.post(f"/v1/deadletters/{action_id}/retry")).status_code == 404
+
+    history = (await worker.api.get(f"/v1/persons/{oneid}/actions")).json()["history"]
+    outcomes = [h["outcome"] for h in history]
+    assert outcomes == ["requested", "failed", "failed", "failed", "dead_lettered", "sent"]
+    records = await collect(
+        worker.bootstrap, ACTIONS.name, lambda r: r.get("oneid") == oneid, count=6, timeout=20
+    )
+    assert [r["outcome"] for r in records] == outcomes
+
+
+async def test_retry_after_is_honoured_and_other_4xx_are_not_retried(worker: Worker) -> None:
+    answered: list[int] = []
+
+    def limited_once(n: int) -> tuple[int, dict[str, str]]:
+        answered.append(n)
+        return (429, {"retry-after": "7"}) if len(answered) == 1 else (200, {})
+
+    worker.receiver.behaviours["/hooks/webhook"] = limited_once
+    limited = person()
+    await worker.publish(tier_change(limited, "flaky"))
+    got = worker.receiver.of
+    await wait_for(lambda: len(got(limited)) == 1, "first attempt")
+    await worker.advance(timedelta(seconds=5))
+    await asyncio.sleep(0.7)
+    assert len(got(limited)) == 1
+    await worker.advance(timedelta(seconds=3))
+    await wait_for(lambda: len(got(limited)) == 2, "retry after 7s")
+
+    worker.receiver.behaviours["/hooks/webhook"] = lambda _: (410, {})
+    gone = person()
+    await worker.publish(tier_change(gone, "flaky"))
+    await wait_for(lambda: len(got(gone)) == 1, "the one attempt")
+    await worker.advance(timedelta(hours=3))
+    await asyncio.sleep(0.7)
+    assert len(got(gone)) == 1
+    history = (await worker.api.get(f"/v1/persons/{gone}/actions")).json()["history"]
+    assert [h["outcome"] for h in history] == ["requested", "dead_lettered"]
+    worker.receiver.behaviours.pop("/hooks/webhook")
+
+
+async def test_guards_postpone_cap_suppress_and_hold_out(worker: Worker) -> None:
+    got = worker.receiver.of
+    # quiet hours: VIP early access is an SMS, due 3 days later at 10:00 UTC = 18:00 Shanghai,
+    # allowed; for a person in Honolulu (UTC-10) it is 00:00, so it waits until 08:00 local.
+    await worker.advance_to_hour(10)
+    shanghai, honolulu = person(), person()
+    await worker.publish(tier_change(shanghai, "vip"), extra={"timezone": "Asia/Shanghai"})
+    await worker.publish(tier_change(honolulu, "vip"), extra={"timezone": "Pacific/Honolulu"})
+    await wait_for(lambda: len(got(shanghai)) == 2 and len(got(honolulu)) == 2, "vip day 0")
+    await worker.advance(timedelta(days=3))
+    await wait_for(lambda: len(got(shanghai)) == 3, "sms in Shanghai")
+    await asyncio.sleep(0.7)
+    assert len(got(honolulu)) == 2
+    await worker.advance(timedelta(hours=8))
+    await wait_for(lambda: len(got(honolulu)) == 3, "sms in Honolulu after quiet hours")
+    history = (await worker.api.get(f"/v1/persons/{honolulu}/actions")).json()["history"]
+    assert "postponed" in [h["outcome"] for h in history]
+
+    # consent: email refused, the CRM task still goes
+    refusing = person()
+    await worker.publish(tier_change(refusing, "vip"), extra={"consent": {"email": False}})
+    await wait_for(lambda: got(refusing), "the crm task")
+    await asyncio.sleep(0.7)
+    assert steps(got(refusing)) == ["assign_success_manager"]
+
+    # frequency cap: 3 emails a day across playbooks, the 4th is capped
+    busy = person()
+    for to_tier, from_tier in (("prospect", None), ("growth", "prospect"), ("vip", "growth")):
+        await worker.publish(tier_change(busy, to_tier, from_tier))
+        await wait_for(
+            lambda to_tier=to_tier: any(d.payload["tier"] == to_tier for d in got(busy)), to_tier
+        )  # type: ignore[misc]
+    await worker.publish(tier_change(busy, "prospect", "vip"))
+    await asyncio.sleep(1.5)
+    emails = [d for d in got(busy) if d.payload["channel"] == "email"]
+    assert len(emails) == 3
+    history = (await worker.api.get(f"/v1/persons/{busy}/actions")).json()["history"]
+    assert [h["record"]["step"] for h in history if h["outcome"] == "capped"] == ["light_education"]
+
+    # holdout: the "control" tier is fully held out, recorded, never sent
+    control = person()
+    await worker.publish(tier_change(control, "control"))
+    await asyncio.sleep(1.5)
+    assert got(control) == []
+    history = (await worker.api.get(f"/v1/persons/{control}/actions")).json()["history"]
+    assert [h["outcome"] for h in history] == ["held_out"]
+
+
+async def test_leaving_the_tier_drops_the_remaining_steps(worker: Worker) -> None:
+    oneid = person()
+    await worker.publish(tier_change(oneid, "growth"))
+    await wait_for(lambda: len(worker.receiver.of(oneid)) == 1, "industry solutions")
+    await worker.publish(tier_change(oneid, "vip", "growth"))
+    await wait_for(lambda: len(worker.receiver.of(oneid)) == 3, "vip first steps")
+    await worker.advance(timedelta(days=8))
+    await wait_for(lambda: len(worker.receiver.of(oneid)) == 4, "vip early access")
+    await asyncio.sleep(0.7)
+    assert "webinar_invitation" not in steps(worker.receiver.of(oneid))
+    history = (await worker.api.get(f"/v1/persons/{oneid}/actions")).json()["history"]
+    exited = sorted(h["record"]["step"] for h in history if h["outcome"] == "exited")
+    assert exited == ["product_trial", "webinar_invitation"]
+
+
+async def test_erasure_and_merge_notices(worker: Worker) -> None:
+    got = worker.receiver.of
+    erased, absorbed, winner = person(), person(), person()
+    await worker.publish(tier_change(erased, "growth"), tier_change(absorbed, "prospect"))
+    await worker.publish(tier_change(winner, "prospect"))
+    await wait_for(lambda: got(erased) and got(absorbed) and got(winner), "first steps")
+    now = datetime.now(UTC)
+    notices = [
+        IdentityErasure(erasure_id="er-1", oneid=erased, oneids=(erased,), requested_at=now),
+        IdentityMerge(
+            merge_id="m-1",
+            winner=winner,
+            absorbed=absorbed,
+            cause_event_id="e",
+            rule="email",
+            merged_at=now,
+        ),
+    ]
+    for notice in notices:
+        key = erased if isinstance(notice, IdentityErasure) else absorbed
+        await worker.producer.send_and_wait(IDENTITY_MERGES.name, encode(notice), key=key.encode())
+
+    async def erased_and_merged() -> bool:
+        mine = await worker.api.get(f"/v1/persons/{erased}/actions")
+        theirs = await worker.api.get(f"/v1/persons/{absorbed}/actions")
+        return not mine.json()["actions"] and not theirs.json()["actions"]
+
+    await eventually(erased_and_merged, "notices applied")
+    await worker.publish(tier_change(erased, "vip", "growth"))
+    await worker.advance(timedelta(days=11))
+    await wait_for(lambda: len(got(winner)) == 3, "the winner's own prospect steps")
+    await asyncio.sleep(1.0)
+    assert len(got(erased)) == 1, "nothing is sent to an erased person"
+    assert len(got(absorbed)) == 1, "the absorbed person's steps were duplicates"
+    history = (await worker.api.get(f"/v1/persons/{winner}/actions")).json()
+    exited = [h["record"]["step"] for h in history["history"] if h["outcome"] == "exited"]
+    assert sorted(exited) == ["case_studies", "free_resources"]
+
+
+async def test_a_dead_endpoint_does_not_slow_the_others(worker: Worker) -> None:
+    """SMS hangs past its timeout; e-mails meanwhile arrive as fast as they did before."""
+    got = worker.receiver.of
+
+    async def email_latencies(n: int) -> list[float]:
+        people = [person() for _ in range(n)]
+        started = time.monotonic()
+        await worker.publish(*(tier_change(p, "growth") for p in people))
+        await wait_for(lambda: all(got(p) for p in people), "emails")
+        return sorted(got(p)[0].at - started for p in people)
+
+    baseline = await email_latencies(20)
+    worker.receiver.behaviours["/hooks/sms"] = lambda _: (0, {})
+    slow = [person() for _ in range(12)]
+    await worker.publish(*(tier_change(p, "slow") for p in slow))
+    await wait_for(lambda: worker.receiver.hanging >= 4, "sms requests hanging")
+    hung_at = time.monotonic()
+    during = await email_latencies(20)
+    assert worker.receiver.hanging <= 4, "the dead endpoint got more than its concurrency"
+    assert time.monotonic() - hung_at < HANG_S - 1, "emails waited for the dead endpoint"
+    assert during[-1] < max(3 * baseline[-1], baseline[-1] + 1.0), (baseline, during)
+    worker.receiver.behaviours["/hooks/sms"] = lambda _: (410, {})
+    await wait_for(lambda: worker.receiver.hanging == 0, "hanging requests", timeout=HANG_S * 3)
+
+
+async def test_metrics_show_outcomes_retries_and_endpoint_health(worker: Worker) -> None:
+    await worker.service.refresh_gauges()
+    text_ = (await worker.api.get("/metrics")).text
+    assert 'tierflow_automation_actions_total{outcome="sent",playbook="vip_welcome"' in text_
+    assert 'tierflow_automation_retries_total{endpoint="webhook"}' in text_
+    assert 'tierflow_automation_endpoint_failures_total{endpoint="webhook",kind="5xx"}' in text_
+    assert 'tierflow_automation_endpoint_up{endpoint="email"} 1.0' in text_
+    assert "tierflow_automation_delivery_lag_seconds_bucket" in text_
+    dead = [
+        line
+        for line in text_.splitlines()
+        if line.startswith("tierflow_automation_deadletter_size")
+    ]
+    assert float(dead[0].split()[-1]) >= 1
+
+
+async def test_playbook_list_and_admin_token(worker: Worker) -> None:
+    listed = (await worker.api.get("/v1/playbooks")).json()
+    by_name = {p["name"]: p for p in listed}
+    assert {"vip_welcome", "growth_nurture", "prospect_education", "winback"} <= set(by_name)
+    assert by_name["growth_nurture"]["trigger"] == {"entered": "growth"}
+    assert [s.get("send") or s.get("wait") for s in by_name["growth_nurture"]["steps"]] == [
+        "industry_solutions",
+        "P3D",
+        "webinar_invitation",
+        "P4D",
+        "product_trial",
+    ]
+    anonymous = await worker.api.get("/v1/playbooks", headers={"authorization": "Bearer nope"})
+    assert anonymous.status_code == 401
+    assert anonymous.json()["error"] == "unauthorized"
