@@ -4,12 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format schemas install clean bench bench-ingest bench-identity
+.PHONY: run test lint format schemas install clean bench bench-ingest bench-identity bench-scoring bench-automation deploy-sync
 
-$(STAMP): pyproject.toml
+# pykustomize renders kustomize for tests/deploy (kustomize's Go library inside a PyPI wheel, no
+# binary download). It works on 3.11 but declares Requires-Python >=3.14, so it cannot be a dev
+# dependency in pyproject.toml; it is installed here, pinned, without its (already pinned) deps.
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps --ignore-requires-python pykustomize==0.1.4
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,6 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/tierflow schemas check
+	$(BIN)/python deploy/sync.py --check
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -33,13 +38,23 @@ format: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/tierflow schemas export
 
-bench: bench-ingest bench-identity  ## every benchmark (prints numbers; see docs/benchmarks.md)
+deploy-sync: $(STAMP)  ## regenerate deploy copies: k8s ConfigMap files, Strimzi KafkaTopics, PrometheusRule
+	$(BIN)/python deploy/sync.py
+
+bench: bench-ingest bench-identity bench-scoring bench-automation  ## every benchmark (prints numbers; see docs/benchmarks.md)
 
 bench-ingest: $(STAMP)
 	$(BIN)/python -m bench.ingest
 
 bench-identity: $(STAMP)
 	$(BIN)/python -m bench.identity
+
+bench-automation: $(STAMP)
+	$(BIN)/python -m bench.automation
+
+bench-scoring: $(STAMP)
+	$(BIN)/python -m bench.scoring_throughput
+	$(BIN)/python -m bench.scoring_crash --events 50000
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -117,7 +117,7 @@ async def run(
     workers: int,
     partitions: int,
     seed: int,
-    settle: float = 90.0,
+    settle: float = 180.0,  # a loaded machine needs minutes to converge; a lost update never does
     extra_env: dict[str, str] | None = None,
     module: str = "services.scoring",
 ) -> Result:
