@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 import uuid
@@ -76,11 +77,9 @@ async def _ready(child: Child, port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=2) as client:
         while child.alive() and time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # not listening yet
                 if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
                     return True
-            except httpx.HTTPError:
-                pass
             await asyncio.sleep(0.2)
     child.stop()
     return False

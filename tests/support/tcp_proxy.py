@@ -46,11 +46,10 @@ class TcpProxy:
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while chunk := await reader.read(65536):
-                writer.write(chunk)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
+            with contextlib.suppress(ConnectionError, OSError):  # the other side went away
+                while chunk := await reader.read(65536):
+                    writer.write(chunk)
+                    await writer.drain()
         finally:
             self._writers.discard(writer)
             with contextlib.suppress(Exception):
