@@ -15,7 +15,6 @@ import base64
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -24,12 +23,12 @@ from aiokafka import AIOKafkaProducer
 
 from bench.harness import CpuMeter, embedded_infra
 from services.automation.playbooks import load_playbooks, plan_actions
-from shared.contracts import Scores, TierChangeCause, TierChanged, TierChangeEvent, encode
+from shared.contracts import TierChangeEvent, encode
 from shared.stack.launcher import Stack
 from shared.stack.processes import spawn
 from shared.topics import TIERS_CHANGES
 from shared.webhooks import sign_headers
-from tests.factories import free_port
+from tests.factories import free_port, make_tier_change
 from tests.support.services import start_service
 
 SECRET = "whsec_" + base64.b64encode(b"automation-bench-secret!").decode()
@@ -39,22 +38,14 @@ CONCURRENCY = 16  # the automation default per endpoint
 
 def change(n: int, run_id: str) -> TierChangeEvent:
     """One tier change of one person."""
-    now = datetime.now(UTC)
     oneid = f"{run_id}-{n:06d}"
-    return TierChangeEvent(
-        id=f"tc-{oneid}",
-        subject=oneid,
-        time=now,
-        data=TierChanged(
-            oneid=oneid,
-            from_tier=None,
-            to_tier=TIERS[n % len(TIERS)],
-            lifecycle_stage="growing",
-            scores=Scores(total=n % 200),
-            model_version="bench",
-            cause=TierChangeCause(kind="event", event_id=f"e-{n}"),
-            changed_at=now,
-        ),
+    return make_tier_change(
+        oneid,
+        TIERS[n % len(TIERS)],
+        change_id=f"tc-{oneid}",
+        total=n % 200,
+        model_version="bench",
+        event_id=f"e-{n}",
     )
 
 

@@ -7,7 +7,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.contracts import EventEnvelope, ResolvedEvent
+from shared.contracts import (
+    EventEnvelope,
+    ResolvedEvent,
+    Scores,
+    TierChangeCause,
+    TierChanged,
+    TierChangeEvent,
+)
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -40,3 +47,34 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def make_tier_change(
+    oneid: str,
+    to_tier: str,
+    from_tier: str | None = None,
+    *,
+    change_id: str | None = None,
+    total: float = 50,
+    tags: list[str] | None = None,
+    model_version: str = "test",
+    event_id: str = "e",
+) -> TierChangeEvent:
+    """A tier change of ``oneid`` happening now."""
+    at = datetime.now(UTC)
+    return TierChangeEvent(
+        id=change_id or f"tc-{uuid.uuid4()}",
+        subject=oneid,
+        time=at,
+        data=TierChanged(
+            oneid=oneid,
+            from_tier=from_tier,
+            to_tier=to_tier,
+            lifecycle_stage="growing",
+            scores=Scores(total=total),
+            tags=tags or [],
+            model_version=model_version,
+            cause=TierChangeCause(kind="event", event_id=event_id),
+            changed_at=at,
+        ),
+    )

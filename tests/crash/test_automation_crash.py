@@ -13,7 +13,6 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -22,12 +21,12 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 
 from services.automation.playbooks import load_playbooks, plan_actions
-from shared.contracts import Scores, TierChangeCause, TierChanged, TierChangeEvent, encode
+from shared.contracts import TierChangeEvent, encode
 from shared.db import build_engine
 from shared.settings import CommonSettings
 from shared.topics import TIERS_CHANGES
 from shared.webhooks import verify
-from tests.factories import free_port
+from tests.factories import free_port, make_tier_change
 from tests.support.services import Service, start_service
 
 SECRET = "whsec_" + base64.b64encode(b"automation-crash-secret!").decode()
@@ -89,25 +88,17 @@ def receiver() -> Iterator[Receiver]:
 
 def changes(run_id: str) -> list[TierChangeEvent]:
     """One tier change per person, cycling through the default tiers."""
-    now = datetime.now(UTC)
     events = []
     for n in range(CHANGES):
         oneid = f"{run_id}-{n:05d}"
         events.append(
-            TierChangeEvent(
-                id=f"tc-{oneid}",
-                subject=oneid,
-                time=now,
-                data=TierChanged(
-                    oneid=oneid,
-                    from_tier=None,
-                    to_tier=TIERS[n % len(TIERS)],
-                    lifecycle_stage="growing",
-                    scores=Scores(total=n % 200),
-                    model_version="crash",
-                    cause=TierChangeCause(kind="event", event_id=f"e-{n}"),
-                    changed_at=now,
-                ),
+            make_tier_change(
+                oneid,
+                TIERS[n % len(TIERS)],
+                change_id=f"tc-{oneid}",
+                total=n % 200,
+                model_version="crash",
+                event_id=f"e-{n}",
             )
         )
     return events

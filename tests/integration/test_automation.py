@@ -34,9 +34,6 @@ from services.automation.worker import run_loop
 from shared.contracts import (
     IdentityErasure,
     IdentityMerge,
-    Scores,
-    TierChangeCause,
-    TierChanged,
     TierChangeEvent,
     encode,
 )
@@ -44,7 +41,7 @@ from shared.db import build_engine, build_sessionmaker
 from shared.settings import CommonSettings
 from shared.topics import ACTIONS, IDENTITY_MERGES, TIERS_CHANGES
 from shared.webhooks import verify
-from tests.factories import free_port
+from tests.factories import free_port, make_tier_change
 from tests.support.services import collect
 
 SECRET = "whsec_" + base64.b64encode(b"automation-tests-secret!").decode()
@@ -245,29 +242,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: f
         await asyncio.sleep(0.1)
 
 
-def tier_change(
-    oneid: str, to_tier: str, from_tier: str | None = None, *, tags: list[str] | None = None
-) -> TierChangeEvent:
-    """A tier change now (the manual clock's time)."""
-    at = datetime.now(UTC)
-    return TierChangeEvent(
-        id=f"tc-{uuid.uuid4()}",
-        subject=oneid,
-        time=at,
-        data=TierChanged(
-            oneid=oneid,
-            from_tier=from_tier,
-            to_tier=to_tier,
-            lifecycle_stage="growing",
-            scores=Scores(total=50),
-            tags=tags or [],
-            model_version="test",
-            cause=TierChangeCause(kind="event", event_id="e"),
-            changed_at=at,
-        ),
-    )
-
-
 def person() -> str:
     return str(uuid.uuid4())
 
@@ -278,7 +252,7 @@ def steps(deliveries: list[Delivery]) -> list[str]:
 
 async def test_each_default_playbook_fires_its_sequence_with_delays(worker: Worker) -> None:
     people = {tier: person() for tier in ("vip", "growth", "prospect", "at_risk")}
-    await worker.publish(*(tier_change(oneid, tier) for tier, oneid in people.items()))
+    await worker.publish(*(make_tier_change(oneid, tier) for tier, oneid in people.items()))
     got = worker.receiver.of
     await wait_for(lambda: all(got(p) for p in people.values()), "first steps")
     await wait_for(lambda: len(got(people["vip"])) == 2, "both vip first steps")
@@ -324,7 +298,7 @@ async def test_each_default_playbook_fires_its_sequence_with_delays(worker: Work
 
 async def test_signatures_verify_and_a_tampered_or_stale_one_does_not(worker: Worker) -> None:
     oneid = person()
-    await worker.publish(tier_change(oneid, "growth"))
+    await worker.publish(make_tier_change(oneid, "growth"))
     await wait_for(lambda: worker.receiver.of(oneid), "a delivery")
     delivery = worker.receiver.of(oneid)[0]
     assert by_hand(SECRET, delivery.headers, delivery.body)
@@ -342,7 +316,7 @@ async def test_signatures_verify_and_a_tampered_or_stale_one_does_not(worker: Wo
 
 async def test_redelivered_changes_deliver_each_action_once(worker: Worker) -> None:
     oneid = person()
-    change = tier_change(oneid, "vip")
+    change = make_tier_change(oneid, "vip")
     await worker.publish(change, change, change)
     await wait_for(lambda: len(worker.receiver.of(oneid)) >= 2, "vip first steps")
     await worker.publish(change)
@@ -384,7 +358,7 @@ async def test_several_workers_claim_without_double_firing(
     )
     try:
         people = [person() for _ in range(60)]
-        await worker.publish(*(tier_change(p, "vip") for p in people))
+        await worker.publish(*(make_tier_change(p, "vip") for p in people))
         got = worker.receiver.of
         await wait_for(lambda: all(len(got(p)) >= 2 for p in people), "vip first steps")
         await wait_for(lambda: second.idle, "the second worker's deliveries")
@@ -410,7 +384,7 @@ async def test_failing_endpoint_is_retried_on_schedule_then_dead_lettered(
 ) -> None:
     worker.receiver.behaviours["/hooks/webhook"] = lambda _: (503, {})
     oneid = person()
-    await worker.publish(tier_change(oneid, "flaky"))
+    await worker.publish(make_tier_change(oneid, "flaky"))
     got = worker.receiver.of
     await wait_for(lambda: len(got(oneid)) == 1, "first attempt")
     # backoff with equal jitter: attempt n+1 comes between 60*2^(n-1)/2 and 60*2^(n-1) seconds
@@ -469,7 +443,7 @@ async def test_retry_after_is_honoured_and_other_4xx_are_not_retried(worker: Wor
 
     worker.receiver.behaviours["/hooks/webhook"] = limited_once
     limited = person()
-    await worker.publish(tier_change(limited, "flaky"))
+    await worker.publish(make_tier_change(limited, "flaky"))
     got = worker.receiver.of
     await wait_for(lambda: len(got(limited)) == 1, "first attempt")
     await worker.advance(timedelta(seconds=5))
@@ -480,7 +454,7 @@ async def test_retry_after_is_honoured_and_other_4xx_are_not_retried(worker: Wor
 
     worker.receiver.behaviours["/hooks/webhook"] = lambda _: (410, {})
     gone = person()
-    await worker.publish(tier_change(gone, "flaky"))
+    await worker.publish(make_tier_change(gone, "flaky"))
     await wait_for(lambda: len(got(gone)) == 1, "the one attempt")
     await worker.advance(timedelta(hours=3))
     await asyncio.sleep(0.7)
@@ -496,8 +470,8 @@ async def test_guards_postpone_cap_suppress_and_hold_out(worker: Worker) -> None
     # allowed; for a person in Honolulu (UTC-10) it is 00:00, so it waits until 08:00 local.
     await worker.advance_to_hour(10)
     shanghai, honolulu = person(), person()
-    await worker.publish(tier_change(shanghai, "vip"), extra={"timezone": "Asia/Shanghai"})
-    await worker.publish(tier_change(honolulu, "vip"), extra={"timezone": "Pacific/Honolulu"})
+    await worker.publish(make_tier_change(shanghai, "vip"), extra={"timezone": "Asia/Shanghai"})
+    await worker.publish(make_tier_change(honolulu, "vip"), extra={"timezone": "Pacific/Honolulu"})
     await wait_for(lambda: len(got(shanghai)) == 2 and len(got(honolulu)) == 2, "vip day 0")
     await worker.advance(timedelta(days=3))
     await wait_for(lambda: len(got(shanghai)) == 3, "sms in Shanghai")
@@ -510,7 +484,7 @@ async def test_guards_postpone_cap_suppress_and_hold_out(worker: Worker) -> None
 
     # consent: email refused, the CRM task still goes
     refusing = person()
-    await worker.publish(tier_change(refusing, "vip"), extra={"consent": {"email": False}})
+    await worker.publish(make_tier_change(refusing, "vip"), extra={"consent": {"email": False}})
     await wait_for(lambda: got(refusing), "the crm task")
     await asyncio.sleep(0.7)
     assert steps(got(refusing)) == ["assign_success_manager"]
@@ -518,11 +492,11 @@ async def test_guards_postpone_cap_suppress_and_hold_out(worker: Worker) -> None
     # frequency cap: 3 emails a day across playbooks, the 4th is capped
     busy = person()
     for to_tier, from_tier in (("prospect", None), ("growth", "prospect"), ("vip", "growth")):
-        await worker.publish(tier_change(busy, to_tier, from_tier))
+        await worker.publish(make_tier_change(busy, to_tier, from_tier))
         await wait_for(
             lambda to_tier=to_tier: any(d.payload["tier"] == to_tier for d in got(busy)), to_tier
         )  # type: ignore[misc]
-    await worker.publish(tier_change(busy, "prospect", "vip"))
+    await worker.publish(make_tier_change(busy, "prospect", "vip"))
     await asyncio.sleep(1.5)
     emails = [d for d in got(busy) if d.payload["channel"] == "email"]
     assert len(emails) == 3
@@ -531,7 +505,7 @@ async def test_guards_postpone_cap_suppress_and_hold_out(worker: Worker) -> None
 
     # holdout: the "control" tier is fully held out, recorded, never sent
     control = person()
-    await worker.publish(tier_change(control, "control"))
+    await worker.publish(make_tier_change(control, "control"))
     await asyncio.sleep(1.5)
     assert got(control) == []
     history = (await worker.api.get(f"/v1/persons/{control}/actions")).json()["history"]
@@ -540,9 +514,9 @@ async def test_guards_postpone_cap_suppress_and_hold_out(worker: Worker) -> None
 
 async def test_leaving_the_tier_drops_the_remaining_steps(worker: Worker) -> None:
     oneid = person()
-    await worker.publish(tier_change(oneid, "growth"))
+    await worker.publish(make_tier_change(oneid, "growth"))
     await wait_for(lambda: len(worker.receiver.of(oneid)) == 1, "industry solutions")
-    await worker.publish(tier_change(oneid, "vip", "growth"))
+    await worker.publish(make_tier_change(oneid, "vip", "growth"))
     await wait_for(lambda: len(worker.receiver.of(oneid)) == 3, "vip first steps")
     await worker.advance(timedelta(days=8))
     await wait_for(lambda: len(worker.receiver.of(oneid)) == 4, "vip early access")
@@ -556,8 +530,8 @@ async def test_leaving_the_tier_drops_the_remaining_steps(worker: Worker) -> Non
 async def test_erasure_and_merge_notices(worker: Worker) -> None:
     got = worker.receiver.of
     erased, absorbed, winner = person(), person(), person()
-    await worker.publish(tier_change(erased, "growth"), tier_change(absorbed, "prospect"))
-    await worker.publish(tier_change(winner, "prospect"))
+    await worker.publish(make_tier_change(erased, "growth"), make_tier_change(absorbed, "prospect"))
+    await worker.publish(make_tier_change(winner, "prospect"))
     await wait_for(lambda: got(erased) and got(absorbed) and got(winner), "first steps")
     now = datetime.now(UTC)
     notices = [
@@ -581,7 +555,7 @@ async def test_erasure_and_merge_notices(worker: Worker) -> None:
         return not mine.json()["actions"] and not theirs.json()["actions"]
 
     await eventually(erased_and_merged, "notices applied")
-    await worker.publish(tier_change(erased, "vip", "growth"))
+    await worker.publish(make_tier_change(erased, "vip", "growth"))
     await worker.advance(timedelta(days=11))
     await wait_for(lambda: len(got(winner)) == 3, "the winner's own prospect steps")
     await asyncio.sleep(1.0)
@@ -599,14 +573,14 @@ async def test_a_dead_endpoint_does_not_slow_the_others(worker: Worker) -> None:
     async def email_latencies(n: int) -> list[float]:
         people = [person() for _ in range(n)]
         started = time.monotonic()
-        await worker.publish(*(tier_change(p, "growth") for p in people))
+        await worker.publish(*(make_tier_change(p, "growth") for p in people))
         await wait_for(lambda: all(got(p) for p in people), "emails")
         return sorted(got(p)[0].at - started for p in people)
 
     baseline = await email_latencies(20)
     worker.receiver.behaviours["/hooks/sms"] = lambda _: (0, {})
     slow = [person() for _ in range(12)]
-    await worker.publish(*(tier_change(p, "slow") for p in slow))
+    await worker.publish(*(make_tier_change(p, "slow") for p in slow))
     await wait_for(lambda: worker.receiver.hanging >= 4, "sms requests hanging")
     hung_at = time.monotonic()
     during = await email_latencies(20)
