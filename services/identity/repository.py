@@ -21,7 +21,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import ARRAY, Insert, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.identity.dedup import FirstSighting, Sighting
@@ -205,17 +205,7 @@ async def apply_merge(
             Trait.event_id,
         ).where(Trait.oneid == absorbed),
     )
-    await session.execute(
-        moved.on_conflict_do_update(
-            index_elements=[Trait.oneid, Trait.name],
-            set_={
-                "value": moved.excluded.value,
-                "updated_at": moved.excluded.updated_at,
-                "event_id": moved.excluded.event_id,
-            },
-            where=Trait.updated_at < moved.excluded.updated_at,
-        )
-    )
+    await session.execute(_later_trait_wins(moved, ties_keep_stored=True))
     await session.execute(delete(Trait).where(Trait.oneid == absorbed))
     await session.execute(
         insert(MergeRecord).values(
@@ -265,16 +255,26 @@ async def upsert_traits(
             for (oneid, name), (value, at, event_id) in traits.items()
         ]
     )
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[Trait.oneid, Trait.name],
-            set_={
-                "value": statement.excluded.value,
-                "updated_at": statement.excluded.updated_at,
-                "event_id": statement.excluded.event_id,
-            },
-            where=Trait.updated_at <= statement.excluded.updated_at,
-        )
+    await session.execute(_later_trait_wins(statement, ties_keep_stored=False))
+
+
+def _later_trait_wins(statement: Insert, *, ties_keep_stored: bool) -> Insert:
+    """An upsert of traits where the value with the later event time wins; on a tie the stored
+    one stays (a merge) or the incoming one replaces it (a new identify)."""
+    incoming = statement.excluded
+    later = (
+        Trait.updated_at < incoming.updated_at
+        if ties_keep_stored
+        else Trait.updated_at <= incoming.updated_at
+    )
+    return statement.on_conflict_do_update(
+        index_elements=[Trait.oneid, Trait.name],
+        set_={
+            "value": incoming.value,
+            "updated_at": incoming.updated_at,
+            "event_id": incoming.event_id,
+        },
+        where=later,
     )
 
 
