@@ -72,6 +72,9 @@ def spawn(
         env={**os.environ, **(env or {})},
         user=user,
         preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads are running at spawn time
+        # its own process group: Ctrl-C in the terminal reaches only the launcher, which stops
+        # the services before the broker and Postgres (they would otherwise all die at once)
+        process_group=0,
     )
     return Child(name, process, log_path, stop_signal, handle)
 
