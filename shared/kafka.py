@@ -125,9 +125,10 @@ async def send_grouped(
     if len(records) < GROUP_FROM:
         return [await producer.send(topic, value, key=key) for key, value in records]
     partitions = sorted(await producer.partitions_for(topic))
+    known = tuple(partitions)
     grouped: dict[int, list[tuple[bytes | None, bytes]]] = {}
     for key, value in records:
-        partition = _partition_of(key, tuple(partitions)) if key is not None else None
+        partition = _partition_of(key, known) if key is not None else None
         if partition is None:
             partition = PARTITIONER(key, partitions, partitions)
         grouped.setdefault(partition, []).append((key, value))

@@ -8,7 +8,6 @@ import httpx
 from fastapi import APIRouter, Query, Request
 
 from services.identity import repository
-from services.identity.rules import normalize
 from services.identity.schemas import (
     ErasureIn,
     ErasureOut,
@@ -94,8 +93,8 @@ async def lookup(id_type: str, value: str, request: Request) -> ProfileOut:
     """The profile an identifier belongs to (the value is normalised as events' are)."""
     resolver: Resolver = request.app.state.resolver
     key = id_type.strip().lower()
-    normalized = normalize(key, value, region=resolver.region)
-    if normalized is None or resolver.rules.is_blocked(key, normalized):
+    normalized = resolver.rules.canonical(key, value, resolver.region)
+    if normalized is None:
         raise NotFound(f"{id_type} {value!r} is not a usable identifier")
     async with unit_of_work(request.app.state.sessions) as session:
         oneid = await repository.owner_of(session, key, normalized)

@@ -28,7 +28,7 @@ from services.ingest.service import Acceptor, Invalid, parse_call, to_envelope
 from services.ingest.settings import IngestSettings
 from services.ingest.sources import SourceDirectory, SourceRef
 from shared.contracts import DeadLetter, EventEnvelope
-from shared.errors import BadRequest, PayloadTooLarge, Unauthorized
+from shared.errors import BadRequest, PayloadTooLarge, RateLimited, Unauthorized
 
 TRACKING_ROUTES: list[Route] = []
 """What serves the tracking calls: plain Starlette routes. FastAPI's per-route machinery
@@ -124,7 +124,12 @@ async def _ingest(
     reject_invalid: bool,
 ) -> IngestResponse:
     limiter: SourceLimiter = request.app.state.limiter
-    limiter.admit(source, len(items))
+    try:
+        limiter.admit(source, len(items))
+    except RateLimited:
+        for kind, count in Counter(kind[:16] for kind, _ in items).items():
+            metrics.EVENTS.labels(source.name, kind, "rate_limited").inc(count)
+        raise
     received_at = datetime.now(UTC)
     envelopes: list[EventEnvelope] = []
     invalid: list[Invalid] = []

@@ -6,7 +6,7 @@ from shared.metrics import LATENCY_BUCKETS, SIZE_BUCKETS
 
 EVENTS = Counter(
     "tierflow_ingest_events_total",
-    "Events received, by source, type and outcome (accepted, rejected).",
+    "Events received, by source, type and outcome (accepted, rejected, rate_limited).",
     ["source", "type", "outcome"],
 )
 REJECTED = Counter(

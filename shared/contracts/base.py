@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
@@ -15,11 +14,6 @@ class Contract(BaseModel):
 
 
 M = TypeVar("M", bound="Contract")
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware, in UTC."""
-    return datetime.now(UTC)
 
 
 def encode(message: Contract) -> bytes:

@@ -259,6 +259,9 @@ async def test_a_source_over_its_rate_gets_429_with_retry_after(ingest: str) -> 
         )
     assert statuses[:5] == [200] * 5
     assert 429 in statuses[5:]
+    async with httpx.AsyncClient(base_url=ingest) as client:
+        exposition = (await client.get("/metrics")).text
+    assert 'outcome="rate_limited",source="slow",type="track"' in exposition
     assert later.status_code == 200  # the window moved on
     assert other.status_code == 200  # limits are per source
 
