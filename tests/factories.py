@@ -59,8 +59,10 @@ def make_tier_change(
     tags: list[str] | None = None,
     model_version: str = "test",
     event_id: str = "e",
+    stage: str = "growing",
+    from_stage: str | None = None,
 ) -> TierChangeEvent:
-    """A tier change of ``oneid`` happening now."""
+    """A tier change of ``oneid`` happening now (a stage change when ``to_tier == from_tier``)."""
     at = datetime.now(UTC)
     return TierChangeEvent(
         id=change_id or f"tc-{uuid.uuid4()}",
@@ -70,7 +72,8 @@ def make_tier_change(
             oneid=oneid,
             from_tier=from_tier,
             to_tier=to_tier,
-            lifecycle_stage="growing",
+            lifecycle_stage=stage,
+            from_stage=from_stage,
             scores=Scores(total=total),
             tags=tags or [],
             model_version=model_version,

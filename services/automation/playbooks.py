@@ -80,7 +80,8 @@ class Trigger(Strict):
         if self.exited is not None:
             return change.from_tier == self.exited and change.to_tier != self.exited
         if self.stage is not None:
-            return change.lifecycle_stage == self.stage
+            # entering the stage, whether or not the tier moved with it
+            return change.lifecycle_stage == self.stage and change.from_stage != self.stage
         return change.from_tier == self.from_tier and change.to_tier == self.to_tier
 
     def hold_tier(self) -> str | None:
@@ -94,6 +95,7 @@ class Condition(Strict):
     tag: str | None = None
     not_tag: str | None = None
     stage: str | None = None
+    tier: str | None = None
     from_tier: str | None = Field(default=None, alias="from")
     score_at_least: dict[Literal["value", "engagement", "fit", "total"], float] = Field(
         default_factory=dict
@@ -112,6 +114,7 @@ class Condition(Strict):
             (self.tag is None or self.tag in change.tags)
             and (self.not_tag is None or self.not_tag not in change.tags)
             and (self.stage is None or change.lifecycle_stage == self.stage)
+            and (self.tier is None or change.to_tier == self.tier)
             and (self.from_tier is None or change.from_tier == self.from_tier)
             and all(scores[name] >= floor for name, floor in self.score_at_least.items())
         )

@@ -26,14 +26,16 @@ from services.automation.playbooks import PlaybookSet, plan_actions
 from shared.contracts import (
     ActionOutcome,
     ActionRecord,
+    DeadLetter,
     IdentityErasure,
     IdentityMerge,
     IdentityNotice,
     TierChangeEvent,
+    encode,
 )
 from shared.db import unit_of_work
 from shared.kafka import Publisher, send_grouped
-from shared.topics import ACTIONS
+from shared.topics import ACTIONS, DEADLETTER
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,19 @@ def record_of(action: Action, outcome: ActionOutcome, at: datetime, **extra: Any
         attempts=extra.pop("attempts", action.attempts),
         at=at,
         **extra,
+    )
+
+
+def dead_letter_of(record: Mapping[str, Any], raw: bytes) -> DeadLetter:
+    """A dead-lettered action on ``tierflow.deadletter``, beside every other stage's failures;
+    the payload is the action record, whose ``action_id`` the operator's retry API takes."""
+    return DeadLetter(
+        stage="automation",
+        reason=record.get("detail") or "delivery attempts exhausted",
+        error_type="delivery",
+        key=record["oneid"],
+        payload=raw.decode(),
+        failed_at=record["at"],
     )
 
 
@@ -403,11 +418,15 @@ class AutomationService:
             rows = await repository.unpublished(session, limit)
             if rows:
                 # the stored record was dumped from an ActionRecord: sent as is, not re-validated
-                acks = await send_grouped(
-                    publisher.producer,
-                    ACTIONS.name,
-                    ((r.oneid.encode(), orjson.dumps(r.record)) for r in rows),
-                )
+                raw = [(r.oneid.encode(), orjson.dumps(r.record)) for r in rows]
+                acks = await send_grouped(publisher.producer, ACTIONS.name, raw)
+                dead = [
+                    (key, encode(dead_letter_of(row.record, value)))
+                    for row, (key, value) in zip(rows, raw, strict=True)
+                    if row.record["outcome"] == "dead_lettered"
+                ]
+                if dead:
+                    acks += await send_grouped(publisher.producer, DEADLETTER.name, dead)
                 await asyncio.gather(*acks)
                 await repository.mark_published(session, [r.id for r in rows])
         return len(rows)

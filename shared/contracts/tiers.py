@@ -36,6 +36,11 @@ class TierChanged(Contract):
     from_tier: str | None
     to_tier: str
     lifecycle_stage: str
+    from_stage: str | None = Field(
+        default=None,
+        description="The stage before this change. A change with from_tier == to_tier is a "
+        "lifecycle-stage change within the tier.",
+    )
     scores: Scores
     tags: list[str] = Field(default_factory=list)
     contributions: list[Contribution] = Field(default_factory=list)

@@ -39,7 +39,7 @@ from shared.contracts import (
 )
 from shared.db import build_engine, build_sessionmaker
 from shared.settings import CommonSettings
-from shared.topics import ACTIONS, IDENTITY_MERGES, TIERS_CHANGES
+from shared.topics import ACTIONS, DEADLETTER, IDENTITY_MERGES, TIERS_CHANGES
 from shared.webhooks import verify
 from tests.factories import free_port, make_tier_change
 from tests.support.services import collect
@@ -296,6 +296,22 @@ async def test_each_default_playbook_fires_its_sequence_with_delays(worker: Work
         assert delivery.headers["webhook-id"] == delivery.payload["action_id"]
 
 
+async def test_a_stage_change_within_a_tier_fires_the_stage_playbook_only(worker: Worker) -> None:
+    vip, growth = person(), person()
+    await worker.publish(
+        make_tier_change(vip, "vip", "vip", stage="declining", from_stage="mature"),
+        make_tier_change(growth, "growth", "growth", stage="declining", from_stage="growing"),
+    )
+    got = worker.receiver.of
+    await wait_for(lambda: got(vip) and got(growth), "check-ins")
+    await worker.advance(timedelta(days=10))
+    await asyncio.sleep(0.7)
+    assert steps(got(vip)) == ["success_manager_checkin"]
+    assert steps(got(growth)) == ["whats_new"]
+    assert got(vip)[0].path == "/hooks/crm_task"
+    assert got(growth)[0].path == "/hooks/email"
+
+
 async def test_signatures_verify_and_a_tampered_or_stale_one_does_not(worker: Worker) -> None:
     oneid = person()
     await worker.publish(make_tier_change(oneid, "growth"))
@@ -432,6 +448,14 @@ async def test_failing_endpoint_is_retried_on_schedule_then_dead_lettered(
         worker.bootstrap, ACTIONS.name, lambda r: r.get("oneid") == oneid, count=6, timeout=20
     )
     assert [r["outcome"] for r in records] == outcomes
+    # beside every other stage's failures, with the action the operator's retry takes
+    (letter,) = await collect(
+        worker.bootstrap, DEADLETTER.name, lambda r: r.get("key") == oneid, count=1, timeout=20
+    )
+    assert letter["stage"] == "automation"
+    assert letter["error_type"] == "delivery"
+    assert "503" in letter["reason"]
+    assert orjson.loads(letter["payload"])["action_id"] == action_id
 
 
 async def test_retry_after_is_honoured_and_other_4xx_are_not_retried(worker: Worker) -> None:

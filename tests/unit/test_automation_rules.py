@@ -38,6 +38,7 @@ def change(
     oneid: str = "p-1",
     tags: list[str] | None = None,
     stage: str = "growing",
+    from_stage: str | None = None,
 ) -> TierChangeEvent:
     return TierChangeEvent(
         id=change_id,
@@ -48,6 +49,7 @@ def change(
             from_tier=from_tier,
             to_tier=to_tier,
             lifecycle_stage=stage,
+            from_stage=from_stage,
             scores=Scores(total=50),
             tags=tags or [],
             model_version="v",
@@ -112,6 +114,20 @@ def test_exited_transition_and_stage_triggers() -> None:
     stage = custom({"name": "declining", "trigger": {"stage": "declining"}, "steps": [SEND]})
     assert plan(change("at_risk", "vip", stage="declining"), stage) == [("hello", 0)]
     assert plan(change("at_risk", "vip"), stage) == []
+
+
+def test_stage_trigger_fires_on_entering_the_stage_with_or_without_a_tier_move() -> None:
+    stage = custom({"name": "declining", "trigger": {"stage": "declining"}, "steps": [SEND]})
+    within_vip = change("vip", "vip", stage="declining", from_stage="mature")
+    assert plan(within_vip, stage) == [("hello", 0)]
+    # already declining: a later tier move does not enter the stage again
+    assert plan(change("at_risk", "vip", stage="declining", from_stage="declining"), stage) == []
+    # a stage change within a tier enters no tier: of the defaults only the stage playbook fires
+    assert plan(within_vip) == [("success_manager_checkin", 0)]
+    assert plan(change("growth", "growth", stage="declining", from_stage="growing")) == [
+        ("whats_new", 0)
+    ]
+    assert plan(change("growth", "growth", stage="mature", from_stage="growing")) == []
 
 
 def test_exit_rule_holds_people_in_the_trigger_tier() -> None:
