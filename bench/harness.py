@@ -139,10 +139,12 @@ async def http_load(
     connections: int,
     seconds: float,
     warmup: float = 1.0,
+    meter: CpuMeter | None = None,
 ) -> LoadResult:
     """Keep-alive connections posting requests back to back; counts only after ``warmup``.
 
     A raw asyncio client: httpx would spend more CPU than the server it measures on 2 cores.
+    ``meter``, when given, measures CPU over the counted interval only.
     """
     result = LoadResult()
     counter = iter(range(10**12))
@@ -150,6 +152,8 @@ async def http_load(
     start = loop.time()
     measure_from = start + warmup
     stop_at = measure_from + seconds
+    if meter is not None:
+        loop.call_at(measure_from, meter.start)
 
     async def connection() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -174,6 +178,8 @@ async def http_load(
 
     await asyncio.gather(*(connection() for _ in range(connections)))
     result.seconds = loop.time() - measure_from
+    if meter is not None:
+        meter.stop()
     return result
 
 
@@ -194,7 +200,9 @@ class CpuMeter:
         self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
         self._with_children = with_children
         self._begin: dict[str, float] = {}
+        self._started = time.perf_counter()
         self.used: dict[str, float] = {}
+        self.wall = 0.0
 
     def _now(self) -> dict[str, float]:
         """User+system seconds of each process, plus its children's where asked (Postgres
@@ -214,9 +222,15 @@ class CpuMeter:
     def start(self) -> None:
         """Remember the current CPU times."""
         self._begin = self._now()
+        self._started = time.perf_counter()
 
     def stop(self) -> str:
         """CPU seconds per process since ``start()``, as a short text."""
         end = self._now()
         self.used = {n: end[n] - self._begin[n] for n in end}
+        self.wall = time.perf_counter() - self._started
         return ", ".join(f"{n} {s:.1f}s" for n, s in self.used.items())
+
+    def shares(self) -> str:
+        """The last interval's CPU per process as a share of one core, e.g. ``ingest 97%``."""
+        return ", ".join(f"{n} {s / self.wall:.0%}" for n, s in self.used.items())

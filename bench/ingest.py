@@ -1,8 +1,10 @@
 """Ingest throughput against the embedded broker, as ratios to the raw producer ceiling.
 
 Run: ``make bench-ingest`` (or ``python -m bench.ingest --seconds 10``). Prints:
-the plain aiokafka producer's acked msg/s (the ceiling), the batch API's Kafka-acked events/s,
-and single-event requests/s with p50/p99 latency — one ingest process, all in one run.
+the plain aiokafka producer's acked msg/s (the ceiling), the batch API's Kafka-acked events/s
+at 4 connections and at 20 (the ceiling's 2,000 events in flight), and single-event requests/s
+with p50/p99 latency — one ingest process, all in one run — plus each phase's CPU by process
+(ingest, broker, this load generator) as a share of one core, and ingest's µs per event.
 """
 
 from __future__ import annotations
@@ -12,10 +14,20 @@ import asyncio
 import base64
 import os
 import sys
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import orjson
 
-from bench.harness import CpuMeter, embedded_infra, http_load, post, producer_ceiling
+from bench.harness import (
+    CpuMeter,
+    LoadResult,
+    embedded_infra,
+    http_load,
+    post,
+    producer_ceiling,
+)
 from services.ingest.sources import ensure_source
 from shared.db import build_engine, build_sessionmaker
 from shared.settings import CommonSettings
@@ -43,7 +55,7 @@ def single_request(n: int) -> bytes:
     return post("/v1/track", orjson.dumps(track(n)), AUTH)
 
 
-def batch_request(size: int) -> object:
+def batch_request(size: int) -> Callable[[int], bytes]:
     """POST /v1/batch with ``size`` events."""
 
     def build(n: int) -> bytes:
@@ -53,7 +65,29 @@ def batch_request(size: int) -> object:
     return build
 
 
-async def run(seconds: float, batch_size: int, single_conns: int, batch_conns: int) -> None:
+@dataclass
+class Phase:
+    """One measured load: what was sent, what came back, and the CPU it took."""
+
+    name: str
+    result: LoadResult
+    unit: str
+    per_request: int
+    cpu: dict[str, float]
+    shares: str
+
+    @property
+    def rate(self) -> float:
+        """Units (events or requests) per second."""
+        return self.result.rate() * self.per_request
+
+    def cpu_line(self) -> str:
+        """CPU by process as a share of one core, and ingest's CPU per unit."""
+        per_unit = self.cpu["ingest"] / (self.result.ok * self.per_request) * 1e6
+        return f"{self.name}: CPU {self.shares}; ingest {per_unit:.1f} µs per {self.unit}"
+
+
+async def run(seconds: float, batch_size: int, single_conns: int, batch_conns: list[int]) -> None:
     """Measure the ceiling, then the batch and single-event paths of one ingest process."""
     async with embedded_infra() as stack:
         bootstrap = stack.env["TIERFLOW_KAFKA_BOOTSTRAP"]
@@ -77,7 +111,6 @@ async def run(seconds: float, batch_size: int, single_conns: int, batch_conns: i
 
         env = {**stack.env, "TIERFLOW_DEV_WRITE_KEY": "", "TIERFLOW_LOG_LEVEL": "WARNING"}
         ingest = await start_service("ingest", env, stack.work_dir / "logs")
-        port = ingest.port
         meter = CpuMeter(
             {
                 "ingest": ingest.child.process.pid,
@@ -85,45 +118,75 @@ async def run(seconds: float, batch_size: int, single_conns: int, batch_conns: i
                 "load": os.getpid(),
             }
         )
-        try:
-            build = batch_request(batch_size)
-            assert callable(build)
-            print(f"batch API ({batch_size}/request, {batch_conns} connections) ...", flush=True)
-            meter.start()
-            batched = await http_load(port, build, connections=batch_conns, seconds=seconds)
-            print(f"  CPU: {meter.stop()}")
-            print(f"single-event API ({single_conns} connections) ...", flush=True)
-            meter.start()
-            single = await http_load(
-                port, single_request, connections=single_conns, seconds=seconds
+
+        async def measure(
+            name: str, build: Callable[[int], bytes], conns: int, unit: str, per: int
+        ) -> Phase:
+            print(f"{name} ...", flush=True)
+            result = await http_load(
+                ingest.port, build, connections=conns, seconds=seconds, meter=meter
             )
-            print(f"  CPU: {meter.stop()}")
+            phase = Phase(name, result, unit, per, dict(meter.used), meter.shares())
+            print(f"  {phase.cpu_line()}", flush=True)
+            return phase
+
+        try:
+            batches = [
+                await measure(
+                    f"batch API ({batch_size}/request, {conns} connections)",
+                    batch_request(batch_size),
+                    conns,
+                    "event",
+                    batch_size,
+                )
+                for conns in batch_conns
+            ]
+            single = await measure(
+                f"single-event API ({single_conns} connections)",
+                single_request,
+                single_conns,
+                "request",
+                1,
+            )
         finally:
             ingest.stop()
+    _report(ceiling, batches, single, batch_size)
 
-    batch_events = batched.rate() * batch_size
-    rows = [
-        ("raw producer ceiling", f"{ceiling:,.0f} msg/s", "1.00", ""),
+
+def _report(ceiling: float, batches: list[Phase], single: Phase, batch_size: int) -> None:
+    rows = [("raw producer ceiling", f"{ceiling:,.0f} msg/s", "1.00", "")]
+    for phase in batches:
+        result = phase.result
+        rows.append(
+            (
+                f"{phase.name}, Kafka-acked",
+                f"{phase.rate:,.0f} events/s",
+                f"{phase.rate / ceiling:.2f}",
+                f"p50 {result.percentile(0.5):.1f} ms, p99 {result.percentile(0.99):.1f} ms "
+                f"per {batch_size}-event request",
+            )
+        )
+    rows.append(
         (
-            "batch API, Kafka-acked",
-            f"{batch_events:,.0f} events/s",
-            f"{batch_events / ceiling:.2f}",
-            f"p50 {batched.percentile(0.5):.1f} ms, p99 {batched.percentile(0.99):.1f} ms "
-            f"per {batch_size}-event request",
-        ),
-        (
-            "single-event API",
-            f"{single.rate():,.0f} req/s",
-            f"{single.rate() / ceiling:.2f}",
-            f"p50 {single.percentile(0.5):.2f} ms, p99 {single.percentile(0.99):.2f} ms",
-        ),
-    ]
+            single.name,
+            f"{single.rate:,.0f} req/s",
+            f"{single.rate / ceiling:.2f}",
+            f"p50 {single.result.percentile(0.5):.2f} ms, "
+            f"p99 {single.result.percentile(0.99):.2f} ms",
+        )
+    )
     print()
     print("| measure | throughput | ratio to ceiling | latency |")
     print("| --- | --- | --- | --- |")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    other = {s: n for s, n in (batched.statuses + single.statuses).items() if s >= 300}
+    print()
+    for phase in [*batches, single]:
+        print(phase.cpu_line())
+    statuses: Counter[int] = Counter()
+    for phase in [*batches, single]:
+        statuses.update(phase.result.statuses)
+    other = {s: n for s, n in statuses.items() if s >= 300}
     if other:
         print(f"\nnon-2xx responses: {other}", file=sys.stderr)
 
@@ -134,7 +197,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--single-connections", type=int, default=32)
-    parser.add_argument("--batch-connections", type=int, default=4)
+    parser.add_argument(
+        "--batch-connections",
+        type=int,
+        nargs="+",
+        default=[4, 20],
+        help="one batch phase per value; 20 x 100 events is the ceiling's 2,000 in flight",
+    )
     args = parser.parse_args()
     asyncio.run(run(args.seconds, args.batch_size, args.single_connections, args.batch_connections))
 

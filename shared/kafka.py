@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import logging
 from collections.abc import Iterable
 from functools import lru_cache
@@ -171,3 +173,186 @@ class Publisher:
         )
         if futures:
             await asyncio.gather(*futures)
+
+
+class _Waiter:
+    """One caller of ``BatchLanes.publish``: done when every batch holding its records is."""
+
+    __slots__ = ("future", "pending")
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self.future = future
+        self.pending = 0
+
+    def settle(self, error: BaseException | None) -> None:
+        if self.future.done():  # timed out, or an earlier batch failed
+            return
+        if error is not None:
+            self.future.set_exception(error)
+            return
+        self.pending -= 1
+        if self.pending == 0:
+            self.future.set_result(None)
+
+
+def _settle_all(waiters: list[_Waiter], ack: asyncio.Future[Any]) -> None:
+    error: BaseException | None = (
+        KafkaError("the batch was cancelled before its ack") if ack.cancelled() else ack.exception()
+    )
+    for waiter in waiters:
+        waiter.settle(error)
+
+
+class _Lane:
+    """One partition: the batch still open to records, and the sealed ones waiting for aiokafka."""
+
+    __slots__ = ("builder", "partition", "sealed", "task", "waiters")
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self.builder: Any = None
+        self.waiters: list[_Waiter] = []
+        self.sealed: collections.deque[tuple[Any, list[_Waiter]]] = collections.deque()
+        self.task: asyncio.Task[None] | None = None
+
+    def seal(self) -> None:
+        self.sealed.append((self.builder, self.waiters))
+        self.builder = None
+        self.waiters = []
+
+
+class BatchLanes:
+    """Publishes keyed records from many concurrent callers through one open batch per partition.
+
+    aiokafka queues one batch per partition and sends one request per broker at a time, so when
+    every caller hands in batches of its own, a produce request carries one caller's records and
+    throughput is bounded by round trips. Here callers append to a shared open batch per
+    partition, which goes to aiokafka as soon as it takes another batch for that partition: while
+    one produce request is in flight, the next one fills up with everything that arrived meanwhile.
+    Order per partition is the order of ``publish`` calls. No per-record futures or coroutines,
+    and no per-call timer: one sweep every ``SWEEP_S`` fails the calls past their deadline.
+    """
+
+    SWEEP_S = 0.1
+    PARTITIONS_TTL_S = 1.0
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str, *, timeout_s: float) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._timeout_s = timeout_s
+        self._lanes: dict[int, _Lane] = {}
+        self._known: list[int] = []
+        self._known_until = 0.0
+        self._partition_of: dict[bytes, int] = {}
+        """The default partitioner's choice per key (pure-Python murmur2), for ``_known``."""
+        self._deadlines: collections.deque[tuple[float, _Waiter]] = collections.deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def publish(self, records: Iterable[tuple[bytes | None, bytes]]) -> None:
+        """Queue ``records`` and return once Kafka acknowledged every one of them.
+
+        Raises TimeoutError after ``timeout_s`` (the records may still be delivered later, as
+        with any producer timeout), or the producer's error for a batch that failed.
+        """
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now >= self._known_until:
+            await self._refresh_partitions(now)
+        grouped = self._group(records)
+        if not grouped:
+            return
+        waiter = _Waiter(loop.create_future())
+        for partition, items in grouped.items():
+            lane = self._lanes.get(partition)
+            if lane is None:
+                lane = self._lanes[partition] = _Lane(partition)
+            self._fill(lane, items, waiter)
+            if lane.task is None:
+                lane.task = asyncio.create_task(self._flush(lane))
+        self._deadlines.append((now + self._timeout_s, waiter))
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self.SWEEP_S, self._sweep)
+        await waiter.future
+
+    async def _refresh_partitions(self, now: float) -> None:
+        """The topic's partitions from the producer's metadata, re-read once a second."""
+        partitions = self._producer.client.cluster.partitions_for_topic(self._topic)
+        if not partitions:
+            partitions = await self._producer.partitions_for(self._topic)
+        known = sorted(partitions)
+        if known != self._known:
+            self._known = known
+            self._partition_of.clear()
+        self._known_until = now + self.PARTITIONS_TTL_S
+
+    def _group(
+        self, records: Iterable[tuple[bytes | None, bytes]]
+    ) -> dict[int, list[tuple[bytes | None, bytes]]]:
+        """Records by partition, chosen as ``send()`` would (murmur2 of the key)."""
+        known = self._known
+        cache = self._partition_of
+        grouped: dict[int, list[tuple[bytes | None, bytes]]] = {}
+        for record in records:
+            key = record[0]
+            partition = cache.get(key) if key is not None else None
+            if partition is None:
+                partition = PARTITIONER(key, known, known)
+                if key is not None:
+                    if len(cache) >= 100_000:
+                        cache.clear()
+                    cache[key] = partition
+            if partition in grouped:
+                grouped[partition].append(record)
+            else:
+                grouped[partition] = [record]
+        return grouped
+
+    def _fill(self, lane: _Lane, items: list[tuple[bytes | None, bytes]], waiter: _Waiter) -> None:
+        """Append to the lane's open batch, sealing it and opening another whenever it is full."""
+        builder = lane.builder
+        if builder is None:
+            builder = lane.builder = self._producer.create_batch()
+        if not lane.waiters or lane.waiters[-1] is not waiter:
+            lane.waiters.append(waiter)
+            waiter.pending += 1
+        for key, value in items:
+            if builder.append(key=key, value=value, timestamp=None) is None:
+                lane.seal()
+                builder = lane.builder = self._producer.create_batch()
+                lane.waiters.append(waiter)
+                waiter.pending += 1
+                if builder.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
+
+    async def _flush(self, lane: _Lane) -> None:
+        """Hand the lane's batches to aiokafka in order, each as soon as it accepts one."""
+        try:
+            while lane.sealed or lane.builder is not None:
+                if not lane.sealed:
+                    lane.seal()
+                builder, waiters = lane.sealed.popleft()
+                builder.close()  # no linger: the batch already holds all that arrived meanwhile
+                try:
+                    ack = await self._producer.send_batch(
+                        builder, self._topic, partition=lane.partition
+                    )
+                except Exception as exc:  # KafkaError, ProducerClosed: those callers get it
+                    for waiter in waiters:
+                        waiter.settle(exc)
+                    continue
+                ack.add_done_callback(functools.partial(_settle_all, waiters))
+        finally:
+            lane.task = None
+
+    def _sweep(self) -> None:
+        """Fail the calls past their deadline; deadlines are in call order, so stop at the first
+        one still pending and in time."""
+        now = asyncio.get_running_loop().time()
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0][1].future.done() or deadlines[0][0] <= now):
+            _, waiter = deadlines.popleft()
+            if not waiter.future.done():
+                waiter.future.set_exception(TimeoutError("Kafka did not acknowledge in time"))
+        self._sweeper = (
+            asyncio.get_running_loop().call_later(self.SWEEP_S, self._sweep) if deadlines else None
+        )

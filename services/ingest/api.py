@@ -1,85 +1,103 @@
-"""Segment Tracking API routes: parse, authenticate, validate, hand over to the acceptor."""
+"""Segment Tracking API endpoints: read the body, authenticate, hand the events over.
+
+The endpoints are plain ASGI callables. A single-event request's budget is a few hundred
+microseconds, and Starlette's ``Request``/``Response`` objects plus FastAPI's middleware stack
+were close to half of it; ``app.IngestApp`` calls these directly. FastAPI only documents them.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import zlib
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, FastAPI, Request, Response
-from fastapi.openapi.utils import get_openapi
+from fastapi import APIRouter, Request, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from services.ingest import metrics
-from services.ingest.ratelimit import SourceLimiter
 from services.ingest.schemas import (
-    CALL_MODELS,
+    CALL_TYPES,
     EXAMPLES,
     IngestResponse,
-    Rejection,
+    call_schema,
     check_external_ids,
 )
-from services.ingest.service import Acceptor, Invalid, parse_call, to_envelope
+from services.ingest.service import Collector, Outcome
 from services.ingest.settings import IngestSettings
 from services.ingest.sources import SourceDirectory, SourceRef
-from shared.contracts import DeadLetter, EventEnvelope
-from shared.errors import BadRequest, PayloadTooLarge, RateLimited, Unauthorized
+from shared.errors import BadRequest, PayloadTooLarge, TierflowError, Unauthorized
 
-TRACKING_ROUTES: list[Route] = []
-"""What serves the tracking calls: plain Starlette routes. FastAPI's per-route machinery
-(dependency solving, response-model handling) was a third of a single-event request's CPU, and
-these handlers take only the request."""
-
-schema_router = APIRouter(prefix="/v1", tags=["tracking"])
-"""The same handlers declared to FastAPI, for the OpenAPI document only (see install_docs)."""
+JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-def _settings(request: Request) -> IngestSettings:
-    settings: IngestSettings = request.app.state.settings
-    return settings
+class Disconnected(Exception):
+    """The client went away before sending its whole body; there is no one to answer."""
 
 
-def _answer(response: IngestResponse) -> Response:
-    """Serialise with orjson; FastAPI's response-model pass would validate what we just built."""
-    return Response(orjson.dumps(response.model_dump()), media_type="application/json")
-
-
-async def read_json(request: Request, settings: IngestSettings) -> Any:
-    """The request body as JSON: size-limited before and after gunzip, 400 when malformed."""
-    limit = settings.max_request_bytes
-    declared = request.headers.get("content-length")
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, size-limited before and after gunzip."""
+    declared = _header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        metrics.REJECTED.labels("request_too_large").inc()
-        raise PayloadTooLarge(f"request is {declared} bytes, limit {limit}")
-    body = await request.body()
-    if request.headers.get("content-encoding", "").lower() == "gzip":
+        metrics.rejected("request_too_large").inc()
+        raise PayloadTooLarge(f"request is {declared.decode()} bytes, limit {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Disconnected
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            metrics.rejected("request_too_large").inc()
+            raise PayloadTooLarge(f"request is over {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    encoding = _header(scope, b"content-encoding")
+    if encoding is not None and encoding.lower() == b"gzip":
         inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
         try:
             body = inflater.decompress(body, limit + 1)
         except zlib.error as exc:
-            metrics.REJECTED.labels("bad_gzip").inc()
+            metrics.rejected("bad_gzip").inc()
             raise BadRequest(f"body is not valid gzip: {exc}") from exc
-    if len(body) > limit:
-        metrics.REJECTED.labels("request_too_large").inc()
-        raise PayloadTooLarge(f"request is over {limit} bytes")
+        if len(body) > limit:
+            metrics.rejected("request_too_large").inc()
+            raise PayloadTooLarge(f"request is over {limit} bytes")
     metrics.PAYLOAD_BYTES.observe(len(body))
+    return body
+
+
+def parse_json(body: bytes) -> Any:
+    """The body as JSON, 400 when malformed."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        metrics.REJECTED.labels("malformed_json").inc()
+        metrics.rejected("malformed_json").inc()
         raise BadRequest(f"malformed JSON: {exc}") from exc
 
 
-def basic_auth_key(request: Request) -> str | None:
-    """The write key from ``Authorization: Basic base64(key:)``, as the Segment SDKs send it."""
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic" or not value:
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+@lru_cache(maxsize=1024)
+def basic_auth_key(header: bytes) -> str | None:
+    """The write key from ``Authorization: Basic base64(key:)``, as the Segment SDKs send it;
+    memoised because every request of a source carries the same header."""
+    scheme, _, value = header.partition(b" ")
+    if scheme.lower() != b"basic" or not value:
         return None
     try:
         decoded = base64.b64decode(value, validate=True).decode()
@@ -88,189 +106,98 @@ def basic_auth_key(request: Request) -> str | None:
     return decoded.partition(":")[0] or None
 
 
-async def authenticate(request: Request, body: Any) -> SourceRef:
+async def authenticate(scope: Scope, directory: SourceDirectory, body: Any) -> SourceRef:
     """Basic credentials first, then ``writeKey`` in the body."""
-    key = basic_auth_key(request)
+    header = _header(scope, b"authorization")
+    key = basic_auth_key(header) if header is not None else None
     if key is None and isinstance(body, dict) and isinstance(body.get("writeKey"), str):
         key = body["writeKey"]
-    directory: SourceDirectory = request.app.state.sources
     try:
         return await directory.authenticate(key)
     except Unauthorized:
-        metrics.REJECTED.labels("unauthorized").inc()
+        metrics.rejected("unauthorized").inc()
         raise
 
 
-def _dead_letter(invalid: Invalid, source: SourceRef, at: datetime) -> DeadLetter:
-    return DeadLetter(
-        stage="ingest",
-        reason=invalid.reason,
-        error_type="validation",
-        field=invalid.field,
-        payload=invalid.payload.decode(errors="replace"),
-        source_id=source.source_id,
-        failed_at=at,
-    )
-
-
-async def _ingest(
-    request: Request,
-    settings: IngestSettings,
-    items: list[tuple[str, Any]],
-    source: SourceRef,
-    *,
-    batch_sent_at: datetime | None = None,
-    batch_context: dict[str, Any] | None = None,
-    reject_invalid: bool,
-) -> IngestResponse:
-    limiter: SourceLimiter = request.app.state.limiter
-    try:
-        limiter.admit(source, len(items))
-    except RateLimited:
-        for kind, count in Counter(kind[:16] for kind, _ in items).items():
-            metrics.EVENTS.labels(source.name, kind, "rate_limited").inc(count)
-        raise
-    received_at = datetime.now(UTC)
-    envelopes: list[EventEnvelope] = []
-    invalid: list[Invalid] = []
-    for index, (kind, item) in enumerate(items):
-        parsed = parse_call(kind, item, index=index, max_event_bytes=settings.max_event_bytes)
-        if isinstance(parsed, Invalid):
-            if reject_invalid:
-                metrics.REJECTED.labels("too_large" if parsed.too_large else "invalid").inc()
-                error = PayloadTooLarge if parsed.too_large else BadRequest
-                raise error([{"field": parsed.field, "reason": parsed.reason}])
-            invalid.append(parsed)
-            continue
-        envelopes.append(
-            to_envelope(
-                parsed,
-                source_id=source.source_id,
-                received_at=received_at,
-                batch_sent_at=batch_sent_at,
-                batch_context=batch_context,
-            )
-        )
-    acceptor: Acceptor = request.app.state.acceptor
-    await acceptor.accept(envelopes, [_dead_letter(bad, source, received_at) for bad in invalid])
-    for kind, count in Counter(envelope.type for envelope in envelopes).items():
-        metrics.EVENTS.labels(source.name, kind, "accepted").inc(count)
-    for kind, count in Counter(items[bad.index][0][:16] for bad in invalid).items():
-        metrics.EVENTS.labels(source.name, kind, "rejected").inc(count)
-    if invalid:
-        metrics.REJECTED.labels("invalid_in_batch").inc(len(invalid))
-    return IngestResponse(
-        accepted=len(envelopes),
-        rejected=[Rejection(index=b.index, field=b.field, reason=b.reason) for b in invalid],
-    )
-
-
-def _register(
-    path: str,
-    endpoint: Callable[[Request], Awaitable[Response]],
-    *,
-    summary: str,
-    body: dict[str, Any],
-    documented: bool = True,
+async def respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    TRACKING_ROUTES.append(Route(f"/v1{path}", endpoint, methods=["POST"]))
-    if documented:
-        schema_router.add_api_route(
-            path,
-            endpoint,
-            methods=["POST"],
-            response_model=IngestResponse,
-            summary=summary,
-            openapi_extra={
-                "requestBody": {"required": True, "content": {"application/json": body}}
-            },
-        )
-
-
-def install_tracking(app: FastAPI) -> None:
-    """Serve the tracking routes on ``app`` and put them in its OpenAPI document."""
-    app.router.routes.extend(TRACKING_ROUTES)
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=[*app.routes, *schema_router.routes],
-            )
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-def _single_route(kind: str) -> None:
-    model = CALL_MODELS[kind]
-    schema = model.model_json_schema(by_alias=True)
-
-    async def handle(request: Request) -> Response:
-        settings = _settings(request)
-        body = await read_json(request, settings)
-        source = await authenticate(request, body)
-        return _answer(
-            await _ingest(request, settings, [(kind, body)], source, reject_invalid=True)
-        )
-
-    _register(
-        f"/{kind}",
-        handle,
-        summary=f"Segment {kind} call",
-        body={"schema": schema, "example": EXAMPLES[kind]},
+    """A JSON response, in the two ASGI messages and nothing else."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                *JSON_HEADERS,
+                (b"content-length", str(len(body)).encode()),
+                *(headers or ()),
+            ],
+        }
     )
+    await send({"type": "http.response.body", "body": body})
 
 
-for _kind in CALL_MODELS:
-    _single_route(_kind)
-
-
-BATCH_EXAMPLE = {"batch": [{"type": kind, **example} for kind, example in EXAMPLES.items()]}
-
-
-async def batch(request: Request) -> Response:
-    """Segment ``batch`` (and its older name ``import``)."""
-    settings = _settings(request)
-    body = await read_json(request, settings)
-    source = await authenticate(request, body)
-    if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
-        metrics.REJECTED.labels("invalid").inc()
-        raise BadRequest([{"field": "batch", "reason": "batch must be a list of events"}])
-    items = [
-        (str(item.get("type", "")) if isinstance(item, dict) else "", item)
-        for item in body["batch"]
-    ]
-    batch_sent_at = _parse_sent_at(body.get("sentAt"))
-    context = body.get("context") if isinstance(body.get("context"), dict) else None
-    if context is not None:
-        try:
-            check_external_ids(context)
-        except ValueError as exc:
-            metrics.REJECTED.labels("invalid").inc()
-            raise BadRequest([{"field": "context.externalIds", "reason": str(exc)}]) from exc
-    return _answer(
-        await _ingest(
-            request,
-            settings,
-            items,
-            source,
-            batch_sent_at=batch_sent_at,
-            batch_context=context,
-            reject_invalid=False,
-        )
+async def respond_error(send: Send, error: TierflowError) -> None:
+    """The shared ``{"error", "detail"}`` shape, with ``Retry-After`` when the error has one."""
+    headers = (
+        [(b"retry-after", str(error.retry_after).encode())]
+        if error.retry_after is not None
+        else None
     )
+    body = orjson.dumps({"error": error.code, "detail": error.detail})
+    await respond(send, error.status_code, body, headers)
 
 
-_register(
-    "/batch",
-    batch,
-    summary="Segment batch: valid events are accepted, invalid ones reported and dead-lettered",
-    body={"example": BATCH_EXAMPLE},
-)
-_register("/import", batch, summary="Older name of batch", body={}, documented=False)
+_ONE_ACCEPTED = orjson.dumps({"success": True, "accepted": 1, "rejected": []})
+
+
+def _answer(outcome: Outcome) -> bytes:
+    if outcome.accepted == 1 and not outcome.rejected:
+        return _ONE_ACCEPTED
+    rejected = [{"index": b.index, "field": b.field, "reason": b.reason} for b in outcome.rejected]
+    return orjson.dumps({"success": True, "accepted": outcome.accepted, "rejected": rejected})
+
+
+class CallEndpoint:
+    """``POST /v1/<type>``: one Segment call, accepted whole or refused with its reason."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope["app"].state
+        settings: IngestSettings = state.settings
+        body = parse_json(await read_body(scope, receive, settings.max_request_bytes))
+        source = await authenticate(scope, state.sources, body)
+        collector: Collector = state.collector
+        outcome = await collector.collect(source, [body], kind=self.kind)
+        await respond(send, 200, _answer(outcome))
+
+
+class BatchEndpoint:
+    """Segment ``batch`` (and its older name ``import``): valid events are accepted, invalid ones
+    reported by index and dead-lettered."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope["app"].state
+        settings: IngestSettings = state.settings
+        body = parse_json(await read_body(scope, receive, settings.max_request_bytes))
+        source = await authenticate(scope, state.sources, body)
+        if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
+            metrics.rejected("invalid").inc()
+            raise BadRequest([{"field": "batch", "reason": "batch must be a list of events"}])
+        context = body.get("context") if isinstance(body.get("context"), dict) else None
+        if context is not None:
+            try:
+                check_external_ids(context)
+            except ValueError as exc:
+                metrics.rejected("invalid").inc()
+                raise BadRequest([{"field": "context.externalIds", "reason": str(exc)}]) from exc
+        collector: Collector = state.collector
+        outcome = await collector.collect(
+            source, body["batch"], sent_at=_parse_sent_at(body.get("sentAt")), context=context
+        )
+        await respond(send, 200, _answer(outcome))
 
 
 def _parse_sent_at(value: Any) -> datetime | None:
@@ -282,3 +209,50 @@ def _parse_sent_at(value: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+Endpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+TRACKING: dict[str, Endpoint] = {f"/v1/{kind}": CallEndpoint(kind) for kind in CALL_TYPES}
+"""What serves each tracking path (POST only)."""
+TRACKING["/v1/batch"] = TRACKING["/v1/import"] = BatchEndpoint()
+
+
+def tracking_routes() -> list[Route]:
+    """The same endpoints as router entries, so other methods get 405 rather than 404."""
+    return [Route(path, endpoint, methods=["POST"]) for path, endpoint in TRACKING.items()]
+
+
+def documentation() -> APIRouter:
+    """The tracking routes declared to FastAPI, for the OpenAPI document only."""
+    router = APIRouter(prefix="/v1", tags=["tracking"])
+
+    async def documented(request: Request) -> Response:
+        raise NotImplementedError  # never routed: IngestApp serves these paths
+
+    def declare(path: str, summary: str, body: dict[str, Any]) -> None:
+        router.add_api_route(
+            path,
+            documented,
+            methods=["POST"],
+            response_model=IngestResponse,
+            summary=summary,
+            operation_id=f"segment_{path.strip('/')}",
+            openapi_extra={
+                "requestBody": {"required": True, "content": {"application/json": body}}
+            },
+        )
+
+    for kind in CALL_TYPES:
+        declare(
+            f"/{kind}",
+            f"Segment {kind} call",
+            {"schema": call_schema(kind), "example": EXAMPLES[kind]},
+        )
+    batch_example = {"batch": [{"type": kind, **ex} for kind, ex in EXAMPLES.items()]}
+    declare(
+        "/batch",
+        "Segment batch: valid events are accepted, invalid ones reported and dead-lettered",
+        {"example": batch_example},
+    )
+    return router

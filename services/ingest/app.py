@@ -2,22 +2,93 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import lru_cache
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import Counter, Histogram
+from starlette.types import Message, Receive, Scope, Send
 
-from services.ingest.api import install_tracking
+from services.ingest.api import (
+    TRACKING,
+    Disconnected,
+    documentation,
+    respond_error,
+    tracking_routes,
+)
 from services.ingest.ratelimit import SourceLimiter
-from services.ingest.service import Acceptor
+from services.ingest.service import Acceptor, Collector
 from services.ingest.settings import IngestSettings
 from services.ingest.sources import SourceDirectory, ensure_source
 from shared.db import build_engine, build_sessionmaker
+from shared.errors import TierflowError
 from shared.http import database_ready, install_common, producer_ready
 from shared.kafka import build_producer, wait_for_broker
+from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from shared.topics import EVENTS_RAW
 
 DEV_SOURCE_ID = "dev"
+SERVICE = "ingest"
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=64)
+def _requests(route: str, status: str) -> Counter:
+    return HTTP_REQUESTS.labels(SERVICE, route, status)
+
+
+@lru_cache(maxsize=64)
+def _latency(route: str) -> Histogram:
+    return HTTP_LATENCY.labels(SERVICE, route)
+
+
+class IngestApp(FastAPI):
+    """FastAPI for everything but the tracking calls, which go straight to their endpoints.
+
+    Tracking POSTs skip FastAPI's and Starlette's middleware stack (error middleware, exception
+    middleware, body limits, request metrics) and do the same work themselves: typed errors are
+    rendered in the shared shape, unexpected ones as 500, and the request metrics are recorded
+    with the same names and labels.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = TRACKING.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None or scope["method"] != "POST":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+            await send(message)
+
+        try:
+            await endpoint(scope, receive, sending)
+        except TierflowError as error:
+            await respond_error(sending, error)
+        except Disconnected:
+            status = 499
+        except Exception:
+            log.exception("unexpected error on %s", scope["path"])
+            if response_started:
+                raise
+            await respond_error(sending, TierflowError("internal error"))
+        finally:
+            path: str = scope["path"]
+            _latency(path).observe(time.perf_counter() - started)
+            _requests(path, f"{status // 100}xx").inc()
 
 
 def create_app(settings: IngestSettings) -> FastAPI:
@@ -36,9 +107,13 @@ def create_app(settings: IngestSettings) -> FastAPI:
         app.state.settings = settings
         app.state.engine = engine
         app.state.sources = SourceDirectory(sessions, ttl_s=settings.source_cache_ttl_s)
-        app.state.limiter = SourceLimiter(settings.default_rate_limit_per_s)
-        app.state.acceptor = Acceptor(
+        acceptor = Acceptor(
             producer, timeout_s=settings.produce_timeout_s, retry_after_s=settings.retry_after_s
+        )
+        app.state.collector = Collector(
+            acceptor,
+            SourceLimiter(settings.default_rate_limit_per_s),
+            max_event_bytes=settings.max_event_bytes,
         )
         try:
             yield
@@ -47,14 +122,14 @@ def create_app(settings: IngestSettings) -> FastAPI:
             await engine.dispose()
 
     async def readiness() -> dict[str, bool]:
-        if not hasattr(app.state, "acceptor"):
+        if not hasattr(app.state, "collector"):
             return {"started": False}
         return {
-            "kafka": await producer_ready(app.state.acceptor.producer, EVENTS_RAW.name),
+            "kafka": await producer_ready(app.state.collector.acceptor.producer, EVENTS_RAW.name),
             "database": await database_ready(app.state.engine),
         }
 
-    app = FastAPI(
+    app = IngestApp(
         title="Tierflow ingest",
         description="Segment-compatible Tracking API. A 2xx means Kafka acknowledged every event.",
         version="1",
@@ -62,6 +137,19 @@ def create_app(settings: IngestSettings) -> FastAPI:
         # Prometheus is the metrics path; FastAPI's OpenTelemetry probe costs ~4% per request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    install_common(app, "ingest", readiness)
-    install_tracking(app)
+    install_common(app, SERVICE, readiness)
+    app.router.routes.extend(tracking_routes())
+    docs = documentation()
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=[*app.routes, *docs.routes],
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -1,4 +1,6 @@
-"""Ingest metrics, declared once."""
+"""Ingest metrics, declared once, and memoised label lookups for the hot path."""
+
+from functools import lru_cache
 
 from prometheus_client import Counter, Histogram
 
@@ -29,3 +31,15 @@ PRODUCE_FAILURES = Counter(
     "Requests answered 503 because Kafka did not acknowledge, by error.",
     ["error"],
 )
+
+
+@lru_cache(maxsize=4096)
+def events(source: str, kind: str, outcome: str) -> Counter:
+    """The ``EVENTS`` child for these labels: ``labels()`` hashes and locks on every call."""
+    return EVENTS.labels(source, kind, outcome)
+
+
+@lru_cache(maxsize=64)
+def rejected(reason: str) -> Counter:
+    """The ``REJECTED`` child for ``reason``."""
+    return REJECTED.labels(reason)

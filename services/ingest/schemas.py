@@ -1,37 +1,136 @@
-"""Segment Tracking API request bodies, as the analytics SDKs send them."""
+"""Segment Tracking API request bodies, as the analytics SDKs send them.
+
+The calls are TypedDicts validated by one ``TypeAdapter`` per request: pydantic-core checks every
+event of a batch in a single call and returns plain dicts, with no model instances and no
+Python-level validators (the few rules it cannot express are applied by ``envelopes``).
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal, Required
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    InstanceOf,
+    StringConstraints,
+    TypeAdapter,
+    with_config,
+)
+from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
+
+Id = Annotated[
+    str | None,
+    Field(coerce_numbers_to_str=True),
+    StringConstraints(strip_whitespace=True, max_length=512),
+]
+"""SDKs may send numeric ids; Segment treats every id as a string. Blank means absent."""
+
+Name = Annotated[str | None, Field(max_length=512)]
+Object = InstanceOf[dict[str, Any]]
+"""A JSON object, checked but not copied: the envelope re-serialises it as it came."""
 
 
-def _id_to_str(value: Any) -> Any:
-    """SDKs may send numeric ids; Segment treats every id as a string."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, str):
-        return value.strip() or None
-    return value
+@with_config(ConfigDict(str_max_length=8192, extra="ignore"))
+class SegmentCall(TypedDict, total=False):
+    """Fields common to every call; unknown top-level fields are ignored like Segment does.
+
+    ``userId`` or ``anonymousId`` is required, naive timestamps are UTC and
+    ``context.externalIds`` must be well formed: ``envelopes`` checks those after validation.
+    """
+
+    user_id: Annotated[Id, Field(alias="userId")]
+    anonymous_id: Annotated[Id, Field(alias="anonymousId")]
+    message_id: Annotated[Id, Field(alias="messageId")]
+    timestamp: datetime | None
+    original_timestamp: Annotated[datetime | None, Field(alias="originalTimestamp")]
+    sent_at: Annotated[datetime | None, Field(alias="sentAt")]
+    context: Object
+    integrations: Object
+    properties: Object
+    traits: Object
 
 
-def _aware(value: Any) -> Any:
-    """Naive timestamps are taken as UTC, as Segment does."""
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+class TrackCall(SegmentCall, total=False):
+    """``track``: something the person did."""
+
+    type: Required[Literal["track"]]
+    event: Required[Annotated[str, Field(min_length=1, max_length=512)]]
 
 
-def check_external_ids(context: dict[str, Any]) -> dict[str, Any]:
+class IdentifyCall(SegmentCall, total=False):
+    """``identify``: who the person is and their traits."""
+
+    type: Required[Literal["identify"]]
+
+
+class PageCall(SegmentCall, total=False):
+    """``page``: a web page view."""
+
+    type: Required[Literal["page"]]
+    name: Name
+    category: Name
+
+
+class ScreenCall(SegmentCall, total=False):
+    """``screen``: a mobile screen view."""
+
+    type: Required[Literal["screen"]]
+    name: Name
+    category: Name
+
+
+class GroupCall(SegmentCall, total=False):
+    """``group``: the person belongs to an account or company (``groupId`` may not be blank)."""
+
+    type: Required[Literal["group"]]
+    group_id: Required[Annotated[Id, Field(alias="groupId")]]
+
+
+class AliasCall(SegmentCall, total=False):
+    """``alias``: ``previousId`` and ``userId`` are the same person."""
+
+    type: Required[Literal["alias"]]
+    previous_id: Required[Annotated[Id, Field(alias="previousId")]]
+
+
+AnyCall = Annotated[
+    TrackCall | IdentifyCall | PageCall | ScreenCall | GroupCall | AliasCall,
+    Field(discriminator="type"),
+]
+
+CALL_TYPES: dict[str, type[SegmentCall]] = {
+    "track": TrackCall,
+    "identify": IdentifyCall,
+    "page": PageCall,
+    "screen": ScreenCall,
+    "group": GroupCall,
+    "alias": AliasCall,
+}
+
+CALLS: TypeAdapter[list[Any]] = TypeAdapter(list[AnyCall])
+"""Validates a list of calls, each by its ``type``, in one pydantic-core pass."""
+
+
+def call_schema(kind: str) -> dict[str, Any]:
+    """The JSON schema of one call on its own route, where ``type`` may be left out."""
+    schema = TypeAdapter(CALL_TYPES[kind]).json_schema(by_alias=True)
+    required = [name for name in schema.get("required", []) if name != "type"]
+    if required:
+        schema["required"] = required
+    else:
+        schema.pop("required", None)
+    return schema
+
+
+def check_external_ids(context: dict[str, Any]) -> None:
     """``context.externalIds``, when present, is a list of ``{id, type}`` objects with string
     values: identity keys persons on them, so a malformed one must be refused, not guessed."""
     raw = context.get("externalIds")
     if raw is None:
-        return context
+        return
     if not isinstance(raw, list):
         raise ValueError("context.externalIds must be a list")
     for n, item in enumerate(raw):
@@ -43,106 +142,9 @@ def check_external_ids(context: dict[str, Any]) -> dict[str, Any]:
             and item["type"].strip()
         ):
             raise ValueError(f"context.externalIds[{n}] needs non-empty string 'id' and 'type'")
-    return context
-
-
-Id = Annotated[Annotated[str, Field(max_length=512)] | None, BeforeValidator(_id_to_str)]
-Timestamp = Annotated[datetime | None, BeforeValidator(_aware)]
-Object = dict[str, Any]
-
-
-class SegmentCall(BaseModel):
-    """Fields common to every call; unknown top-level fields are ignored like Segment does."""
-
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, str_max_length=8192)
-
-    user_id: Id = Field(default=None, alias="userId")
-    anonymous_id: Id = Field(default=None, alias="anonymousId")
-    message_id: Id = Field(default=None, alias="messageId")
-    timestamp: Timestamp = None
-    original_timestamp: Timestamp = Field(default=None, alias="originalTimestamp")
-    sent_at: Timestamp = Field(default=None, alias="sentAt")
-    context: Annotated[Object, AfterValidator(check_external_ids)] = Field(default_factory=dict)
-    integrations: Object = Field(default_factory=dict)
-    properties: Object = Field(default_factory=dict)
-    traits: Object = Field(default_factory=dict)
-    write_key: str | None = Field(default=None, alias="writeKey", exclude=True)
-
-    @model_validator(mode="after")
-    def _one_id_required(self) -> SegmentCall:
-        if self.user_id is None and self.anonymous_id is None:
-            raise ValueError("userId or anonymousId is required")
-        return self
-
-
-class TrackCall(SegmentCall):
-    """``track``: something the person did."""
-
-    type: Literal["track"] = "track"
-    event: str = Field(min_length=1, max_length=512)
-
-
-class IdentifyCall(SegmentCall):
-    """``identify``: who the person is and their traits."""
-
-    type: Literal["identify"] = "identify"
-
-
-class PageCall(SegmentCall):
-    """``page``: a web page view."""
-
-    type: Literal["page"] = "page"
-    name: str | None = Field(default=None, max_length=512)
-    category: str | None = Field(default=None, max_length=512)
-
-
-class ScreenCall(SegmentCall):
-    """``screen``: a mobile screen view."""
-
-    type: Literal["screen"] = "screen"
-    name: str | None = Field(default=None, max_length=512)
-    category: str | None = Field(default=None, max_length=512)
-
-
-class GroupCall(SegmentCall):
-    """``group``: the person belongs to an account or company."""
-
-    type: Literal["group"] = "group"
-    group_id: Id = Field(alias="groupId")
-
-    @model_validator(mode="after")
-    def _group_id_required(self) -> GroupCall:
-        if self.group_id is None:
-            raise ValueError("groupId is required")
-        return self
-
-
-class AliasCall(SegmentCall):
-    """``alias``: ``previousId`` and ``userId`` are the same person."""
-
-    type: Literal["alias"] = "alias"
-    previous_id: Id = Field(alias="previousId")
-
-    @model_validator(mode="after")
-    def _previous_id_required(self) -> AliasCall:
-        if self.previous_id is None:
-            raise ValueError("previousId is required")
-        return self
-
-
-AnyCall = Annotated[
-    TrackCall | IdentifyCall | PageCall | ScreenCall | GroupCall | AliasCall,
-    Field(discriminator="type"),
-]
-
-CALL_MODELS: dict[str, type[SegmentCall]] = {
-    "track": TrackCall,
-    "identify": IdentifyCall,
-    "page": PageCall,
-    "screen": ScreenCall,
-    "group": GroupCall,
-    "alias": AliasCall,
-}
+        for optional in ("collection", "encoding"):
+            if not isinstance(item.get(optional), str | None):
+                raise ValueError(f"context.externalIds[{n}].{optional} must be a string")
 
 
 class Rejection(BaseModel):
@@ -161,7 +163,7 @@ class IngestResponse(BaseModel):
     rejected: list[Rejection] = Field(default_factory=list)
 
 
-EXAMPLES: dict[str, Object] = {
+EXAMPLES: dict[str, dict[str, Any]] = {
     "track": {
         "userId": "u-1842",
         "event": "Webinar Attended",

@@ -243,6 +243,57 @@ async def test_a_mixed_batch_accepts_the_valid_and_dead_letters_the_invalid(
     assert all(d["source_id"] == "site" for d in dead)
 
 
+async def test_concurrent_batches_keep_each_request_in_order_and_are_measured(
+    ingest: str, settings: CommonSettings
+) -> None:
+    """Concurrent requests share Kafka batches; each request's events for a person stay in the
+    order it sent them, and every one is on the topic once acknowledged."""
+    run = uuid.uuid4().hex[:8]
+    users = [f"order-{run}-{n}" for n in range(3)]
+
+    def batch(request: int) -> dict[str, Any]:
+        events = [
+            {
+                "type": "track",
+                "userId": users[seq % 3],
+                "event": "Step",
+                "messageId": f"{run}-{request}-{seq}",
+                "properties": {"request": request, "seq": seq},
+                "timestamp": "2026-11-23T12:00:00",  # naive: taken as UTC
+            }
+            for seq in range(30)
+        ]
+        return {"batch": events, "sentAt": "2026-11-23T12:00:01Z"}
+
+    async with httpx.AsyncClient(base_url=ingest, auth=_auth()) as client:
+        responses = await asyncio.gather(
+            *(client.post("/v1/batch", json=batch(request)) for request in range(12)),
+            client.post("/v1/import", json=batch(12)),
+        )
+        wrong_method = await client.get("/v1/track")
+        exposition = (await client.get("/metrics")).text
+    assert [r.status_code for r in responses] == [200] * 13
+    assert all(r.json() == {"success": True, "accepted": 30, "rejected": []} for r in responses)
+    assert wrong_method.status_code == 405
+    assert 'route="/v1/batch",service="ingest",status="2xx"' in exposition
+
+    raw = await collect(
+        settings.kafka_bootstrap, EVENTS_RAW.name, lambda e: e.get("user_id") in users, count=390
+    )
+    assert len(raw) == 390
+    envelopes = [EventEnvelope.model_validate(e) for e in raw]
+    assert {e.timestamp.isoformat() for e in envelopes} == {"2026-11-23T12:00:00+00:00"}
+    for user in users:
+        for request in range(13):
+            seqs = [
+                e.properties["seq"]
+                for e in envelopes
+                if e.user_id == user and e.properties["request"] == request
+            ]
+            assert seqs == sorted(seqs)
+            assert len(seqs) == 10
+
+
 async def test_a_source_over_its_rate_gets_429_with_retry_after(ingest: str) -> None:
     async with httpx.AsyncClient(base_url=ingest, auth=_auth(LIMITED_KEY)) as client:
         statuses = []

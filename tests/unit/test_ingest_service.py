@@ -1,17 +1,45 @@
 """Ingest's pure rules: skew correction, envelopes, per-event validation."""
 
-from datetime import UTC, datetime, timedelta
+from __future__ import annotations
 
-from services.ingest.schemas import TrackCall
-from services.ingest.service import (
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from services.ingest.envelopes import (
+    EVENT_ID_NAMESPACE,
+    Converted,
     Invalid,
+    Request,
+    convert,
     correct_timestamp,
     derive_event_id,
-    parse_call,
-    to_envelope,
 )
+from shared.contracts import EventEnvelope, ExternalId, decode, encode
 
 RECEIVED = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def make_request(**overrides: Any) -> Request:
+    """The shared part of a request from source ``web``, received at ``RECEIVED``."""
+    return Request(
+        **{"source_id": "web", "received_at": RECEIVED, "max_event_bytes": 10_000, **overrides}
+    )
+
+
+def envelopes(converted: Converted) -> list[EventEnvelope]:
+    """The converted records decoded the way identity decodes them."""
+    return [decode(EventEnvelope, value) for _, value in converted.records]
+
+
+def one(kind: str, body: dict[str, Any], **request: Any) -> EventEnvelope | Invalid:
+    """A single call on its own route: its envelope, or why it was refused."""
+    converted = convert([body], make_request(**request), kind=kind)
+    if converted.invalid:
+        return converted.invalid[0]
+    return envelopes(converted)[0]
 
 
 def test_event_id_is_stable_per_source_and_message() -> None:
@@ -19,96 +47,159 @@ def test_event_id_is_stable_per_source_and_message() -> None:
     assert derive_event_id("web", "m-1") != derive_event_id("app", "m-1")
 
 
-def test_clock_skew_is_corrected_from_sent_at() -> None:
-    # the client clock is 10 minutes fast: it says sent at 12:10 what we received at 12:00
-    call = TrackCall.model_validate(
-        {"userId": "u", "event": "e", "originalTimestamp": "2026-11-23T12:05:00Z"}
-    )
-    sent_at = RECEIVED + timedelta(minutes=10)
-    assert correct_timestamp(call, RECEIVED, sent_at) == RECEIVED - timedelta(minutes=5)
-
-
-def test_explicit_timestamp_wins_over_correction() -> None:
-    call = TrackCall.model_validate(
-        {"userId": "u", "event": "e", "timestamp": "2026-11-20T00:00:00Z"}
-    )
-    assert correct_timestamp(call, RECEIVED, RECEIVED) == datetime(2026, 11, 20, tzinfo=UTC)
-
-
-def test_envelope_keeps_segment_fields_and_external_ids() -> None:
-    call = TrackCall.model_validate(
-        {
-            "anonymousId": "a-1",
-            "event": "Order Completed",
-            "properties": {"revenue": 12},
-            "context": {"externalIds": [{"id": "ux", "type": "wechat_unionid"}]},
-            "messageId": "m-9",
-        }
-    )
-    envelope = to_envelope(call, source_id="web", received_at=RECEIVED, batch_context={"ip": "x"})
-    assert envelope.routing_id == "a-1"
-    assert envelope.event == "Order Completed"
-    assert envelope.external_ids[0].type == "wechat_unionid"
-    assert envelope.context["ip"] == "x"
-    assert envelope.event_id == derive_event_id("web", "m-9")
-
-
-def test_missing_ids_and_oversize_events_are_invalid_with_reasons() -> None:
-    missing = parse_call("track", {"event": "x"}, index=3, max_event_bytes=1000)
-    assert isinstance(missing, Invalid)
-    assert missing.index == 3
-    assert "userId or anonymousId" in missing.reason
-    big = parse_call("track", {"userId": "u", "event": "x" * 2000}, index=0, max_event_bytes=1000)
-    assert isinstance(big, Invalid)
-    assert big.too_large
-    unknown = parse_call("nope", {"userId": "u"}, index=0, max_event_bytes=1000)
-    assert isinstance(unknown, Invalid)
-    assert unknown.field == "type"
-
-
-def test_numeric_ids_become_strings() -> None:
-    parsed = parse_call("identify", {"userId": 42}, index=0, max_event_bytes=1000)
-    assert not isinstance(parsed, Invalid)
-    assert parsed.user_id == "42"
-
-
-def test_null_ids_are_absent_ids_and_long_ids_are_refused() -> None:
-    sdk_style = {"userId": "u", "anonymousId": None, "messageId": None, "event": "x"}
-    parsed = parse_call("track", sdk_style, index=0, max_event_bytes=10_000)
-    assert not isinstance(parsed, Invalid)
-    assert parsed.anonymous_id is None
-    long_id = parse_call(
-        "track", {"userId": "u" * 513, "event": "x"}, index=0, max_event_bytes=10_000
-    )
-    assert isinstance(long_id, Invalid)
-    assert long_id.field == "userId"
-
-
 def test_event_ids_are_uuid5_of_source_and_message() -> None:
-    import uuid
-
-    from services.ingest.service import EVENT_ID_NAMESPACE
-
     for source, message in [("site", "m-1"), ("app", "ü-∑"), ("", "")]:
         expected = uuid.uuid5(EVENT_ID_NAMESPACE, f"{source}\x1f{message}")
         assert derive_event_id(source, message) == str(expected)
 
 
-def test_envelopes_built_without_revalidation_still_satisfy_the_contract() -> None:
-    from shared.contracts import EventEnvelope, encode
+def test_clock_skew_is_corrected_from_sent_at() -> None:
+    # the client clock is 10 minutes fast: it says sent at 12:10 what we received at 12:00
+    original = RECEIVED + timedelta(minutes=5)
+    sent_at = RECEIVED + timedelta(minutes=10)
+    assert correct_timestamp(None, original, sent_at, RECEIVED) == RECEIVED - timedelta(minutes=5)
+    body = {"userId": "u", "event": "e", "originalTimestamp": "2026-11-23T12:05:00Z"}
+    envelope = one("track", {**body, "sentAt": "2026-11-23T12:10:00Z"})
+    assert isinstance(envelope, EventEnvelope)
+    assert envelope.timestamp == RECEIVED - timedelta(minutes=5)
 
+
+def test_batch_sent_at_corrects_events_without_their_own() -> None:
+    body = {"type": "track", "userId": "u", "event": "e", "originalTimestamp": "2026-11-23T12:05"}
+    converted = convert([body], make_request(sent_at=RECEIVED + timedelta(minutes=10)))
+    (envelope,) = envelopes(converted)
+    assert envelope.timestamp == RECEIVED - timedelta(minutes=5)
+    assert envelope.original_timestamp == datetime(2026, 11, 23, 12, 5, tzinfo=UTC)
+
+
+def test_explicit_timestamp_wins_over_correction() -> None:
+    explicit = datetime(2026, 11, 20, tzinfo=UTC)
+    assert correct_timestamp(explicit, RECEIVED, RECEIVED, RECEIVED) == explicit
+    envelope = one("track", {"userId": "u", "event": "e", "timestamp": "2026-11-20T00:00:00Z"})
+    assert isinstance(envelope, EventEnvelope)
+    assert envelope.timestamp == explicit
+
+
+def test_naive_timestamps_are_utc() -> None:
+    envelope = one("track", {"userId": "u", "event": "e", "timestamp": "2026-11-20T08:00:00"})
+    assert isinstance(envelope, EventEnvelope)
+    assert envelope.timestamp == datetime(2026, 11, 20, 8, tzinfo=UTC)
+
+
+def test_envelope_keeps_segment_fields_and_external_ids() -> None:
+    body = {
+        "anonymousId": "a-1",
+        "event": "Order Completed",
+        "properties": {"revenue": 12},
+        "context": {"externalIds": [{"id": "ux", "type": "wechat_unionid"}]},
+        "messageId": "m-9",
+        "writeKey": "not published",
+    }
+    converted = convert([body], make_request(context={"ip": "x", "locale": "zh"}), kind="track")
+    ((key, value),) = converted.records
+    envelope = decode(EventEnvelope, value)
+    assert key == envelope.routing_id.encode() == b"a-1"
+    assert envelope.event == "Order Completed"
+    assert envelope.external_ids == [ExternalId(id="ux", type="wechat_unionid")]
+    assert envelope.context["ip"] == "x"
+    assert envelope.event_id == derive_event_id("web", "m-9")
+    assert envelope.received_at == RECEIVED
+    assert b"not published" not in value
+    assert converted.accepted == {"track": 1}
+
+
+def test_page_category_is_kept_in_properties_and_generated_message_ids_are_unique() -> None:
+    page = {"type": "page", "anonymousId": "a", "name": "Home", "category": "Docs"}
+    converted = convert([page, page], make_request())
+    first, second = envelopes(converted)
+    assert first.properties == {"category": "Docs"}
+    assert first.name == "Home"
+    assert first.message_id != second.message_id
+    assert first.event_id == derive_event_id("web", first.message_id)
+
+
+def test_envelopes_are_byte_for_byte_what_the_contract_encodes() -> None:
     calls = [
-        ("track", {"userId": "u", "event": "x", "properties": {"a": 1}}),
-        ("page", {"anonymousId": "a", "name": "Home", "category": "Docs"}),
-        ("group", {"userId": "u", "groupId": "g", "traits": {"n": 2}}),
-        ("alias", {"userId": "u", "previousId": "p", "originalTimestamp": "2026-11-23T11:59:00Z"}),
-        ("identify", {"userId": "u", "context": {"externalIds": [{"id": "x", "type": "crm_id"}]}}),
+        {"type": "track", "userId": "u", "event": "x", "properties": {"a": 1, "b": "é"}},
+        {"type": "page", "anonymousId": "a", "name": "Home", "category": "Docs"},
+        {"type": "screen", "userId": "u", "name": "Dash", "timestamp": "2026-11-23T11:00+08:00"},
+        {"type": "group", "userId": "u", "groupId": "g", "traits": {"n": 2}},
+        {"type": "alias", "userId": "u", "previousId": "p", "originalTimestamp": "2026-11-23"},
+        {
+            "type": "identify",
+            "userId": "u",
+            "sentAt": "2026-11-23T12:00:01.5Z",
+            "context": {"externalIds": [{"id": "x", "type": "crm_id", "collection": "users"}]},
+        },
     ]
-    for kind, body in calls:
-        parsed = parse_call(kind, body, index=0, max_event_bytes=10_000)
-        assert not isinstance(parsed, Invalid)
-        envelope = to_envelope(parsed, source_id="s", received_at=RECEIVED, batch_sent_at=RECEIVED)
-        assert EventEnvelope.model_validate_json(encode(envelope)) == envelope
+    converted = convert(calls, make_request(sent_at=RECEIVED))
+    assert converted.invalid == []
+    assert len(converted.records) == len(calls)
+    for _, value in converted.records:
+        assert encode(decode(EventEnvelope, value)) == value
+
+
+def test_missing_ids_and_oversize_events_are_invalid_with_reasons() -> None:
+    missing = convert([{}, {}, {}, {"event": "x"}], make_request(), kind="track").invalid
+    assert [bad.index for bad in missing] == [0, 1, 2, 3]
+    assert "userId or anonymousId" in missing[3].reason
+    big = one("track", {"userId": "u", "event": "x" * 2000}, max_event_bytes=1000)
+    assert isinstance(big, Invalid)
+    assert big.too_large
+    assert "limit 1000" in big.reason
+    unknown = convert([{"type": "nope", "userId": "u"}, {"type": ["track"]}], make_request())
+    assert [(bad.field, bad.reason) for bad in unknown.invalid] == [
+        ("type", "unknown type 'nope'"),
+        ("type", "unknown type ['track']"),
+    ]
+    wrong_route = one("identify", {"type": "track", "userId": "u", "event": "x"})
+    assert isinstance(wrong_route, Invalid)
+    assert wrong_route.field == "type"
+
+
+def test_a_batch_reports_each_bad_event_by_index_and_keeps_the_good_in_order() -> None:
+    batch: list[Any] = [
+        {"type": "track", "userId": "u1", "event": "a"},
+        {"type": "track", "userId": "u"},
+        "not an object",
+        {"type": "group", "userId": "u", "groupId": " "},
+        {"type": "identify", "userId": "u2", "properties": "not an object"},
+        {"type": "identify", "userId": "u3"},
+        {"type": "track", "userId": "u4", "event": "big", "properties": {"b": "x" * 2000}},
+    ]
+    converted = convert(batch, make_request(max_event_bytes=1000))
+    assert [(bad.index, bad.field) for bad in converted.invalid] == [
+        (1, "event"),
+        (2, None),
+        (3, "groupId"),
+        (4, "properties"),
+        (6, None),
+    ]
+    assert converted.invalid[-1].too_large
+    assert orjson.loads(converted.invalid[0].payload) == batch[1]
+    assert [key for key, _ in converted.records] == [b"u1", b"u3"]
+    assert converted.accepted == {"track": 1, "identify": 1}
+
+
+def test_numeric_ids_become_strings() -> None:
+    envelope = one("identify", {"userId": 42, "anonymousId": 4.5})
+    assert isinstance(envelope, EventEnvelope)
+    assert (envelope.user_id, envelope.anonymous_id) == ("42", "4.5")
+    refused = one("identify", {"userId": True})
+    assert isinstance(refused, Invalid)
+    assert refused.field == "userId"
+
+
+def test_null_ids_are_absent_ids_and_long_ids_are_refused() -> None:
+    sdk_style = {"userId": " u ", "anonymousId": None, "messageId": None, "event": "x"}
+    envelope = one("track", sdk_style)
+    assert isinstance(envelope, EventEnvelope)
+    assert (envelope.user_id, envelope.anonymous_id) == ("u", None)
+    blank = one("track", {"userId": "  ", "event": "x"})
+    assert isinstance(blank, Invalid)
+    long_id = one("track", {"userId": "u" * 513, "event": "x"})
+    assert isinstance(long_id, Invalid)
+    assert long_id.field == "userId"
 
 
 def test_malformed_external_ids_are_refused_with_the_field() -> None:
@@ -117,9 +208,10 @@ def test_malformed_external_ids_are_refused_with_the_field() -> None:
         [{"id": "x"}],
         [{"id": 5, "type": "crm_id"}],
         [{"id": " ", "type": "t"}],
+        [{"id": "x", "type": "t", "collection": 3}],
     ]:
         body = {"userId": "u", "event": "x", "context": {"externalIds": external_ids}}
-        parsed = parse_call("track", body, index=0, max_event_bytes=10_000)
-        assert isinstance(parsed, Invalid)
-        assert parsed.field == "context"
-        assert "externalIds" in parsed.reason
+        refused = one("track", body)
+        assert isinstance(refused, Invalid)
+        assert refused.field == "context"
+        assert "externalIds" in refused.reason
