@@ -18,6 +18,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -29,7 +30,7 @@ from shared.topics import EVENTS_RESOLVED, TIERS_CHANGES
 from tests.crash.scoring_worker import Worker, produce, read_until, set_clock, worker_env
 from tests.factories import T0, free_port, make_resolved
 
-KINDS = [
+KINDS: list[dict[str, Any]] = [
     {"type": "page", "event": None, "properties": {"path": "/docs", "title": "Docs"}},
     {"event": "Webinar Attended", "properties": {"webinar": "w-2026-11"}},
     {"event": "Email Opened", "properties": {"campaign": "nurture-3"}},
@@ -157,6 +158,9 @@ async def main() -> None:
     parser.add_argument("--people", type=int, default=20_000)
     parser.add_argument("--paced-rate", type=int, default=2000)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--throughput-only", action="store_true", help="stop after the backlog's events/s"
+    )
     args = parser.parse_args()
     work_dir = Path(tempfile.mkdtemp(prefix="scoring-bench-"))
     (work_dir / "logs").mkdir()
@@ -194,6 +198,8 @@ async def main() -> None:
         await until_scored(running[0], len(payload))
         rate = (len(payload) - first) / (time.perf_counter() - t0)
         print(f"scoring worker {rate:,.0f} ev/s = {rate / raw:.3f} of the raw consumer ceiling")
+        if args.throughput_only:
+            return
         await latency(bootstrap, running[0], prefix, args.paced_rate)
         await lateness(bootstrap, env, prefix, args.people)
         running.pop().stop()

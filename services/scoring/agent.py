@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import faust
-from faust.types import TP
+from faust.types import Message
 
 from services.scoring import metrics
 from services.scoring.clock import Clock
@@ -57,17 +57,17 @@ class ScoringAgent:
         pending = [await producer.send(t, k, v, None, None, None) for t, k, v in sends]
         await asyncio.gather(*pending)
 
-    async def handle(self, events: Sequence[Any]) -> Outcome:
-        """One batch of Faust events: process, send and await acks, then write the table."""
+    async def handle(self, messages: Sequence[Message]) -> Outcome:
+        """One batch of consumed messages: process, send and await acks, then write the table."""
         started = asyncio.get_running_loop().time()
         owned = self.app.consumer.assignment()
         records = [
-            Record(m.topic, m.partition, m.offset, e.key or b"", e.value)
-            for e in events
-            if TP((m := e.message).topic, m.partition) in owned
+            Record(m.topic, m.partition, m.offset, m.key or b"", m.value)
+            for m in messages
+            if m.tp in owned
         ]
-        # events of partitions revoked while buffered belong to their new owner now
-        metrics.EVENTS.labels("revoked").inc(len(events) - len(records))
+        # messages of partitions revoked while buffered belong to their new owner now
+        metrics.EVENTS.labels("revoked").inc(len(messages) - len(records))
         outcome = process(records, self.people.get, self.model, self.clock())
         await self.send_all([(s.topic, s.key, s.value) for s in outcome.sends])
         for key, state in outcome.writes.items():
@@ -115,7 +115,10 @@ def _observe(outcome: Outcome) -> None:
     for name, count in outcome.outcomes.items():
         metrics.EVENTS.labels(name).inc(count)
     for change in outcome.changes:
-        metrics.TIER_CHANGES.labels(change.data.from_tier or "none", change.data.to_tier).inc()
+        data = change.data
+        metrics.TIER_CHANGES.labels(data.from_tier or "none", data.to_tier).inc()
+        if data.from_stage != data.lifecycle_stage:
+            metrics.STAGE_CHANGES.labels(data.from_stage or "none", data.lifecycle_stage).inc()
     for seconds in outcome.latencies:
         metrics.EVENT_TO_CHANGE.observe(max(0.0, seconds))
     for seconds in outcome.lateness:

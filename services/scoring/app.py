@@ -1,4 +1,5 @@
-"""The scoring Faust app: one agent (concurrency 1) owning one table of per-person state.
+"""The scoring Faust app: one loop (the only writer, one batch at a time) owning one table of
+per-person state.
 
 Everything about a person lives in one table value, written once per batch, so a crash can
 never separate "this event was counted" from "its points were added" (see ARCHITECTURE.md).
@@ -16,6 +17,7 @@ from prometheus_client import generate_latest
 from services.scoring import metrics, repository, service
 from services.scoring.agent import ScoringAgent
 from services.scoring.clock import build_clock
+from services.scoring.feed import ScoringApp
 from services.scoring.processor import is_live
 from services.scoring.profiles import store_profiles
 from services.scoring.recovery import ProbedTableManager
@@ -28,10 +30,11 @@ from shared.topics import EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES, SCORING_CO
 
 
 def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> faust.App:
-    """Build the Faust app with its topics, table, agent, timer, read-model writer and pages."""
+    """Build the Faust app with its topics, table, scoring loop, timer, read-model writer and
+    pages."""
     model = model or load_model(settings.scoring_model_path)
     clock = build_clock(settings.scoring_clock_file)
-    app = faust.App(
+    app = ScoringApp(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         store=settings.scoring_store,
@@ -48,6 +51,9 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_max_batch_size=settings.scoring_producer_max_batch_size,
+        consumer_max_fetch_size=settings.scoring_max_fetch_bytes,
+        # a poll never holds more than a batch: a batch blocks the event loop while it is scored
+        broker_max_poll_records=settings.scoring_batch_size,
         TableManager=ProbedTableManager,
         web_enabled=True,
         web_port=settings.port,
@@ -63,6 +69,8 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         "value_serializer": "raw",
     }
     inputs = app.topic(EVENTS_RESOLVED.name, IDENTITY_MERGES.name, SCORING_COMMANDS.name, **raw)
+    app.topics.add(inputs)  # subscribed and acked; polls reach score() through app.feed
+    app.fed_topics = frozenset(inputs.topics)
     # Changelog records are partitioned by key like every input, not by "the current event"
     # (a batch holds events of several partitions).
     people = app.Table(
@@ -74,11 +82,12 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
     )
     agent = ScoringAgent(app, people, model, clock, settings.topic_partitions)
 
-    @app.agent(inputs, concurrency=1)
-    async def score(stream: Any) -> None:
-        batches = stream.take_events(settings.scoring_batch_size, settings.scoring_batch_seconds)
-        async for events in batches:
-            await agent.handle(events)
+    @app.task  # type: ignore[untyped-decorator]
+    async def score() -> None:
+        """One batch at a time, acked (so committable) only after its table writes."""
+        async for messages in app.batches(settings.scoring_batch_size):
+            await agent.handle(messages)
+            app.ack(messages)
 
     @app.timer(interval=settings.scoring_timer_interval)  # type: ignore[untyped-decorator]
     async def due() -> None:

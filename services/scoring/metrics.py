@@ -12,8 +12,14 @@ EVENTS = Counter(
 )
 TIER_CHANGES = Counter(
     "tierflow_scoring_tier_changes_total",
-    "Tier changes emitted, by from and to tier.",
+    "Changes emitted on tierflow.tiers.changes, by from and to tier (from == to: a "
+    "lifecycle-stage change within the tier).",
     ["from_tier", "to_tier"],
+)
+STAGE_CHANGES = Counter(
+    "tierflow_scoring_stage_changes_total",
+    "Lifecycle-stage changes emitted (with or without a tier change), by from and to stage.",
+    ["from_stage", "to_stage"],
 )
 TIER_POPULATION = Gauge(
     "tierflow_scoring_tier_population",

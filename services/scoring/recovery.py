@@ -10,6 +10,7 @@ starting point: the tail is read until the broker returns nothing more.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections import Counter
 from typing import Any
@@ -52,7 +53,25 @@ async def true_ends(
 
 
 class ProbedRecovery(Recovery):  # type: ignore[misc,unused-ignore]  # faust is untyped
-    """Faust's recovery with highwaters corrected by :func:`true_ends`."""
+    """Faust's recovery with highwaters corrected by :func:`true_ends`, and without the cyclic
+    garbage collector while it replays.
+
+    Every recovered state is a tree of dicts and lists that the collector would traverse again
+    at each full collection while the table grows (measured: decoding a state took 35 µs with
+    the collector on, 13.5 µs with it off). After recovery one collection runs, then the
+    recovered states are frozen out of later collections, so a large table does not make every
+    later full collection walk a million people.
+    """
+
+    def _set_recovery_started(self) -> None:
+        gc.disable()
+        super()._set_recovery_started()
+
+    def _set_recovery_ended(self) -> None:
+        super()._set_recovery_ended()
+        gc.collect()
+        gc.freeze()
+        gc.enable()
 
     async def _build_highwaters(
         self, consumer: Any, tps: Any, destination: Counter[Any], title: str

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,12 +35,14 @@ async def upsert_profiles(session: AsyncSession, profiles: Sequence[Profile]) ->
         }
         for p in latest.values()
     ]
-    statement = insert(ProfileRow)
+    table = cast(Table, ProfileRow.__table__)
+    statement = insert(table)
     excluded = statement.excluded
-    # one statement compiled once, executed for every row (batched by the driver)
+    # a Core insert on the table, not the ORM entity: one statement compiled once and executed
+    # for every row by the driver, without the ORM's per-row bulk-persistence bookkeeping
     await session.execute(
         statement.on_conflict_do_update(
-            index_elements=[ProfileRow.oneid],
+            index_elements=[table.c.oneid],
             set_={
                 "tier": excluded.tier,
                 "lifecycle_stage": excluded.lifecycle_stage,
@@ -48,7 +51,7 @@ async def upsert_profiles(session: AsyncSession, profiles: Sequence[Profile]) ->
                 "events_counted": excluded.events_counted,
                 "updated_at": excluded.updated_at,
             },
-            where=ProfileRow.updated_at <= excluded.updated_at,
+            where=table.c.updated_at <= excluded.updated_at,
         ),
         rows,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ FACTS = frozenset({"silent_days", "age_days", "purchases", "revenue"})
 """Other metrics a condition can test (``count.<rule>`` too, for each engagement rule)."""
 
 Scalar = str | int | float | bool
+Check = Callable[[Mapping[str, float], Mapping[str, Any], str, Collection[str]], bool]
+"""A compiled condition: (metrics, traits, stage, tags) -> holds."""
 
 
 class Strict(BaseModel):
@@ -140,6 +143,39 @@ class Condition(Strict):
         """True when this condition or an alternative tests tags or stages (``field``)."""
         return bool(getattr(self, field)) or any(a.uses(field) for a in self.any_of)
 
+    def compile(self, margin: float = 0.0) -> Check:
+        """This condition as one function of (metrics, traits, stage, tags), with the score
+        thresholds widened by ``margin``: it runs several times per event, so the thresholds
+        are resolved once here rather than on every call."""
+        lows = tuple((m, t - (margin if m in SCORES else 0.0)) for m, t in self.at_least.items())
+        highs = tuple((m, t + (margin if m in SCORES else 0.0)) for m, t in self.below.items())
+        tags, not_tags, stages = tuple(self.tags), tuple(self.not_tags), frozenset(self.stages)
+        traits = tuple((k, tuple(v)) for k, v in self.traits.items())
+        alternatives = tuple(a.compile(margin) for a in self.any_of)
+
+        def scores_hold(metrics: Mapping[str, float]) -> bool:
+            for metric, limit in lows:
+                if metrics.get(metric, 0.0) < limit:
+                    return False
+            return all(metrics.get(metric, 0.0) < limit for metric, limit in highs)
+
+        def check(
+            metrics: Mapping[str, float], held: Mapping[str, Any], stage: str, has: Collection[str]
+        ) -> bool:
+            if (lows or highs) and not scores_hold(metrics):
+                return False
+            if stages and stage not in stages:
+                return False
+            if (tags or not_tags or traits) and not (
+                all(tag in has for tag in tags)
+                and not any(tag in has for tag in not_tags)
+                and all(held.get(trait) in allowed for trait, allowed in traits)
+            ):
+                return False
+            return not alternatives or any(a(metrics, held, stage, has) for a in alternatives)
+
+        return check
+
 
 class Named(Strict):
     """A tag, stage or tier: a name and the condition for it (empty: always)."""
@@ -179,6 +215,24 @@ class ScoringModel(Strict):
             p for item in [*self.stages, *self.tags, *self.tiers] for p in item.when.thresholds()
         ]
         return tuple(dict.fromkeys(pairs))
+
+    @cached_property
+    def stage_checks(self) -> tuple[tuple[str, Check], ...]:
+        """Each stage with its compiled condition, in order."""
+        return tuple((s.name, s.when.compile()) for s in self.stages)
+
+    @cached_property
+    def tag_checks(self) -> tuple[tuple[str, Check], ...]:
+        """Each tag with its compiled condition, in order."""
+        return tuple((t.name, t.when.compile()) for t in self.tags)
+
+    @cached_property
+    def tier_checks(self) -> tuple[tuple[str, Check, Check], ...]:
+        """Each tier with its condition compiled to enter it and (widened by ``hysteresis``)
+        to stay in it, in order."""
+        return tuple(
+            (t.name, t.when.compile(), t.when.compile(self.hysteresis)) for t in self.tiers
+        )
 
     @model_validator(mode="after")
     def _consistent(self) -> ScoringModel:

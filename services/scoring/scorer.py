@@ -214,31 +214,6 @@ def measure(
     )
 
 
-def holds(
-    condition: Condition, facts: Facts, stage: str, tags: list[str], margin: float = 0.0
-) -> bool:
-    """True when every check of ``condition`` holds; ``margin`` widens score thresholds.
-
-    The same checks as :func:`gaps`, without building words: this runs for every event.
-    """
-    metrics = facts.metrics
-    for metric, threshold in condition.at_least.items():
-        if metrics.get(metric, 0.0) < threshold - (margin if metric in SCORES else 0.0):
-            return False
-    for metric, threshold in condition.below.items():
-        if metrics.get(metric, 0.0) >= threshold + (margin if metric in SCORES else 0.0):
-            return False
-    if any(t not in tags for t in condition.tags) or any(t in tags for t in condition.not_tags):
-        return False
-    if condition.stages and stage not in condition.stages:
-        return False
-    if any(facts.traits.get(k) not in allowed for k, allowed in condition.traits.items()):
-        return False
-    return not condition.any_of or any(
-        holds(a, facts, stage, tags, margin) for a in condition.any_of
-    )
-
-
 def gaps(
     condition: Condition, facts: Facts, stage: str, tags: list[str], margin: float = 0.0
 ) -> list[str]:
@@ -268,14 +243,17 @@ def gaps(
 
 def stage_of(facts: Facts, model: ScoringModel) -> str:
     """The first lifecycle stage whose condition holds (stages can move backward)."""
-    return next(
-        s.name for s in model.stages if s is model.stages[-1] or holds(s.when, facts, "", [])
-    )
+    metrics, traits = facts.metrics, facts.traits
+    for name, check in model.stage_checks:
+        if check(metrics, traits, "", ()):
+            return name
+    return model.stages[-1].name
 
 
 def tags_of(facts: Facts, stage: str, model: ScoringModel) -> list[str]:
     """Every tag whose condition holds, in model order."""
-    return [t.name for t in model.tags if holds(t.when, facts, stage, [])]
+    metrics, traits = facts.metrics, facts.traits
+    return [name for name, check in model.tag_checks if check(metrics, traits, stage, ())]
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,11 +277,11 @@ def decide(
     tags = tags_of(facts, stage, model)
     current = state["tier"]
     names = [t.name for t in model.tiers]
+    metrics, traits = facts.metrics, facts.traits
     chosen = next(
-        t.name
-        for t in model.tiers
-        if t is model.tiers[-1]
-        or holds(t.when, facts, stage, tags, model.hysteresis if t.name == current else 0.0)
+        name
+        for name, enter, stay in model.tier_checks
+        if (stay if name == current else enter)(metrics, traits, stage, tags)
     )
     if current in names and names.index(chosen) > names.index(current):
         dwell = model.tiers[names.index(current)].min_dwell_days * DAY
@@ -347,10 +325,12 @@ def next_deadline(
 
 @dataclass(frozen=True, slots=True)
 class Move:
-    """A tier change decided by :func:`evaluate`."""
+    """A change decided by :func:`evaluate`: the tier, the lifecycle stage, or both moved
+    (``from_tier == to_tier`` for a stage change within the tier)."""
 
     from_tier: str | None
     to_tier: str
+    from_stage: str | None
     sequence: int
     facts: Facts
     stage: str
@@ -359,11 +339,17 @@ class Move:
 
 
 def evaluate(state: State, now: float, model: ScoringModel) -> Move | None:
-    """Re-decide the tier at ``now``: updates ``state`` (tier, next deadline, the snapshot of
-    scores a profile shows) and returns the move when the tier changed, with the contributions
-    that changed most since the previous move."""
+    """Re-decide the tier and stage at ``now``: updates ``state`` (tier, next deadline, the
+    snapshot of scores a profile shows) and returns the move when the tier or the lifecycle
+    stage changed, with the contributions that changed most since the previous move.
+
+    A stage change within the tier is a change of its own (automation triggers on stages) but
+    leaves ``tier_since`` alone: dwell counts from entering the tier.
+    """
     decision = decide(state, now, model)
     facts = decision.facts
+    previous = state["last"]
+    from_stage: str | None = previous["stage"] if previous is not None else None
     state["deadline"] = next_deadline(state, now, model, facts)
     state["last"] = {
         "at": now,
@@ -373,7 +359,8 @@ def evaluate(state: State, now: float, model: ScoringModel) -> Move | None:
         "stage": decision.stage,
         "tags": decision.tags,
     }
-    if decision.tier == state["tier"]:
+    tier_moved = decision.tier != state["tier"]
+    if not tier_moved and decision.stage == from_stage:
         return None
     current = measure(state, now, model, detail=True).contributions
     before = state["at_change"]
@@ -385,13 +372,16 @@ def evaluate(state: State, now: float, model: ScoringModel) -> Move | None:
     move = Move(
         from_tier=state["tier"],
         to_tier=decision.tier,
+        from_stage=from_stage,
         sequence=state["changes"] + 1,
         facts=facts,
         stage=decision.stage,
         tags=decision.tags,
         contributions=top,
     )
-    state.update(tier=decision.tier, tier_since=now, changes=move.sequence, at_change=dict(current))
+    state.update(changes=move.sequence, at_change=dict(current))
+    if tier_moved:
+        state.update(tier=decision.tier, tier_since=now)
     return move
 
 
@@ -403,7 +393,14 @@ def fold(winner: State | None, absorbed: State, model: ScoringModel) -> State:
     the points each already earned (combined usage is clipped at the cap for later events).
     """
     if winner is None:
-        return {**absorbed, "tier": None, "tier_since": None, "changes": 0, "at_change": {}}
+        return {
+            **absorbed,
+            "tier": None,
+            "tier_since": None,
+            "changes": 0,
+            "at_change": {},
+            "last": None,
+        }
     merged = dict(winner)
     ref = max(winner["engagement_at"], absorbed["engagement_at"])
     engagement: dict[str, float] = {}

@@ -118,6 +118,7 @@ def _change(
             from_tier=move.from_tier,
             to_tier=move.to_tier,
             lifecycle_stage=move.stage,
+            from_stage=move.from_stage,
             scores=_scores(move.facts.value, move.facts.engagement, move.facts.fit),
             tags=move.tags,
             contributions=[Contribution(rule=r, points=p) for r, p in move.contributions],

@@ -31,11 +31,19 @@ class ScoringSettings(CommonSettings):
         "and one request per partition is in flight. Recovery reads changelogs to their real "
         "end, so brokers that under-count batched records (Tansu) need no special value.",
     )
-    scoring_batch_size: int = Field(
-        default=1000, ge=1, description="Records the agent takes at most per batch."
+    scoring_max_fetch_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="Bytes per partition one fetch may return (Faust consumer_max_fetch_size): "
+        "recovery replays the changelog one fetch per round trip, so large fetches make "
+        "it faster.",
     )
-    scoring_batch_seconds: float = Field(
-        default=0.05, gt=0, description="How long the agent waits to fill a batch."
+    scoring_batch_size: int = Field(
+        default=4000,
+        ge=1,
+        description="Records per poll, and the most the scoring loop takes as one batch "
+        "(whole polls): larger batches mean fewer, larger produce requests; a batch keeps the "
+        "event loop busy for its whole scoring (~0.3 ms per record).",
     )
     scoring_timer_interval: float = Field(
         default=0.5, gt=0, description="Seconds between looks at the deadline heap."

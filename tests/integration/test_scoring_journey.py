@@ -91,26 +91,34 @@ async def test_journey_ends_at_risk_by_the_timer_with_no_event(
     ]
     await send_events(settings.kafka_bootstrap, oneid, journey)
     by_events = await changes_of(oneid, 3)(settings.kafka_bootstrap)
-    assert [(c.data.from_tier, c.data.to_tier) for c in by_events] == [
-        (None, "prospect"),  # three page views: 3 points
-        ("prospect", "growth"),  # pricing pages, a webinar, a form, a webinar: ~49.2
-        ("growth", "vip"),  # R=5 F=1 M=4: value (15 + 3 + 16) * 2 = 68 >= 60
+    assert [(c.data.from_tier, c.data.to_tier, c.data.from_stage) for c in by_events] == [
+        (None, "prospect", None),  # three page views: 3 points; the first evaluation
+        ("prospect", "growth", "new"),  # pricing pages, a webinar, a form, a webinar: ~49.2
+        ("growth", "vip", "new"),  # R=5 F=1 M=4: value (15 + 3 + 16) * 2 = 68 >= 60
     ]
 
-    set_clock(env, (T0 + 35 * DAY).timestamp())  # silent 29 days: still vip (value 62)
+    # silent 29 days: still vip (value 62), but the stage moves (new -> declining at once:
+    # the clock jumped past day 14, where "growing" would have started)
+    set_clock(env, (T0 + 35 * DAY).timestamp())
+    await changes_of(oneid, 4)(settings.kafka_bootstrap)
     set_clock(env, (T0 + 36.5 * DAY).timestamp())  # silent 30.5 days
-    changes = await changes_of(oneid, 4)(settings.kafka_bootstrap)
-    assert [(c.data.from_tier, c.data.to_tier, c.data.cause.kind) for c in changes] == [
-        (None, "prospect", "event"),
-        ("prospect", "growth", "event"),
-        ("growth", "vip", "event"),
-        ("vip", "at_risk", "timer"),
+    changes = await changes_of(oneid, 5)(settings.kafka_bootstrap)
+    assert [
+        (d.from_tier, d.to_tier, d.from_stage, d.lifecycle_stage, d.cause.kind)
+        for d in (c.data for c in changes)
+    ] == [
+        (None, "prospect", None, "new", "event"),
+        ("prospect", "growth", "new", "new", "event"),
+        ("growth", "vip", "new", "new", "event"),
+        ("vip", "vip", "new", "declining", "timer"),
+        ("vip", "at_risk", "declining", "declining", "timer"),
     ]
+    assert changes[3].time == T0 + 35 * DAY
     drop = changes[-1].data
     assert drop.cause.event_id is None
     assert drop.lifecycle_stage == "declining"
     assert "silent" in drop.tags
-    assert len({c.id for c in changes}) == 4
+    assert len({c.id for c in changes}) == 5
 
     profile = await eventually(f"{scoring.url}/v1/scores/{oneid}", 200)
     assert profile.status_code == 200

@@ -324,3 +324,42 @@ def test_invalid_models_are_refused_with_the_cause() -> None:
     raw["tags"][0]["when"] = {"tags": ["silent"]}
     with pytest.raises(ValidationError, match="may not test tags"):
         ScoringModel.model_validate(raw)
+
+
+def test_a_stage_change_within_the_tier_is_a_change_that_keeps_the_dwell() -> None:
+    state, _, first = score_event(None, make_resolved(message_id="w0"), MODEL)
+    assert first is not None
+    assert (first.data.from_stage, first.data.lifecycle_stage) == (None, "new")
+    # day 14: age 14 leaves "new" -> growing; webinar 15 decayed to 7.5: still prospect
+    moved, change = reevaluate("p-1", state, BASE + 14 * DAY, MODEL)
+    assert change is not None
+    data = change.data
+    assert (data.from_tier, data.to_tier) == ("prospect", "prospect")
+    assert (data.from_stage, data.lifecycle_stage) == ("new", "growing")
+    assert change.id == tier_change_id("p-1", 2)
+    assert data.cause.kind == "timer"
+    assert [(c.rule, c.points) for c in data.contributions] == [
+        ("engagement.webinar_attended", -7.5)  # 15 at the previous change, 7.5 now
+    ]
+    assert moved["tier_since"] == BASE  # dwell still counts from entering prospect
+    assert reevaluate("p-1", moved, BASE + 15 * DAY, MODEL)[1] is None  # same stage, same tier
+    # day 21: silent 21 days -> declining; 15 * 2^(-21/14) = 5.303, moved -2.197 since day 14
+    later, declining = reevaluate("p-1", moved, BASE + 21 * DAY, MODEL)
+    assert declining is not None
+    assert (declining.data.from_stage, declining.data.lifecycle_stage) == ("growing", "declining")
+    assert declining.data.contributions[0].points == pytest.approx(-2.197, abs=1e-3)
+    assert declining.id == tier_change_id("p-1", 3)
+    # day 30: the tier moves too; the stage stays declining
+    _, drop = reevaluate("p-1", later, BASE + 30 * DAY, MODEL)
+    assert drop is not None
+    assert (drop.data.from_tier, drop.data.to_tier) == ("prospect", "at_risk")
+    assert (drop.data.from_stage, drop.data.lifecycle_stage) == ("declining", "declining")
+    assert drop.id == tier_change_id("p-1", 4)
+
+
+def test_a_merge_into_nobody_is_a_first_evaluation() -> None:
+    absorbed, _, _ = score_event(None, make_resolved(message_id="w0"), MODEL)
+    _, _, change = fold_in("p-2", None, absorbed, "merge:m", MODEL)
+    assert change is not None
+    assert (change.data.from_tier, change.data.from_stage) == (None, None)
+    assert change.id == tier_change_id("p-2", 1)

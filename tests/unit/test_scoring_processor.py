@@ -166,3 +166,32 @@ def test_deadline_heap_pops_only_current_entries_in_order() -> None:
     heap.rebuild([(b"x", 5.0), (b"y", None)])
     assert len(heap) == 1
     assert heap.pop_due(5.0, 10) == [(b"x", 5.0)]
+
+
+def test_the_timer_alone_emits_stage_changes_at_their_exact_moment() -> None:
+    table = Table()
+    table.run([event("a", message_id="w", event="Webinar Attended")])
+    heap = Deadlines()
+    changes = []
+    for _ in range(40):  # the timer's loop: pop who is due, hand the agent a command
+        heap.set(b"a", table.states[b"a"]["deadline"])
+        ((key, due),) = heap.pop_due(BASE + 31 * DAY, 1)
+        command = Reevaluate(oneid="a", deadline=due).model_dump_json().encode()
+        changes += table.run([Record(SCORING_COMMANDS.name, 0, 0, key, command)], now=due).changes
+        if due >= BASE + 30 * DAY:
+            break
+    assert [
+        (
+            (c.time.timestamp() - BASE) / DAY,
+            c.data.from_tier,
+            c.data.to_tier,
+            c.data.from_stage,
+            c.data.lifecycle_stage,
+            c.data.cause.kind,
+        )
+        for c in changes
+    ] == [
+        (14, "prospect", "prospect", "new", "growing", "timer"),  # age 14 days
+        (21, "prospect", "prospect", "growing", "declining", "timer"),  # silent 21 days
+        (30, "prospect", "at_risk", "declining", "declining", "timer"),  # silent 30 days
+    ]

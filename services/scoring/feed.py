@@ -1,0 +1,131 @@
+"""Whole poll batches from Faust's consumer to the scoring loop, without Faust's per-message path.
+
+Faust hands every fetched message to its streams one at a time (two tasks per message in the
+fetcher, then conductor, channel queue, stream, event, ack): at scoring's batch sizes that
+costs more than scoring itself. Here the fetcher puts each poll's messages, as one list, on a
+queue the scoring loop takes from. Everything else stays Faust's: the consumer group and its
+assignor, table recovery, offsets committed only up to acked messages, the producer flush
+before each commit. A rebalance clears the queue (Faust clears flow-controlled queues and
+seeks every partition back to its committed offset before resuming), and the loop drops a
+batch fetched before the rebalance: its messages are fetched again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import faust
+from faust.transport.drivers import aiokafka as kafka_driver
+from faust.types import Message
+from mode.utils.queues import FlowControlQueue
+
+QUEUED_POLLS = 8  # polls waiting for the scoring loop at most (backpressure on the fetcher)
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """The messages of one fetch, and the consumer generation they were fetched in."""
+
+    generation: int
+    messages: list[Message]
+
+
+class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  # faust is untyped
+    """Faust's aiokafka consumer whose fetcher queues whole polls instead of single messages."""
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        """Faust's fetch loop (read offsets, gaps, commit_every), one queue put per poll of
+        the fed topics; other topics (table changelogs) still go through Faust's callback."""
+        app = cast(ScoringApp, self.app)
+        read_offset = self._read_offset
+        acks_enabled_for = app.topics.acks_enabled_for
+        commit_every = self._commit_every
+        fed_topics = app.fed_topics
+        try:
+            while not (self._stopped.is_set() or fetcher._stopped.is_set()):
+                generation = app.consumer_generation_id
+                fed: list[Message] = []
+                other: list[Message] = []
+                async for tp, message in self.getmany(timeout=1.0):
+                    offset, last = message.offset, read_offset[tp]
+                    if last is not None and offset < last:
+                        continue  # already read (Faust drops these too)
+                    if last and offset - last > 1 and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, last + 1, offset)
+                    (fed if message.topic in fed_topics else other).append(message)
+                    read_offset[tp] = offset
+                if commit_every is not None and self._n_acked >= commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+                if other:
+                    await self.wait_first(self._deliver(other), self.suspend_flow.wait())
+                if fed:
+                    await self.wait_first(
+                        app.feed.put(Poll(generation, fed)), self.suspend_flow.wait()
+                    )
+                if not (fed or other):
+                    await asyncio.sleep(0)
+        except self.consumer_stopped_errors:
+            if not self.transport.app.should_stop:
+                raise
+        except asyncio.CancelledError:
+            if not self.transport.app.should_stop:
+                raise
+
+    async def _deliver(self, messages: list[Message]) -> None:
+        """Faust's own per-message path (changelogs during recovery, standbys)."""
+        callback = self.callback
+        for message in messages:
+            await callback(message)
+
+
+class FeedTransport(kafka_driver.Transport):  # type: ignore[misc,unused-ignore]  # faust is untyped
+    """The aiokafka transport with :class:`FeedConsumer`."""
+
+    Consumer = FeedConsumer
+
+
+class ScoringApp(faust.App):  # type: ignore[misc,unused-ignore]  # faust is untyped
+    """A Faust app whose consumer feeds poll batches to :meth:`batches`."""
+
+    _feed: FlowControlQueue[Poll] | None = None
+    fed_topics: frozenset[str] = frozenset()
+    """Topics whose polls go to :attr:`feed` (the rest take Faust's per-message path)."""
+
+    @property
+    def feed(self) -> FlowControlQueue[Poll]:
+        """Polls waiting for the scoring loop; cleared by Faust's flow control on rebalance."""
+        if self._feed is None:
+            self._feed = FlowControlQueue(
+                maxsize=QUEUED_POLLS, flow_control=self.flow_control, clear_on_resume=True
+            )
+        return self._feed
+
+    def _new_transport(self) -> Any:
+        return FeedTransport(self.conf.broker_consumer, self)
+
+    def current(self, poll: Poll) -> bool:
+        """False for a poll fetched before a rebalance, or while one is under way."""
+        return poll.generation == self.consumer_generation_id and self.flow_control.is_active()
+
+    async def batches(self, limit: int) -> AsyncIterator[Sequence[Message]]:
+        """Every queued poll still current, at least one, together up to ``limit`` messages."""
+        feed = self.feed
+        while True:
+            polls = [await feed.get()]
+            size = len(polls[0].messages)
+            while size < limit and not feed.empty():
+                polls.append(feed.get_nowait())
+                size += len(polls[-1].messages)
+            messages = [m for poll in polls if self.current(poll) for m in poll.messages]
+            if messages:
+                yield messages
+
+    def ack(self, messages: Sequence[Message]) -> None:
+        """Mark ``messages`` done: offsets are committed up to the first one not acked."""
+        ack = self.consumer.ack
+        for message in messages:
+            ack(message)
