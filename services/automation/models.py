@@ -30,7 +30,7 @@ class Action(Base):
     __tablename__ = "actions"
 
     action_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    oneid: Mapped[str] = mapped_column(String(36))
+    oneid: Mapped[str] = mapped_column(String(64))
     tier_change_id: Mapped[str] = mapped_column(String(64))
     playbook: Mapped[str] = mapped_column(String(64))
     step: Mapped[str] = mapped_column(String(64))
@@ -63,7 +63,7 @@ class ActionLog(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     action_id: Mapped[str] = mapped_column(String(36))
-    oneid: Mapped[str] = mapped_column(String(36))
+    oneid: Mapped[str] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(16))
     record: Mapped[dict[str, Any]] = mapped_column(JSONB)
     published: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -80,5 +80,5 @@ class Erased(Base):
 
     __tablename__ = "erased"
 
-    oneid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    oneid: Mapped[str] = mapped_column(String(64), primary_key=True)
     erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -68,6 +68,9 @@ class Trigger(Strict):
         transition = self.from_tier is not None or self.to_tier is not None
         if transition and (self.from_tier is None or self.to_tier is None):
             raise ValueError("a transition trigger needs both 'from' and 'to'")
+        if transition and self.from_tier == self.to_tier:
+            # from == to only happens on a stage change within the tier: use a stage trigger
+            raise ValueError("a transition trigger needs 'from' and 'to' to differ")
         kinds = [self.entered is not None, self.exited is not None, transition, bool(self.stage)]
         if sum(kinds) != 1:
             raise ValueError("a trigger is one of: entered, exited, from+to, stage")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from shared.contracts.base import Contract, Timestamp
+from shared.contracts.base import Contract, OneId, Timestamp
 
 ActionOutcome = Literal[
     "requested",
@@ -24,7 +24,7 @@ class ActionRecord(Contract):
 
     schema_version: Literal[1] = 1
     action_id: str
-    oneid: str
+    oneid: OneId
     tier_change_id: str
     playbook: str
     step: str

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints
 
 
 class Contract(BaseModel):
@@ -28,3 +28,6 @@ def decode(model: type[M], raw: bytes | str) -> M:
 
 JsonObject = dict[str, Any]
 Timestamp = AwareDatetime
+OneId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+"""A person's id: identity issues UUIDs; every store keeps up to 64 characters, so a longer one is
+refused where it is read (a dead letter), never half-written."""

@@ -8,7 +8,7 @@ from typing import Literal
 import orjson
 from pydantic import Field
 
-from shared.contracts.base import Contract, JsonObject, Timestamp
+from shared.contracts.base import Contract, JsonObject, OneId, Timestamp
 
 EventType = Literal["track", "identify", "page", "screen", "group", "alias"]
 
@@ -56,7 +56,7 @@ class ResolvedEvent(Contract):
     """An event plus the OneID identity resolved it to (``events.resolved``, keyed by oneid)."""
 
     schema_version: Literal[1] = 1
-    oneid: str
+    oneid: OneId
     event: EventEnvelope
     resolved_at: Timestamp
 

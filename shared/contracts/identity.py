@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
-from shared.contracts.base import Contract, Timestamp
+from shared.contracts.base import Contract, OneId, Timestamp
 
 
 class IdentityMerge(Contract):
@@ -19,8 +19,8 @@ class IdentityMerge(Contract):
     schema_version: Literal[1] = 1
     kind: Literal["merge"] = "merge"
     merge_id: str
-    winner: str
-    absorbed: str
+    winner: OneId
+    absorbed: OneId
     cause_event_id: str
     rule: str
     merged_at: Timestamp
@@ -36,8 +36,8 @@ class IdentityErasure(Contract):
     schema_version: Literal[1] = 1
     kind: Literal["erasure"] = "erasure"
     erasure_id: str
-    oneid: str
-    oneids: tuple[str, ...]
+    oneid: OneId
+    oneids: tuple[OneId, ...]
     requested_at: Timestamp
     reason: str = ""
 

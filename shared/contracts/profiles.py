@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from shared.contracts.base import Contract, Timestamp
+from shared.contracts.base import Contract, OneId, Timestamp
 
 
 class Scores(Contract):
@@ -22,7 +22,7 @@ class Profile(Contract):
     """The latest scored state of one person."""
 
     schema_version: Literal[1] = 1
-    oneid: str
+    oneid: OneId
     tier: str | None
     tier_since: Timestamp | None = None
     lifecycle_stage: str

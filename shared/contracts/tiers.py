@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from shared.contracts.base import Contract, Timestamp
+from shared.contracts.base import Contract, OneId, Timestamp
 from shared.contracts.profiles import Scores
 
 TIER_CHANGED_TYPE: Literal["com.tierflow.tier.changed"] = "com.tierflow.tier.changed"
@@ -32,7 +32,7 @@ class TierChangeCause(Contract):
 class TierChanged(Contract):
     """The CloudEvent ``data``: from, to, scores, reasons, the model version and the cause."""
 
-    oneid: str
+    oneid: OneId
     from_tier: str | None
     to_tier: str
     lifecycle_stage: str
@@ -53,10 +53,10 @@ class TierChangeEvent(Contract):
     """A CloudEvents 1.0 envelope; ``id`` is deterministic and serves as an idempotency key."""
 
     specversion: Literal["1.0"] = "1.0"
-    id: str
+    id: str = Field(min_length=1, max_length=64)
     source: str = TIER_CHANGED_SOURCE
     type: Literal["com.tierflow.tier.changed"] = TIER_CHANGED_TYPE
-    subject: str = Field(description="The oneid.")
+    subject: OneId = Field(description="The oneid.")
     time: Timestamp
     datacontenttype: Literal["application/json"] = "application/json"
     dataschema: str = Field(default=TIER_CHANGED_SCHEMA, min_length=1)

@@ -296,6 +296,30 @@ async def test_each_default_playbook_fires_its_sequence_with_delays(worker: Work
         assert delivery.headers["webhook-id"] == delivery.payload["action_id"]
 
 
+async def test_unreadable_tier_changes_are_dead_lettered_and_block_nothing(worker: Worker) -> None:
+    good, long_id = person(), "x" * 65
+    too_long = orjson.loads(encode(make_tier_change(good, "vip")))
+    too_long["data"]["oneid"] = too_long["subject"] = long_id
+    for key, value in (
+        (b"poison-json", b"{not json"),
+        (long_id.encode(), orjson.dumps(too_long)),
+    ):
+        await worker.producer.send_and_wait(TIERS_CHANGES.name, value, key=key)
+    await worker.publish(make_tier_change(good, "prospect"))
+    await wait_for(lambda: worker.receiver.of(good), "the good change's first step")
+    letters = await collect(
+        worker.bootstrap,
+        DEADLETTER.name,
+        lambda r: r.get("key") in {"poison-json", long_id},
+        count=2,
+        timeout=20,
+    )
+    reasons = {r["key"]: (r["stage"], r["error_type"], r["field"]) for r in letters}
+    assert reasons["poison-json"][:2] == ("automation", "validation")
+    assert reasons[long_id] == ("automation", "validation", "subject")
+    assert all(r["origin"]["topic"] == TIERS_CHANGES.name for r in letters)
+
+
 async def test_a_stage_change_within_a_tier_fires_the_stage_playbook_only(worker: Worker) -> None:
     vip, growth = person(), person()
     await worker.publish(

@@ -147,6 +147,7 @@ def test_exit_rule_holds_people_in_the_trigger_tier() -> None:
     [
         {"name": "x", "trigger": {"entered": "vip", "stage": "new"}, "steps": [SEND]},
         {"name": "x", "trigger": {"from": "vip"}, "steps": [SEND]},
+        {"name": "x", "trigger": {"from": "vip", "to": "vip"}, "steps": [SEND]},
         {"name": "x", "trigger": {"entered": "vip"}, "steps": [SEND, SEND]},
         {"name": "x", "trigger": {"entered": "vip"}, "steps": [{"wait": "1d"}]},
         {"name": "x", "trigger": {"entered": "vip"}, "steps": [{"wait": "0s"}, SEND]},
