@@ -17,23 +17,28 @@ import pstats
 import random
 import time
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bench.harness import CpuMeter, consumer_ceiling, embedded_infra
 from services.identity.rules import load_rules
 from services.identity.service import NoticeRelay, Resolver
-from services.identity.worker import IdentityHandler
+from services.identity.worker import IdentityHandler, tune_gc
 from shared.consumer import BatchConsumer, Records
 from shared.contracts import EventEnvelope, encode
-from shared.db import build_engine
+from shared.db import build_engine, build_sessionmaker
 from shared.kafka import Publisher, build_consumer, build_producer, send_grouped
 from shared.settings import CommonSettings
 from shared.topics import EVENTS_RAW
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
+SETTLE_AHEAD = 1
+"""As the identity service runs: the next batch is resolved while the last one's outputs are
+being acknowledged."""
 
 
 async def load_graph(database_url: str, persons: int) -> None:
@@ -100,7 +105,12 @@ async def produce(bootstrap: str, topic: str, events: list[EventEnvelope]) -> No
 
 
 async def worker_pass(
-    settings: CommonSettings, resolver: Resolver, expected: int, batch: int, meter: CpuMeter
+    settings: CommonSettings,
+    resolver: Resolver,
+    sessions: async_sessionmaker[AsyncSession],
+    expected: int,
+    batch: int,
+    meter: CpuMeter,
 ) -> tuple[float, str]:
     """One identity worker (fresh consumer group) over the raw topic until ``expected`` events
     are handled; returns events/s and the CPU split."""
@@ -109,22 +119,27 @@ async def worker_pass(
     consumer = build_consumer(settings, EVENTS_RAW.name, group_id=f"bench-{uuid.uuid4().hex[:8]}")
     await consumer.start()
     publisher = Publisher(producer)
-    handler = IdentityHandler(resolver, publisher, NoticeRelay(resolver.sessions, publisher))
+    handler = IdentityHandler(resolver, publisher, NoticeRelay(sessions, publisher))
     handled = 0
     done = asyncio.Event()
     started = 0.0
 
-    async def counting(records: Records) -> None:
+    async def counting(records: Records) -> Awaitable[None]:
         nonlocal handled, started
         if not started:
             started = time.perf_counter()
             meter.start()
-        await handler(records)
+        acknowledged = await handler(records)
         handled += len(records)
         if handled >= expected:
+            await acknowledged  # the clock stops once the last outputs are acknowledged
             done.set()
+            return _nothing()
+        return acknowledged
 
-    loop = BatchConsumer(consumer, counting, group="bench", max_records=batch)
+    loop = BatchConsumer(
+        consumer, counting, group="bench", max_records=batch, settle_ahead=SETTLE_AHEAD
+    )
     task = asyncio.create_task(loop.run())
     await done.wait()
     elapsed = time.perf_counter() - started
@@ -134,6 +149,10 @@ async def worker_pass(
     await consumer.stop()
     await producer.stop()
     return handled / elapsed, cpu
+
+
+async def _nothing() -> None:
+    """An acknowledgement already given."""
 
 
 async def run(persons: int, events: int, batch: int, *, profile: bool = False) -> None:
@@ -167,16 +186,19 @@ async def run(persons: int, events: int, batch: int, *, profile: bool = False) -
         )
         engine = build_engine(settings, application_name="bench-identity")
         resolver = Resolver(engine, load_rules())
+        sessions = build_sessionmaker(engine)  # the outbox relay's, as in the service
+        tune_gc()  # as the identity service does once started
         profiler = cProfile.Profile() if profile else None
         if profiler:
             profiler.enable()
-        cold, cold_cpu = await worker_pass(settings, resolver, events, batch, meter)
+        cold, cold_cpu = await worker_pass(settings, resolver, sessions, events, batch, meter)
         if profiler:
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         print(f"cold: {cold:,.0f} events/s ({cold_cpu})", flush=True)
         await produce(bootstrap, EVENTS_RAW.name, events_for(people, "warm"))
-        warm, warm_cpu = await worker_pass(settings, resolver, 2 * events, batch, meter)
+        warm, warm_cpu = await worker_pass(settings, resolver, sessions, 2 * events, batch, meter)
+        await resolver.close()
         await engine.dispose()
         # the warm pass re-reads the cold events too (a new group): they are duplicates by
         # event id and cost a sighting lookup each, so its rate is over both halves

@@ -14,9 +14,9 @@ from services.identity.api import router
 from services.identity.rules import load_rules
 from services.identity.service import NoticeRelay, Resolver
 from services.identity.settings import IdentitySettings
-from services.identity.worker import IdentityHandler
+from services.identity.worker import IdentityHandler, tune_gc
 from shared.consumer import BatchConsumer
-from shared.db import build_engine
+from shared.db import build_engine, build_sessionmaker
 from shared.http import consumer_readiness, install_common
 from shared.kafka import Publisher, build_consumer, build_producer, wait_for_broker
 from shared.topics import EVENTS_RAW, EVENTS_RESOLVED
@@ -42,16 +42,21 @@ def create_app(settings: IdentitySettings) -> FastAPI:
             dedup_window=timedelta(hours=settings.dedup_window_hours),
             cache_size=settings.cache_size,
         )
-        relay = NoticeRelay(resolver.sessions, Publisher(producer))
+        relay = NoticeRelay(build_sessionmaker(engine), Publisher(producer))
         handler = IdentityHandler(resolver, Publisher(producer), relay)
         loop = BatchConsumer(
-            consumer, handler, group=settings.group_id, max_records=settings.batch_size
+            consumer,
+            handler,
+            group=settings.group_id,
+            max_records=settings.batch_size,
+            settle_ahead=1,
         )
         app.state.engine, app.state.producer, app.state.loop = engine, producer, loop
         app.state.sessions = resolver.sessions
         app.state.resolver, app.state.relay = resolver, relay
         app.state.scoring = httpx.AsyncClient(base_url=settings.scoring_url, timeout=2.0)
         app.state.admin_token = settings.admin_token.get_secret_value()
+        tune_gc()
         task = asyncio.create_task(loop.run(), name="identity-consumer")
         try:
             yield
@@ -62,6 +67,7 @@ def create_app(settings: IdentitySettings) -> FastAPI:
             await consumer.stop()
             await producer.stop()
             await app.state.scoring.aclose()
+            await resolver.close()
             await engine.dispose()
 
     app = FastAPI(

@@ -1,30 +1,25 @@
-"""Every query of the identity schema."""
+"""The identity schema's queries off the batch path: the API, erasure, the outbox relay and
+pruning (a poll batch's statements are in :mod:`batch_repository`)."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    BigInteger,
-    DateTime,
-    Integer,
     String,
     bindparam,
     delete,
-    literal,
     or_,
     select,
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, Insert, insert
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.identity.dedup import FirstSighting, Sighting
 from services.identity.models import (
     ErasureRecord,
     Identifier,
@@ -35,7 +30,6 @@ from services.identity.models import (
     Suppression,
     Trait,
 )
-from services.identity.rules import IdentifierKey, Refusal
 
 TEXTS = ARRAY(String)
 Outbox = TypeVar("Outbox", MergeRecord, ErasureRecord)
@@ -43,82 +37,21 @@ Outbox = TypeVar("Outbox", MergeRecord, ErasureRecord)
 
 @dataclass(frozen=True, slots=True)
 class PersonState:
-    """What a cached identifier→OneID answer is checked against."""
+    """A person's creation time and liveness."""
 
     created_at: datetime
     merged_into: str | None
     erased: bool
 
 
-# The statements a batch runs take whole arrays as single parameters: one cached statement and
-# one round trip whatever the batch size (multi-row VALUES and IN lists were compiled anew for
-# every batch, which cost more than the database work).
-_LINKS = text(
-    "SELECT i.id_type, i.id_value, i.oneid, p.created_at "
-    "FROM unnest(:types, :values) AS k(id_type, id_value) "
-    "JOIN identity.identifiers i ON i.id_type = k.id_type AND i.id_value = k.id_value "
-    "JOIN identity.persons p ON p.oneid = i.oneid"
-).bindparams(bindparam("types", type_=TEXTS), bindparam("values", type_=TEXTS))
 _PERSONS = text(
     "SELECT oneid, created_at, merged_into, erased_at FROM identity.persons "
     "WHERE oneid = ANY(:oneids)"
 ).bindparams(bindparam("oneids", type_=TEXTS))
-_COUNTS = text(
-    "SELECT oneid, id_type, count(*) FROM identity.identifiers WHERE oneid = ANY(:oneids) "
-    "GROUP BY oneid, id_type"
-).bindparams(bindparam("oneids", type_=TEXTS))
-_SUPPRESSED = text(
-    "SELECT id_hash FROM identity.suppressions WHERE id_hash = ANY(:digests)"
-).bindparams(bindparam("digests", type_=TEXTS))
-_INSERT_LINKS = text(
-    "INSERT INTO identity.identifiers (id_type, id_value, oneid, first_seen_at) "
-    "SELECT t, v, o, :seen_at FROM unnest(:types, :values, :oneids) AS k(t, v, o)"
-).bindparams(
-    bindparam("types", type_=TEXTS),
-    bindparam("values", type_=TEXTS),
-    bindparam("oneids", type_=TEXTS),
-)
-_INSERT_PERSONS = text(
-    "INSERT INTO identity.persons (oneid, created_at) SELECT * FROM unnest(:oneids, :created)"
-).bindparams(
-    bindparam("oneids", type_=TEXTS), bindparam("created", type_=ARRAY(DateTime(timezone=True)))
-)
-_SIGHTINGS = text(
-    "SELECT event_id, raw_partition, raw_offset, seen_at FROM identity.seen_events "
-    "WHERE event_id = ANY(:ids)"
-).bindparams(bindparam("ids", type_=TEXTS))
-_RECORD_SIGHTINGS = text(
-    "INSERT INTO identity.seen_events (event_id, raw_partition, raw_offset, seen_at) "
-    "SELECT e, p, o, :seen_at FROM unnest(:ids, :partitions, :offsets) AS s(e, p, o) "
-    "ON CONFLICT (event_id) DO UPDATE SET raw_partition = excluded.raw_partition, "
-    "raw_offset = excluded.raw_offset, seen_at = excluded.seen_at"
-).bindparams(
-    bindparam("ids", type_=TEXTS),
-    bindparam("partitions", type_=ARRAY(Integer)),
-    bindparam("offsets", type_=ARRAY(BigInteger)),
-)
-
-
-async def load_links(
-    session: AsyncSession, keys: Iterable[IdentifierKey]
-) -> tuple[dict[IdentifierKey, str], dict[str, datetime]]:
-    """Which live person owns each identifier, and when each of those persons was created."""
-    wanted = list(set(keys))
-    if not wanted:
-        return {}, {}
-    rows = await session.execute(
-        _LINKS, {"types": [t for t, _ in wanted], "values": [v for _, v in wanted]}
-    )
-    links: dict[IdentifierKey, str] = {}
-    created: dict[str, datetime] = {}
-    for id_type, id_value, oneid, created_at in rows:
-        links[(id_type, id_value)] = oneid
-        created[oneid] = created_at
-    return links, created
 
 
 async def load_persons(session: AsyncSession, oneids: Iterable[str]) -> dict[str, PersonState]:
-    """Creation time and liveness of persons (validates cached answers inside the transaction)."""
+    """Creation time and liveness of persons."""
     wanted = list(set(oneids))
     if not wanted:
         return {}
@@ -127,155 +60,6 @@ async def load_persons(session: AsyncSession, oneids: Iterable[str]) -> dict[str
         oneid: PersonState(created_at, merged_into, erased_at is not None)
         for oneid, created_at, merged_into, erased_at in rows
     }
-
-
-async def load_counts(session: AsyncSession, oneids: Iterable[str]) -> dict[str, Counter[str]]:
-    """How many identifiers of each type every given person holds."""
-    wanted = list(set(oneids))
-    counts: dict[str, Counter[str]] = {oneid: Counter() for oneid in wanted}
-    if wanted:
-        for oneid, id_type, n in await session.execute(_COUNTS, {"oneids": wanted}):
-            counts[oneid][id_type] = n
-    return counts
-
-
-async def suppressed(session: AsyncSession, digests: Iterable[str]) -> set[str]:
-    """Which identifier digests belong to erased persons."""
-    wanted = list(set(digests))
-    if not wanted:
-        return set()
-    return set((await session.execute(_SUPPRESSED, {"digests": wanted})).scalars())
-
-
-async def insert_persons(session: AsyncSession, persons: dict[str, datetime]) -> None:
-    """Create new persons."""
-    if persons:
-        await session.execute(
-            _INSERT_PERSONS,
-            {"oneids": list(persons), "created": list(persons.values())},
-        )
-
-
-async def insert_links(
-    session: AsyncSession, links: dict[IdentifierKey, str], seen_at: datetime
-) -> None:
-    """Attach new identifiers; a concurrent insert of the same identifier raises (and retries)."""
-    if links:
-        await session.execute(
-            _INSERT_LINKS,
-            {
-                "types": [t for t, _ in links],
-                "values": [v for _, v in links],
-                "oneids": list(links.values()),
-                "seen_at": seen_at,
-            },
-        )
-
-
-async def apply_merge(
-    session: AsyncSession,
-    *,
-    merge_id: str,
-    winner: str,
-    absorbed: str,
-    cause_event_id: str,
-    rule: str,
-    at: datetime,
-) -> None:
-    """Move the absorbed person's identifiers, traits and absorbed persons to the winner; audit.
-
-    Traits merge by event time: the winner keeps a trait unless the absorbed person's is newer.
-    """
-    await session.execute(
-        update(Identifier).where(Identifier.oneid == absorbed).values(oneid=winner)
-    )
-    await session.execute(
-        update(Person).where(Person.merged_into == absorbed).values(merged_into=winner)
-    )
-    await session.execute(
-        update(Person).where(Person.oneid == absorbed).values(merged_into=winner, merged_at=at)
-    )
-    moved = insert(Trait).from_select(
-        ["oneid", "name", "value", "updated_at", "event_id"],
-        select(
-            literal(winner, String),
-            Trait.name,
-            Trait.value,
-            Trait.updated_at,
-            Trait.event_id,
-        ).where(Trait.oneid == absorbed),
-    )
-    await session.execute(_later_trait_wins(moved, ties_keep_stored=True))
-    await session.execute(delete(Trait).where(Trait.oneid == absorbed))
-    await session.execute(
-        insert(MergeRecord).values(
-            merge_id=merge_id,
-            winner=winner,
-            absorbed=absorbed,
-            cause_event_id=cause_event_id,
-            rule=rule,
-            merged_at=at,
-        )
-    )
-
-
-async def insert_refusals(
-    session: AsyncSession,
-    refusals: list[tuple[Refusal, str, str | None]],
-    at: datetime,
-) -> None:
-    """Audit refused identifiers: (refusal, cause event id, person the event resolved to)."""
-    if refusals:
-        await session.execute(
-            insert(RefusalRecord),
-            [
-                {
-                    "event_id": event_id,
-                    "rule": refusal.rule,
-                    "id_type": refusal.key[0],
-                    "id_value": refusal.key[1],
-                    "kept": kept,
-                    "other": refusal.other,
-                    "refused_at": at,
-                }
-                for refusal, event_id, kept in refusals
-            ],
-        )
-
-
-async def upsert_traits(
-    session: AsyncSession, traits: dict[tuple[str, str], tuple[Any, datetime, str]]
-) -> None:
-    """(oneid, name) → (value, event time, event id); an older event never overwrites a newer."""
-    if not traits:
-        return
-    statement = insert(Trait).values(
-        [
-            {"oneid": oneid, "name": name, "value": value, "updated_at": at, "event_id": event_id}
-            for (oneid, name), (value, at, event_id) in traits.items()
-        ]
-    )
-    await session.execute(_later_trait_wins(statement, ties_keep_stored=False))
-
-
-def _later_trait_wins(statement: Insert, *, ties_keep_stored: bool) -> Insert:
-    """An upsert of traits where the value with the later event time wins; on a tie the stored
-    one stays (a merge) or the incoming one replaces it (a new identify)."""
-    incoming = statement.excluded
-    later = (
-        Trait.updated_at < incoming.updated_at
-        if ties_keep_stored
-        else Trait.updated_at <= incoming.updated_at
-    )
-    return statement.on_conflict_do_update(
-        index_elements=[Trait.oneid, Trait.name],
-        set_={
-            "value": incoming.value,
-            "updated_at": incoming.updated_at,
-            "event_id": incoming.event_id,
-        },
-        where=later,
-    )
 
 
 async def claim_unpublished_merges(session: AsyncSession, limit: int = 500) -> list[MergeRecord]:
@@ -422,33 +206,6 @@ async def erase(
             requested_at=at,
         )
     )
-
-
-async def load_sightings(session: AsyncSession, event_ids: list[str]) -> dict[str, FirstSighting]:
-    """Stored first sightings of these event ids."""
-    if not event_ids:
-        return {}
-    rows = await session.execute(_SIGHTINGS, {"ids": list(set(event_ids))})
-    return {
-        event_id: FirstSighting(partition, offset, seen_at)
-        for event_id, partition, offset, seen_at in rows
-    }
-
-
-async def record_sightings(
-    session: AsyncSession, sightings: dict[str, Sighting], seen_at: datetime
-) -> None:
-    """Store first sightings, replacing records that fell out of the window."""
-    if sightings:
-        await session.execute(
-            _RECORD_SIGHTINGS,
-            {
-                "ids": list(sightings),
-                "partitions": [s.partition for s in sightings.values()],
-                "offsets": [s.offset for s in sightings.values()],
-                "seen_at": seen_at,
-            },
-        )
 
 
 async def prune_sightings(session: AsyncSession, before: datetime) -> int:

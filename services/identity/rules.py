@@ -209,9 +209,9 @@ class Refusal:
 class Graph:
     """The part of the identity graph a batch touches, as the planner sees and changes it.
 
-    ``links`` maps identifiers to live persons, ``created`` gives each live person's creation time
-    and ``counts`` how many identifiers of each type a person holds (needed only for persons an
-    event could grow or merge: see :func:`needs_counts`).
+    ``links`` maps identifiers to live persons; ``created`` (creation time) and ``counts`` (how
+    many identifiers of each type a person holds) are needed only for persons an event could
+    grow or merge: see :func:`needs_counts`.
     """
 
     links: dict[IdentifierKey, str] = field(default_factory=dict)
@@ -231,6 +231,8 @@ class BatchPlan:
 
     def root_of(self, oneid: str) -> str:
         """Where a OneID of this batch ended up after the batch's own merges."""
+        if not self.merges:
+            return oneid
         absorbed_by = {m.absorbed: m.winner for m in self.merges}
         while oneid in absorbed_by:
             oneid = absorbed_by[oneid]
@@ -238,16 +240,17 @@ class BatchPlan:
 
 
 def needs_counts(batch: Sequence[list[IdentifierKey]], links: dict[IdentifierKey, str]) -> set[str]:
-    """Persons whose per-type counts the planner may need: those an event could grow or merge.
+    """Persons whose per-type counts and creation time the planner may need: those an event
+    could grow or merge.
 
     An event whose identifiers all belong to one person already changes nothing, which is the
     common, warm case; it needs no counts.
     """
     wanted: set[str] = set()
     for keys in batch:
-        owners = {links[k] for k in keys if k in links}
-        if len(owners) > 1 or (owners and any(k not in links for k in keys)):
-            wanted |= owners
+        owners = {links.get(k) for k in keys}  # None stands for the identifiers nobody holds
+        if len(owners) > 1:  # two persons, or a person and a new identifier
+            wanted.update(owner for owner in owners if owner is not None)
     return wanted
 
 
@@ -269,6 +272,10 @@ def plan_batch(
     counts = {oneid: Counter(c) for oneid, c in graph.counts.items()}
     plan = BatchPlan()
     for index, (keys, seen_at) in enumerate(batch):
+        known = _sole_owner(keys, links)
+        if known is not None and (known not in counts or _fits(counts[known], rules)):
+            plan.oneids.append(known)  # the common case: a known person, nothing to change
+            continue
         owners, fresh = _group(index, keys, links, counts, rules, plan.refusals)
         if not owners and not fresh:
             plan.oneids.append(None)
@@ -296,6 +303,24 @@ def plan_batch(
             counts[winner][key[0]] += 1
         plan.oneids.append(winner)
     return plan
+
+
+def _sole_owner(keys: list[IdentifierKey], links: dict[IdentifierKey, str]) -> str | None:
+    """The person holding every one of ``keys``, if they are all held and by one person."""
+    owner: str | None = None
+    for key in keys:
+        held_by = links.get(key)
+        if held_by is None or (owner is not None and held_by != owner):
+            return None
+        owner = held_by
+    return owner
+
+
+def _fits(counts: Counter[str], rules: IdentityRules) -> bool:
+    """True when a person's identifiers are within every limit (always, unless rules were
+    tightened after they grew): only then does an event that merely repeats them resolve to
+    them without a refusal."""
+    return _broken_limit(Counter(), counts, rules) is None
 
 
 def _group(

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from services.identity import metrics, repository
+from services.identity import batch_repository, metrics, repository
+from services.identity.batch_repository import BatchConnection, Connection
 from services.identity.dedup import Sighting, find_duplicates
 from services.identity.models import ErasureRecord, MergeRecord
 from services.identity.rules import (
@@ -46,9 +47,13 @@ def merge_id(winner: str, absorbed: str) -> str:
     return str(uuid.uuid5(MERGE_NAMESPACE, f"{winner}\x1f{absorbed}"))
 
 
-def _retryable(error: DBAPIError) -> bool:
-    code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
-    return code in RETRYABLE_SQLSTATES
+def _sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a Postgres error, raw from asyncpg or wrapped by SQLAlchemy."""
+    for candidate in (error, getattr(error, "orig", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
 
 
 class IdentifierCache:
@@ -115,7 +120,8 @@ class Resolver:
 
     Serializable isolation lets Postgres refuse any interleaving of concurrent workers that
     could create two persons for one identifier, lose a merge or break a limit; the loser simply
-    re-plans. A batch costs a handful of round trips whatever its size.
+    re-plans. A batch costs a handful of round trips whatever its size, on one connection the
+    resolver keeps (see :class:`BatchConnection`); call :meth:`close` when done.
     """
 
     def __init__(
@@ -132,6 +138,7 @@ class Resolver:
         self._sessions = async_sessionmaker(
             engine.execution_options(isolation_level="SERIALIZABLE"), expire_on_commit=False
         )
+        self._connection = BatchConnection(engine)
         self._rules = rules
         self._region = phone_region
         self._suppression_key = suppression_key
@@ -166,10 +173,36 @@ class Resolver:
             return hmac.new(self._suppression_key, message, hashlib.sha256).hexdigest()
         return hashlib.sha256(message).hexdigest()
 
+    async def close(self) -> None:
+        """Give the batch connection back to the engine's pool."""
+        await self._connection.close()
+
     async def resolve(self, events: list[EventEnvelope], sightings: list[Sighting]) -> Resolution:
         """Drop re-sent and suppressed events, then give every other one a OneID."""
         started = time.perf_counter()
-        resolution, learnt = await self._serializable(lambda s: self._attempt(s, events, sightings))
+        keys: list[list[IdentifierKey] | None] = [None] * len(events)
+
+        def keys_at(index: int) -> list[IdentifierKey]:
+            """Identifiers of one event, worked out once even if the transaction is retried."""
+            found = keys[index]
+            if found is None:
+                found = keys[index] = self.keys_of(events[index])
+            return found
+
+        for attempt in range(1, self._max_attempts + 1):
+            connection = await self._connection.acquire()
+            try:
+                async with connection.transaction(isolation="serializable"):
+                    resolution, learnt = await self._attempt(connection, events, sightings, keys_at)
+                break
+            except Exception as error:
+                code = _sqlstate(error)
+                if code is None:  # not a statement's failure: the connection may be broken
+                    await self._connection.discard()
+                if code not in RETRYABLE_SQLSTATES or attempt == self._max_attempts:
+                    raise
+                metrics.CONFLICT_RETRIES.inc()
+                await asyncio.sleep(min(0.005 * 2**attempt, 0.5))
         self._cache.put_many(learnt)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         return resolution
@@ -180,37 +213,45 @@ class Resolver:
                 async with unit_of_work(self._sessions) as session:
                     return await work(session)
             except DBAPIError as error:
-                if not _retryable(error) or attempt == self._max_attempts:
+                if _sqlstate(error) not in RETRYABLE_SQLSTATES or attempt == self._max_attempts:
                     raise
                 metrics.CONFLICT_RETRIES.inc()
                 await asyncio.sleep(min(0.005 * 2**attempt, 0.5))
         raise AssertionError("unreachable")
 
     async def _attempt(
-        self, session: AsyncSession, events: list[EventEnvelope], sightings: list[Sighting]
+        self,
+        connection: Connection,
+        events: list[EventEnvelope],
+        sightings: list[Sighting],
+        keys_at: Callable[[int], list[IdentifierKey]],
     ) -> tuple[Resolution, dict[IdentifierKey, str]]:
         now = datetime.now(UTC)
-        known = await repository.load_sightings(session, [s.event_id for s in sightings])
+        known = await batch_repository.load_sightings(connection, [s.event_id for s in sightings])
         duplicates, first = find_duplicates(sightings, known, now=now, window=self._dedup_window)
-        await repository.record_sightings(session, first, now)
-        keyed = [[] if dup else self.keys_of(e) for e, dup in zip(events, duplicates, strict=True)]
+        await batch_repository.record_sightings(connection, first, now)
+        keyed = [[] if dup else keys_at(i) for i, dup in enumerate(duplicates)]
 
-        digests = [{self.digest(k) for k in keys} for keys in keyed]
-        hidden = await repository.suppressed(session, set().union(*digests))
-        suppressed = [bool(d & hidden) for d in digests]
-        keyed = [[] if s else keys for keys, s in zip(keyed, suppressed, strict=True)]
+        wanted = {k for keys in keyed for k in keys}
+        links, found = await self._links(connection, wanted)
+        hidden = await self._suppressed(connection, wanted - links.keys())
+        suppressed = (
+            [not hidden.isdisjoint(keys) for keys in keyed] if hidden else [False] * len(keyed)
+        )
+        if hidden:
+            keyed = [[] if s else keys for keys, s in zip(keyed, suppressed, strict=True)]
 
-        links, created = await self._links(session, {k for keys in keyed for k in keys})
-        counts = await repository.load_counts(session, needs_counts(keyed, links))
+        to_plan = needs_counts(keyed, links)
+        created, counts = await batch_repository.persons_to_plan(connection, to_plan)
         graph = Graph(links, created, counts)
         times = [e.received_at for e in events]
         plan = plan_batch(list(zip(keyed, times, strict=True)), graph, self._rules, _new_oneid)
 
-        await repository.insert_persons(session, plan.new_persons)
-        await repository.insert_links(session, plan.new_links, now)
+        await batch_repository.insert_persons(connection, plan.new_persons)
+        await batch_repository.insert_links(connection, plan.new_links, now)
         for merge in plan.merges:
-            await repository.apply_merge(
-                session,
+            await batch_repository.apply_merge(
+                connection,
                 merge_id=merge_id(merge.winner, merge.absorbed),
                 winner=merge.winner,
                 absorbed=merge.absorbed,
@@ -218,45 +259,51 @@ class Resolver:
                 rule=merge.rule,
                 at=now,
             )
-        await repository.insert_refusals(
-            session,
+        await batch_repository.insert_refusals(
+            connection,
             [
                 (r, events[r.event_index].event_id, plan.oneids[r.event_index])
                 for r in plan.refusals
             ],
             now,
         )
-        await repository.upsert_traits(session, _latest_traits(events, plan.oneids, plan.root_of))
+        await batch_repository.upsert_traits(
+            connection, _latest_traits(events, plan.oneids, plan.root_of)
+        )
 
         metrics.NEW_PERSONS.inc(len(plan.new_persons))
         for merge in plan.merges:
             metrics.MERGES.labels(merge.rule).inc()
         for refusal in plan.refusals:
             metrics.REFUSALS.labels(refusal.rule).inc()
-        learnt = {key: plan.root_of(oneid) for key, oneid in {**links, **plan.new_links}.items()}
+        if plan.merges:  # owners may have moved: re-learn every link the batch saw
+            learnt = {k: plan.root_of(o) for k, o in {**links, **plan.new_links}.items()}
+        else:  # cached answers that held are already in the cache
+            learnt = {**found, **plan.new_links}
         return Resolution(plan.oneids, duplicates, suppressed, bool(plan.merges)), learnt
 
     async def _links(
-        self, session: AsyncSession, keys: set[IdentifierKey]
-    ) -> tuple[dict[IdentifierKey, str], dict[str, datetime]]:
-        """Owners of ``keys``: cached answers checked against person rows, the rest looked up."""
+        self, connection: Connection, keys: set[IdentifierKey]
+    ) -> tuple[dict[IdentifierKey, str], dict[IdentifierKey, str]]:
+        """Owners of ``keys``: cached answers checked against person rows, the rest looked up
+        (and also returned alone, to be cached)."""
         cached = self._cache.get_many(keys)
-        persons = await repository.load_persons(session, cached.values())
-        links: dict[IdentifierKey, str] = {}
-        created: dict[str, datetime] = {}
-        for key, oneid in cached.items():
-            state = persons.get(oneid)
-            if state is not None and not state.erased and state.merged_into is None:
-                links[key] = oneid
-                created[oneid] = state.created_at
+        live = await batch_repository.live_persons(connection, set(cached.values()))
+        links = {key: oneid for key, oneid in cached.items() if oneid in live}
         metrics.CACHE_LOOKUPS.labels("hit").inc(len(links))
-        misses = keys - links.keys()
+        misses = keys - links.keys() if len(links) < len(keys) else set()
         metrics.CACHE_LOOKUPS.labels("miss").inc(len(misses))
-        if misses:
-            found, found_created = await repository.load_links(session, misses)
-            links.update(found)
-            created.update(found_created)
-        return links, created
+        found = await batch_repository.load_links(connection, misses)
+        links.update(found)
+        return links, found
+
+    async def _suppressed(
+        self, connection: Connection, keys: set[IdentifierKey]
+    ) -> set[IdentifierKey]:
+        """Which of ``keys`` were erased. Only identifiers that no live person holds need the
+        check: erasure deletes an identifier's link, and suppression keeps it from coming back."""
+        digests = {self.digest(key): key for key in keys}
+        return {digests[d] for d in await batch_repository.suppressed(connection, digests)}
 
     async def erase(self, oneid: str, reason: str) -> Erasure:
         """Erase a person (and everyone merged into them): raw identifiers and traits deleted,
@@ -341,7 +388,10 @@ class NoticeRelay:
     """Publishes committed merges and erasures from the outbox tables, then marks them.
 
     Rows are claimed with SKIP LOCKED, so several workers (and the erasure API) can relay at once;
-    a crash between publish and mark re-publishes, which consumers handle by id.
+    a crash between publish and mark re-publishes, which consumers handle by id. The sessions
+    should be READ COMMITTED: the row locks are the concurrency control, and under SERIALIZABLE
+    the marking update failed with serialization errors next to busy workers (the 3-worker test
+    showed it).
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], publisher: Publisher) -> None:

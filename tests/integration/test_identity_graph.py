@@ -37,6 +37,8 @@ async def test_three_concurrent_resolvers_keep_one_person_per_identifier(
     try:
         await asyncio.gather(*(worker(n) for n in range(3)))
     finally:
+        for resolver in resolvers:
+            await resolver.close()
         for e in engines:
             await e.dispose()
 

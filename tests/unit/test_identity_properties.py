@@ -89,8 +89,8 @@ class UnionFind:
 
 
 class Store:
-    """The database as the worker sees it: it loads links and creation times for a batch's
-    identifiers, and counts only for the persons :func:`needs_counts` names."""
+    """The database as the worker sees it: it loads links for a batch's identifiers, and
+    creation times and counts only for the persons :func:`needs_counts` names."""
 
     def __init__(self) -> None:
         self.links: dict[IdentifierKey, str] = {}
@@ -102,8 +102,8 @@ class Store:
     def run(self, batch: list[tuple[int, list[IdentifierKey]]]) -> None:
         keys = {k for _, ks in batch for k in ks}
         links = {k: o for k, o in self.links.items() if k in keys}
-        created = {o: self.created[o] for o in links.values()}
         wanted = needs_counts([ks for _, ks in batch], links)
+        created = {o: self.created[o] for o in wanted}
         counts = {
             o: Counter(t for (t, _), owner in self.links.items() if owner == o) for o in wanted
         }
