@@ -22,6 +22,7 @@ from services.identity.batch_repository import BatchConnection, Connection
 from services.identity.dedup import Sighting, find_duplicates
 from services.identity.models import ErasureRecord, MergeRecord
 from services.identity.rules import (
+    BatchPlan,
     Graph,
     IdentifierKey,
     IdentityRules,
@@ -193,7 +194,9 @@ class Resolver:
             connection = await self._connection.acquire()
             try:
                 async with connection.transaction(isolation="serializable"):
-                    resolution, learnt = await self._attempt(connection, events, sightings, keys_at)
+                    plan, resolution, learnt = await self._attempt(
+                        connection, events, sightings, keys_at
+                    )
                 break
             except Exception as error:
                 code = _sqlstate(error)
@@ -204,6 +207,12 @@ class Resolver:
                 metrics.CONFLICT_RETRIES.inc()
                 await asyncio.sleep(min(0.005 * 2**attempt, 0.5))
         self._cache.put_many(learnt)
+        # counted once committed: an attempt rolled back and retried must not count twice
+        metrics.NEW_PERSONS.inc(len(plan.new_persons))
+        for merge in plan.merges:
+            metrics.MERGES.labels(merge.rule).inc()
+        for refusal in plan.refusals:
+            metrics.REFUSALS.labels(refusal.rule).inc()
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         return resolution
 
@@ -225,7 +234,7 @@ class Resolver:
         events: list[EventEnvelope],
         sightings: list[Sighting],
         keys_at: Callable[[int], list[IdentifierKey]],
-    ) -> tuple[Resolution, dict[IdentifierKey, str]]:
+    ) -> tuple[BatchPlan, Resolution, dict[IdentifierKey, str]]:
         now = datetime.now(UTC)
         known = await batch_repository.load_sightings(connection, [s.event_id for s in sightings])
         duplicates, first = find_duplicates(sightings, known, now=now, window=self._dedup_window)
@@ -271,16 +280,11 @@ class Resolver:
             connection, _latest_traits(events, plan.oneids, plan.root_of)
         )
 
-        metrics.NEW_PERSONS.inc(len(plan.new_persons))
-        for merge in plan.merges:
-            metrics.MERGES.labels(merge.rule).inc()
-        for refusal in plan.refusals:
-            metrics.REFUSALS.labels(refusal.rule).inc()
         if plan.merges:  # owners may have moved: re-learn every link the batch saw
             learnt = {k: plan.root_of(o) for k, o in {**links, **plan.new_links}.items()}
         else:  # cached answers that held are already in the cache
             learnt = {**found, **plan.new_links}
-        return Resolution(plan.oneids, duplicates, suppressed, bool(plan.merges)), learnt
+        return plan, Resolution(plan.oneids, duplicates, suppressed, bool(plan.merges)), learnt
 
     async def _links(
         self, connection: Connection, keys: set[IdentifierKey]
