@@ -16,7 +16,6 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -24,6 +23,7 @@ from services.ingest import metrics
 from services.ingest.schemas import (
     CALL_TYPES,
     EXAMPLES,
+    OPENAPI_REFS,
     IngestResponse,
     call_schema,
     check_external_ids,
@@ -223,36 +223,59 @@ def tracking_routes() -> list[Route]:
     return [Route(path, endpoint, methods=["POST"]) for path, endpoint in TRACKING.items()]
 
 
-def documentation() -> APIRouter:
-    """The tracking routes declared to FastAPI, for the OpenAPI document only."""
-    router = APIRouter(prefix="/v1", tags=["tracking"])
+ERROR_RESPONSES = {
+    "400": "Malformed JSON, bad gzip or a request-level field error (the reason says which).",
+    "401": "Missing, unknown or revoked write key.",
+    "413": "Over 32 KB for one event or 500 KB for the request (after gunzip).",
+    "429": "The source is over its rate limit; retry after `Retry-After` seconds.",
+    "503": "Kafka did not acknowledge in time; nothing is accepted, retry after `Retry-After`.",
+}
 
-    async def documented(request: Request) -> Response:
-        raise NotImplementedError  # never routed: IngestApp serves these paths
 
-    def declare(path: str, summary: str, body: dict[str, Any]) -> None:
-        router.add_api_route(
-            path,
-            documented,
-            methods=["POST"],
-            response_model=IngestResponse,
-            summary=summary,
-            operation_id=f"segment_{path.strip('/')}",
-            openapi_extra={
-                "requestBody": {"required": True, "content": {"application/json": body}}
+def document(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Add the tracking endpoints to the OpenAPI document FastAPI generated: they are plain ASGI
+    routes (see the module docstring), which FastAPI does not describe."""
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    response = IngestResponse.model_json_schema(ref_template=OPENAPI_REFS)
+    schemas.update(response.pop("$defs", {}))
+    schemas["IngestResponse"] = response
+
+    def operation(path: str, summary: str, body: dict[str, Any]) -> None:
+        schemas.update(body.get("schema", {}).pop("$defs", {}))
+        ok = {
+            "description": "Every accepted event was acknowledged by Kafka (acks=all); refused "
+            "events are listed with index, field and reason, and dead-lettered.",
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": OPENAPI_REFS.format(model="IngestResponse")}
+                }
             },
-        )
+        }
+        openapi.setdefault("paths", {})[path] = {
+            "post": {
+                "tags": ["tracking"],
+                "summary": summary,
+                "operationId": f"segment_{path.rsplit('/', 1)[-1]}",
+                "security": [{"writeKey": []}],
+                "requestBody": {"required": True, "content": {"application/json": body}},
+                "responses": {"200": ok}
+                | {code: {"description": text} for code, text in ERROR_RESPONSES.items()},
+            }
+        }
 
     for kind in CALL_TYPES:
-        declare(
-            f"/{kind}",
-            f"Segment {kind} call",
-            {"schema": call_schema(kind), "example": EXAMPLES[kind]},
+        example = EXAMPLES[kind]
+        operation(
+            f"/v1/{kind}", f"Segment {kind} call", {"schema": call_schema(kind), "example": example}
         )
-    batch_example = {"batch": [{"type": kind, **ex} for kind, ex in EXAMPLES.items()]}
-    declare(
-        "/batch",
-        "Segment batch: valid events are accepted, invalid ones reported and dead-lettered",
-        {"example": batch_example},
-    )
-    return router
+    batch = {"example": {"batch": [{"type": kind, **ex} for kind, ex in EXAMPLES.items()]}}
+    operation("/v1/batch", "Segment batch: valid events accepted, invalid ones reported", batch)
+    operation("/v1/import", "Segment import: the same as /v1/batch", dict(batch))
+    schemes = openapi["components"].setdefault("securitySchemes", {})
+    schemes["writeKey"] = {
+        "type": "http",
+        "scheme": "basic",
+        "description": "The source's write key as the user name, empty password (or `writeKey` "
+        "in the body), as Segment's SDKs send it.",
+    }
+    return openapi

@@ -17,7 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 from services.ingest.api import (
     TRACKING,
     Disconnected,
-    documentation,
+    document,
     respond_error,
     tracking_routes,
 )
@@ -139,15 +139,16 @@ def create_app(settings: IngestSettings) -> FastAPI:
     )
     install_common(app, SERVICE, readiness)
     app.router.routes.extend(tracking_routes())
-    docs = documentation()
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=[*app.routes, *docs.routes],
+            app.openapi_schema = document(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                )
             )
         return app.openapi_schema
 

@@ -114,9 +114,13 @@ CALLS: TypeAdapter[list[Any]] = TypeAdapter(list[AnyCall])
 """Validates a list of calls, each by its ``type``, in one pydantic-core pass."""
 
 
+OPENAPI_REFS = "#/components/schemas/{model}"
+
+
 def call_schema(kind: str) -> dict[str, Any]:
-    """The JSON schema of one call on its own route, where ``type`` may be left out."""
-    schema = TypeAdapter(CALL_TYPES[kind]).json_schema(by_alias=True)
+    """The JSON schema of one call on its own route, where ``type`` may be left out; nested
+    models are ``$defs`` referenced as OpenAPI components."""
+    schema = TypeAdapter(CALL_TYPES[kind]).json_schema(by_alias=True, ref_template=OPENAPI_REFS)
     required = [name for name in schema.get("required", []) if name != "type"]
     if required:
         schema["required"] = required

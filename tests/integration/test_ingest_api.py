@@ -140,6 +140,17 @@ async def test_a_missing_or_unknown_key_is_401(
     assert reason in response.json()["detail"]
 
 
+async def test_the_served_openapi_document_has_the_tracking_routes(ingest: str) -> None:
+    async with httpx.AsyncClient(base_url=ingest) as client:
+        doc = (await client.get("/openapi.json")).json()
+        page = await client.get("/docs")
+    assert {"/v1/track", "/v1/batch", "/v1/import"} <= set(doc["paths"])
+    assert doc["paths"]["/v1/identify"]["post"]["requestBody"]["content"]["application/json"][
+        "example"
+    ]["traits"]
+    assert page.status_code == 200
+
+
 async def test_write_key_in_the_body_is_accepted(ingest: str) -> None:
     async with httpx.AsyncClient(base_url=ingest) as client:
         body = {"writeKey": WRITE_KEY, "userId": "body-key", "event": "Signed Up"}

@@ -7,7 +7,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from fastapi.openapi.utils import get_openapi
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
 
+from services.ingest.api import document
 from services.ingest.envelopes import (
     EVENT_ID_NAMESPACE,
     Converted,
@@ -17,6 +21,7 @@ from services.ingest.envelopes import (
     correct_timestamp,
     derive_event_id,
 )
+from services.ingest.schemas import CALL_TYPES
 from shared.contracts import EventEnvelope, ExternalId, decode, encode
 
 RECEIVED = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -215,3 +220,29 @@ def test_malformed_external_ids_are_refused_with_the_field() -> None:
         assert isinstance(refused, Invalid)
         assert refused.field == "context"
         assert "externalIds" in refused.reason
+
+
+def test_the_openapi_document_describes_every_tracking_route_with_valid_examples() -> None:
+    doc = document(get_openapi(title="t", version="1", routes=[]))
+    paths = doc["paths"]
+    assert set(paths) == {f"/v1/{k}" for k in CALL_TYPES} | {"/v1/batch", "/v1/import"}
+    schemas = doc["components"]["schemas"]
+    registry = Registry().with_resource(
+        "urn:doc",
+        Resource.from_contents({**doc, "$schema": Draft202012Validator.META_SCHEMA["$id"]}),
+    )
+    refs = orjson.dumps(doc).decode().split('"$ref":"')[1:]
+    for ref in refs:  # every reference points at a component that exists
+        assert ref.split('"')[0].removeprefix("#/components/schemas/") in schemas
+    for kind in CALL_TYPES:
+        operation = paths[f"/v1/{kind}"]["post"]
+        assert {"200", "400", "401", "413", "429", "503"} <= set(operation["responses"])
+        body = operation["requestBody"]["content"]["application/json"]
+        schema = {**body["schema"], "$id": f"urn:call:{kind}"}
+        rewritten = orjson.loads(
+            orjson.dumps(schema).replace(b"#/components/schemas/", b"urn:doc#/components/schemas/")
+        )
+        Draft202012Validator(rewritten, registry=registry).validate(body["example"])
+    batch = paths["/v1/batch"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    assert [e["type"] for e in batch["batch"]] == list(CALL_TYPES)
+    assert doc["components"]["securitySchemes"]["writeKey"]["scheme"] == "basic"
