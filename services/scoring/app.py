@@ -15,9 +15,9 @@ import faust
 from prometheus_client import generate_latest
 
 from services.scoring import metrics, repository, service
-from services.scoring.agent import ScoringAgent
 from services.scoring.clock import build_clock
 from services.scoring.feed import ScoringApp
+from services.scoring.loop import ScoringLoop
 from services.scoring.processor import is_live
 from services.scoring.profiles import store_profiles
 from services.scoring.recovery import ProbedTableManager
@@ -80,18 +80,18 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         key_type=bytes,
         use_partitioner=True,
     )
-    agent = ScoringAgent(app, people, model, clock, settings.topic_partitions)
+    loop = ScoringLoop(app, people, model, clock, settings.topic_partitions)
 
     @app.task  # type: ignore[untyped-decorator]
     async def score() -> None:
         """One batch at a time, acked (so committable) only after its table writes."""
         async for messages in app.batches(settings.scoring_batch_size):
-            await agent.handle(messages)
+            await loop.handle(messages)
             app.ack(messages)
 
     @app.timer(interval=settings.scoring_timer_interval)  # type: ignore[untyped-decorator]
     async def due() -> None:
-        await agent.tick()
+        await loop.tick()
 
     @app.task  # type: ignore[untyped-decorator]
     async def read_model() -> None:
@@ -132,8 +132,8 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
         metrics.TABLE_SIZE.labels("people").set(len(people))
-        metrics.TABLE_SIZE.labels("deadlines").set(len(agent.deadlines))
-        for tier, count in agent.population.items():
+        metrics.TABLE_SIZE.labels("deadlines").set(len(loop.deadlines))
+        for tier, count in loop.population.items():
             metrics.TIER_POPULATION.labels(tier).set(count)
         return web.bytes(generate_latest(), content_type="text/plain; version=0.0.4")
 

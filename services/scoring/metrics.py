@@ -6,7 +6,7 @@ from shared.metrics import LATENCY_BUCKETS, PIPELINE_BUCKETS
 
 EVENTS = Counter(
     "tierflow_scoring_events_total",
-    "Records seen by the scoring agent, by outcome (scored, duplicate, invalid, failed, "
+    "Records seen by the scoring loop, by outcome (scored, duplicate, invalid, failed, "
     "forwarded, merge, folded, erased, reevaluated, ...).",
     ["outcome"],
 )

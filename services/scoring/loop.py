@@ -1,4 +1,4 @@
-"""What the scoring agent and its timer do with a batch, around the pure processor: send what
+"""What the scoring loop and its timer do with a batch, around the pure processor: send what
 the batch produced, wait for the acks, then write each changed person once."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from services.scoring.schemas import Reevaluate
 from services.scoring.scorer import State
 from shared.topics import EVENTS_RESOLVED, SCORING_COMMANDS
 
-TIMER_BATCH = 10_000  # re-evaluations handed to the agent per timer tick at most
+TIMER_BATCH = 10_000  # re-evaluations handed to the loop per timer tick at most
 
 Outgoing = tuple[str, bytes, bytes | None]
 
@@ -29,7 +29,7 @@ def _tier(state: State | None) -> str:
     return cast(str, state["tier"] or "none") if state is not None and is_live(state) else "none"
 
 
-class ScoringAgent:
+class ScoringLoop:
     """The table's only writer, its deadline heap and tier population."""
 
     def __init__(
@@ -81,7 +81,7 @@ class ScoringAgent:
         return outcome
 
     async def tick(self) -> None:
-        """Hand people whose deadline passed to the agent as re-evaluation commands."""
+        """Hand people whose deadline passed to the loop as re-evaluation commands."""
         recovery = cast(Any, self.app.tables).recovery
         if self.app.rebalancing or not recovery.completed.is_set():
             return
