@@ -116,7 +116,8 @@ def _observe(outcome: Outcome) -> None:
         metrics.EVENTS.labels(name).inc(count)
     for change in outcome.changes:
         data = change.data
-        metrics.TIER_CHANGES.labels(data.from_tier or "none", data.to_tier).inc()
+        if data.from_tier != data.to_tier:
+            metrics.TIER_CHANGES.labels(data.from_tier or "none", data.to_tier).inc()
         if data.from_stage != data.lifecycle_stage:
             metrics.STAGE_CHANGES.labels(data.from_stage or "none", data.lifecycle_stage).inc()
     for seconds in outcome.latencies:

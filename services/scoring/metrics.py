@@ -12,8 +12,8 @@ EVENTS = Counter(
 )
 TIER_CHANGES = Counter(
     "tierflow_scoring_tier_changes_total",
-    "Changes emitted on tierflow.tiers.changes, by from and to tier (from == to: a "
-    "lifecycle-stage change within the tier).",
+    "Tier moves emitted on tierflow.tiers.changes, by from and to tier (stage-only changes "
+    "are counted in tierflow_scoring_stage_changes_total).",
     ["from_tier", "to_tier"],
 )
 STAGE_CHANGES = Counter(
