@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Histogram
 
+from shared.failures import is_poison
 from shared.metrics import LATENCY_BUCKETS
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,9 @@ Batches = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 BatchHandler = Callable[[Records], Awaitable[Awaitable[None] | None]]
 """Handles a batch. It may return an awaitable that completes once the batch's outputs are
 acknowledged; the batch is committed only after that (see ``settle_ahead``)."""
+PoisonSink = Callable[[ConsumerRecord[bytes, bytes], Exception], Awaitable[None]]
+"""Takes a record that fails alone with a poison error (see :mod:`shared.failures`), e.g. to the
+dead-letter topic; returns once it is stored durably."""
 
 BATCH_SECONDS = Histogram(
     "tierflow_consumer_batch_duration_seconds",
@@ -34,6 +38,11 @@ RECORDS = Counter(
 BATCH_FAILURES = Counter(
     "tierflow_consumer_batch_failures_total",
     "Poll batches that failed and were retried, by consumer group.",
+    ["group"],
+)
+POISON_RECORDS = Counter(
+    "tierflow_consumer_poison_records_total",
+    "Records that failed alone with a poison error and were handed to the dead-letter sink.",
     ["group"],
 )
 
@@ -57,6 +66,11 @@ class BatchConsumer:
     earlier batch's outputs are still being acknowledged (the handler returns an awaitable for
     that). Batches are still committed in order, each only once its outputs are acknowledged;
     any failure re-reads from the oldest uncommitted batch.
+
+    With a ``poison`` sink, a batch that fails ``poison_after`` times in a row with an error about
+    a record's content (:func:`shared.failures.is_poison`) is re-read one record at a time: each
+    record that still fails that way goes to the sink and its offset is committed, so one bad
+    record cannot block its partition. Any other failure (an outage) is retried as before.
     """
 
     def __init__(
@@ -67,12 +81,18 @@ class BatchConsumer:
         group: str,
         max_records: int = 500,
         settle_ahead: int = 0,
+        poison: PoisonSink | None = None,
+        poison_after: int = 3,
     ) -> None:
         self._consumer = consumer
         self._handler = handler
         self._group = group
         self._max_records = max_records
         self._settle_ahead = settle_ahead
+        self._poison = poison
+        self._poison_after = poison_after
+        self._strikes = 0  # consecutive failures with a poison error
+        self._isolating = False
         self._stopping = asyncio.Event()
         self.joined = False
 
@@ -85,7 +105,10 @@ class BatchConsumer:
             batches = await self._consumer.getmany(timeout_ms=250, max_records=self._max_records)
             self.joined = True
             try:
-                if batches:
+                if batches and self._isolating and self._poison is not None:
+                    await self._isolate(batches, self._poison)
+                    self._isolating = False
+                elif batches:
                     started = loop.time()
                     records = [record for part in batches.values() for record in part]
                     handled.append(_Handled(batches, await self._handler(records), started))
@@ -95,9 +118,10 @@ class BatchConsumer:
                 backoff = 0.2
             except (asyncio.CancelledError, KeyboardInterrupt):
                 raise
-            except Exception:
+            except Exception as error:
                 BATCH_FAILURES.labels(self._group).inc()
                 log.exception("batch failed; re-reading it", extra={"group": self._group})
+                self._strike(error)
                 pending = [h.batches for h in handled]
                 if batches and (not handled or handled[-1].batches is not batches):
                     pending.append(batches)
@@ -111,11 +135,46 @@ class BatchConsumer:
         except Exception:
             log.exception("last batches left uncommitted", extra={"group": self._group})
 
+    def _strike(self, error: Exception) -> None:
+        """Count a failure; enough poison failures in a row re-read the next batch record by
+        record."""
+        self._strikes = self._strikes + 1 if is_poison(error) else 0
+        if self._poison is not None and self._strikes >= self._poison_after:
+            self._isolating = True
+            self._strikes = 0
+
+    async def _isolate(self, batches: Batches, sink: PoisonSink) -> None:
+        """Handle each record alone, committing after each; a record failing with a poison error
+        goes to the sink. Any other error propagates, and the batch is re-read (isolation stays
+        on until one batch got through it)."""
+        for tp, part in batches.items():
+            for record in part:
+                try:
+                    acknowledged = await self._handler([record])
+                    if acknowledged is not None:
+                        await acknowledged
+                except Exception as error:
+                    if not is_poison(error):
+                        raise
+                    log.error(
+                        "record %s[%d]@%d fails alone with %r; dead-lettering it",
+                        tp.topic,
+                        tp.partition,
+                        record.offset,
+                        error,
+                        extra={"group": self._group},
+                    )
+                    await sink(record, error)
+                    POISON_RECORDS.labels(self._group).inc()
+                await self._consumer.commit({tp: record.offset + 1})
+                RECORDS.labels(self._group).inc()
+
     async def _settle(self, batch: _Handled) -> None:
         """Wait for a handled batch's outputs, then commit its offsets."""
         if batch.acknowledged is not None:
             await batch.acknowledged
         await self._consumer.commit({tp: part[-1].offset + 1 for tp, part in batch.batches.items()})
+        self._strikes = 0
         RECORDS.labels(self._group).inc(sum(len(part) for part in batch.batches.values()))
         elapsed = asyncio.get_running_loop().time() - batch.started
         BATCH_SECONDS.labels(self._group).observe(elapsed)

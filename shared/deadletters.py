@@ -7,7 +7,10 @@ from datetime import UTC, datetime
 from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
+from shared.consumer import PoisonSink
 from shared.contracts import DeadLetter, Origin
+from shared.kafka import Publisher
+from shared.topics import DEADLETTER
 
 
 def from_record(
@@ -33,3 +36,13 @@ def from_record(
         origin=Origin(topic=record.topic, partition=record.partition, offset=record.offset),
         failed_at=datetime.now(UTC),
     )
+
+
+def dead_letter_sink(publisher: Publisher, stage: str) -> PoisonSink:
+    """A consumer's poison sink: the record and its cause on ``tierflow.deadletter``."""
+
+    async def sink(record: ConsumerRecord[bytes, bytes], error: Exception) -> None:
+        key = record.key.decode(errors="replace") if record.key else ""
+        await publisher.publish(DEADLETTER, key, from_record(stage, record, error))
+
+    return sink

@@ -18,6 +18,7 @@ from services.automation.settings import AutomationSettings
 from services.automation.worker import IdentityNoticeHandler, TierChangeHandler, run_loop
 from shared.consumer import BatchConsumer
 from shared.db import build_engine, build_sessionmaker
+from shared.deadletters import dead_letter_sink
 from shared.http import consumer_readiness, install_common
 from shared.kafka import Publisher, build_consumer, build_producer, wait_for_broker
 from shared.topics import ACTIONS, IDENTITY_MERGES, TIERS_CHANGES
@@ -59,13 +60,15 @@ def create_app(settings: AutomationSettings, clock: Clock | None = None) -> Fast
         )
         await changes.start()
         await notices.start()
+        poison = dead_letter_sink(publisher, "automation")
         loop = BatchConsumer(
-            changes, TierChangeHandler(service, publisher), group=settings.group_id
+            changes, TierChangeHandler(service, publisher), group=settings.group_id, poison=poison
         )
         notice_loop = BatchConsumer(
             notices,
             IdentityNoticeHandler(service, publisher),
             group=f"{settings.group_id}-identity",
+            poison=poison,
         )
         stopping = asyncio.Event()
         app.state.engine, app.state.sessions, app.state.producer = engine, sessions, producer

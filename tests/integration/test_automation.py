@@ -320,6 +320,26 @@ async def test_unreadable_tier_changes_are_dead_lettered_and_block_nothing(worke
     assert all(r["origin"]["topic"] == TIERS_CHANGES.name for r in letters)
 
 
+async def test_a_change_postgres_refuses_is_dead_lettered_alone(worker: Worker) -> None:
+    """A NUL character passes the contract but no Postgres text column takes it: the batch
+    fails the same way three times, then the change is dead-lettered on its own."""
+    before, after = person(), person()
+    refused = orjson.loads(encode(make_tier_change(person(), "vip")))
+    refused["data"]["oneid"] = refused["subject"] = nul_id = "nul\u0000" + person()[:20]
+    await worker.publish(make_tier_change(before, "growth"))
+    await worker.producer.send_and_wait(
+        TIERS_CHANGES.name, orjson.dumps(refused), key=nul_id.encode()
+    )
+    await worker.publish(make_tier_change(after, "growth"))
+    await wait_for(lambda: worker.receiver.of(before) and worker.receiver.of(after), "both")
+    letters = await collect(
+        worker.bootstrap, DEADLETTER.name, lambda r: r.get("key") == nul_id, count=1, timeout=20
+    )
+    assert len(letters) == 1
+    assert letters[0]["stage"] == "automation"
+    assert "0x00" in letters[0]["reason"]
+
+
 async def test_a_stage_change_within_a_tier_fires_the_stage_playbook_only(worker: Worker) -> None:
     vip, growth = person(), person()
     await worker.publish(
