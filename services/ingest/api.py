@@ -20,6 +20,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from services.ingest import metrics
+from services.ingest.envelopes import NUL_REASON, nul_path
 from services.ingest.schemas import (
     CALL_TYPES,
     EXAMPLES,
@@ -193,6 +194,9 @@ class BatchEndpoint:
             except ValueError as exc:
                 metrics.rejected("invalid").inc()
                 raise BadRequest([{"field": "context.externalIds", "reason": str(exc)}]) from exc
+            if (where := nul_path(context, "context")) is not None:
+                metrics.rejected("invalid").inc()
+                raise BadRequest([{"field": where, "reason": NUL_REASON}])
         collector: Collector = state.collector
         outcome = await collector.collect(
             source, body["batch"], sent_at=_parse_sent_at(body.get("sentAt")), context=context

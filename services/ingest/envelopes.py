@@ -95,9 +95,14 @@ def convert(items: list[Any], request: Request, *, kind: str | None = None) -> C
     out = Converted()
     positions: list[int] = []
     candidates: list[dict[str, Any]] = []
-    all_small = len(orjson.dumps(items)) <= request.max_event_bytes
+    dumped = orjson.dumps(items)
+    all_small = len(dumped) <= request.max_event_bytes
+    maybe_nul = NUL_ESCAPE in dumped  # rare: only then is every string looked at
     for index, item in enumerate(items):
         given = item.get("type") if type(item) is dict else None
+        if maybe_nul and (where := nul_path(item)) is not None:
+            out.invalid.append(Invalid(index, where or None, NUL_REASON, orjson.dumps(item)))
+            continue
         if all_small and kind is None and type(given) is str and given in _KINDS:
             positions.append(index)  # the common case, without a call per event
             candidates.append(item)
@@ -122,6 +127,32 @@ def convert(items: list[Any], request: Request, *, kind: str | None = None) -> C
     if out.invalid:
         out.invalid.sort(key=lambda bad: bad.index)
     return out
+
+
+NUL_ESCAPE = b"\\u0000"
+NUL_REASON = "contains a NUL character (\\u0000), which no store downstream accepts"
+
+
+def nul_path(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string (value or key) in ``value`` holding a NUL character
+    ("" for ``value`` itself), or None. PostgreSQL refuses NUL in text and jsonb, so such an
+    event is refused here with its field rather than failing identity's transaction later."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return where
+            found = nul_path(inner, where)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for position, inner in enumerate(value):
+            found = nul_path(inner, f"{path}.{position}" if path else str(position))
+            if found is not None:
+                return found
+    return None
 
 
 def _precheck(

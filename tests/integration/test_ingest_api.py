@@ -204,6 +204,14 @@ async def test_malformed_json_and_missing_ids_are_400_with_the_field(ingest: str
             "/v1/track", content=b"not gzip", headers={"content-encoding": "gzip"}
         )
         not_a_batch = await client.post("/v1/batch", json={"batch": {"type": "track"}})
+        nul = await client.post("/v1/identify", json={"userId": "u\x00"})
+        nul_context = await client.post(
+            "/v1/batch",
+            json={
+                "batch": [{"type": "track", "userId": "u", "event": "e"}],
+                "context": {"ip": "\x00"},
+            },
+        )
     assert malformed.status_code == 400
     assert "malformed JSON" in malformed.json()["detail"]
     assert no_ids.status_code == 400
@@ -213,6 +221,11 @@ async def test_malformed_json_and_missing_ids_are_400_with_the_field(ingest: str
     assert bad_gzip.status_code == 400
     assert not_a_batch.status_code == 400
     assert not_a_batch.json()["detail"][0]["field"] == "batch"
+    assert nul.status_code == 400
+    assert nul.json()["detail"][0]["field"] == "userId"
+    assert "NUL" in nul.json()["detail"][0]["reason"]
+    assert nul_context.status_code == 400
+    assert nul_context.json()["detail"][0]["field"] == "context.ip"
 
 
 async def test_a_mixed_batch_accepts_the_valid_and_dead_letters_the_invalid(

@@ -20,6 +20,7 @@ from services.ingest.envelopes import (
     convert,
     correct_timestamp,
     derive_event_id,
+    nul_path,
 )
 from services.ingest.schemas import CALL_TYPES
 from shared.contracts import EventEnvelope, ExternalId, decode, encode
@@ -160,6 +161,24 @@ def test_missing_ids_and_oversize_events_are_invalid_with_reasons() -> None:
     wrong_route = one("identify", {"type": "track", "userId": "u", "event": "x"})
     assert isinstance(wrong_route, Invalid)
     assert wrong_route.field == "type"
+
+
+def test_a_nul_character_anywhere_refuses_the_event_with_its_field() -> None:
+    batch: list[Any] = [
+        {"type": "identify", "userId": "u\x00"},
+        {"type": "track", "userId": "u", "event": "x", "properties": {"tags": ["a", "b\x00"]}},
+        {"type": "identify", "userId": "u", "traits": {"nick\x00": "n"}},
+        {"type": "track", "userId": "u", "event": "x", "properties": {"path": "C:\\u0000"}},
+    ]
+    converted = convert(batch, make_request())
+    assert [(bad.index, bad.field) for bad in converted.invalid] == [
+        (0, "userId"),
+        (1, "properties.tags.1"),
+        (2, "traits.nick\x00"),
+    ]
+    assert all("NUL" in bad.reason for bad in converted.invalid)
+    assert len(converted.records) == 1  # a backslash followed by "u0000" is just text
+    assert nul_path({"context": {"ip": "1.2.3.4"}}) is None
 
 
 def test_a_batch_reports_each_bad_event_by_index_and_keeps_the_good_in_order() -> None:
