@@ -4,7 +4,8 @@ Run: ``make bench-identity`` (or ``python -m bench.identity --persons 250000``).
 ``persons x 4`` identifiers into the graph, puts events for those persons on the raw topic, then
 measures in one run: a plain aiokafka consumer reading and parsing them (the ceiling), and one
 identity worker (consumer + SERIALIZABLE resolution + publishing) cold (empty identifier cache)
-and warm (the same persons again, with the cache filled by the cold pass).
+and warm (the same persons again, with the cache filled by the cold pass). Everything runs on
+uvloop, as the identity service does.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 import asyncpg
+import uvloop
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -220,7 +222,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500, help="records per poll batch")
     parser.add_argument("--profile", action="store_true", help="cProfile the cold pass")
     args = parser.parse_args()
-    asyncio.run(run(args.persons, args.events, args.batch, profile=args.profile))
+    # the identity service runs on uvloop (shared.serve); so do the worker and the ceiling here
+    uvloop.run(run(args.persons, args.events, args.batch, profile=args.profile))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -39,7 +40,7 @@ class BatchConnection:
         """The asyncpg connection (checked out on first use or after a discard)."""
         if self._held is None:
             held = await self._engine.connect()
-            await (await _driver(held)).execute(_INDEX_PLANS)
+            await (await _driver(held)).execute(_SESSION)
             self._held = held
         return await _driver(self._held)
 
@@ -55,7 +56,7 @@ class BatchConnection:
         held, self._held = self._held, None
         if held is not None:
             try:
-                await (await _driver(held)).execute("RESET enable_seqscan")
+                await (await _driver(held)).execute(_RESET)
             except Exception:  # broken: the pool must not hand it out again
                 await held.invalidate()
             await held.close()
@@ -66,8 +67,11 @@ async def _driver(held: AsyncConnection) -> Connection:
     return raw.driver_connection
 
 
-_INDEX_PLANS = "SET enable_seqscan = off"
-"""Every statement of a batch finds its rows by key. After five runs Postgres may switch a
+_SESSION = "SET enable_seqscan = off; SET default_transaction_isolation = 'serializable'"
+"""A batch that the identifier cache answers fully runs as one statement outside any explicit
+transaction; it must be SERIALIZABLE like every other batch transaction.
+
+Every statement of a batch finds its rows by key. After five runs Postgres may switch a
 prepared statement to a generic plan, costed without the array sizes and with the statistics of
 that moment: the sightings lookup's then took 25 ms growing to 95 ms for 500 ids as the table
 grew, instead of 1 ms (the benchmark with 250-record batches fell from 12k to 1.8k events/s, with
@@ -75,20 +79,35 @@ Postgres at 12 times the CPU). Planning every run for its arrays avoids it too, 
 Postgres' CPU per batch: planning ``= ANY`` over a 500-element array costs more than the
 lookups."""
 
-_SIGHTINGS = (
-    "SELECT event_id, raw_partition, raw_offset, seen_at FROM identity.seen_events "
-    "WHERE event_id = ANY($1::text[])"
-)
-_RECORD_SIGHTINGS = (
-    "INSERT INTO identity.seen_events (event_id, raw_partition, raw_offset, seen_at) "
-    "SELECT e, p, o, $4 FROM unnest($1::text[], $2::int[], $3::bigint[]) AS s(e, p, o) "
+_RESET = "RESET enable_seqscan; RESET default_transaction_isolation"
+_OPEN_BATCH = (
+    "WITH live AS (SELECT oneid FROM identity.persons WHERE oneid = ANY($5::text[]) "
+    "AND merged_into IS NULL AND erased_at IS NULL), "
+    "known AS (SELECT event_id, raw_partition, raw_offset, seen_at FROM identity.seen_events "
+    "WHERE event_id = ANY($1::text[])), "
+    "found AS (SELECT i.id_type, i.id_value, i.oneid "
+    "FROM unnest($7::text[], $8::text[]) AS k(id_type, id_value) "
+    "JOIN identity.identifiers i ON i.id_type = k.id_type AND i.id_value = k.id_value), "
+    "recorded AS (INSERT INTO identity.seen_events AS s (event_id, raw_partition, raw_offset, "
+    "seen_at) SELECT e, p, o, $4 FROM unnest($1::text[], $2::int[], $3::bigint[]) AS x(e, p, o) "
+    "WHERE NOT $9::bool OR (SELECT count(*) FROM live) = cardinality($5::text[]) "
     "ON CONFLICT (event_id) DO UPDATE SET raw_partition = excluded.raw_partition, "
-    "raw_offset = excluded.raw_offset, seen_at = excluded.seen_at"
+    "raw_offset = excluded.raw_offset, seen_at = excluded.seen_at WHERE s.seen_at < $6) "
+    "SELECT l.oneids, k.ids, k.partitions, k.offsets, k.seen, f.types, f.ids, f.oneids "
+    "FROM (SELECT array_agg(oneid) AS oneids FROM live) l, "
+    "(SELECT array_agg(event_id) AS ids, array_agg(raw_partition) AS partitions, "
+    "array_agg(raw_offset) AS offsets, array_agg(seen_at) AS seen FROM known) k, "
+    "(SELECT array_agg(id_type) AS types, array_agg(id_value) AS ids, "
+    "array_agg(oneid) AS oneids FROM found) f"
 )
-_LIVE_PERSONS = (
-    "SELECT oneid FROM identity.persons "
-    "WHERE oneid = ANY($1::text[]) AND merged_into IS NULL AND erased_at IS NULL"
-)
+"""A batch's first statement, one round trip: its event ids' stored sightings, its first
+sightings recorded (new ids, and ids whose record expired: the dedup window starts at $6),
+which of the cached persons ($5) are live, and the owners of the identifiers not cached ($7,
+$8). All CTEs see the same snapshot, so the sightings returned are those from before this
+batch's. The caller judges which are inside the window: filtering them here made Postgres scan
+the ``seen_at`` index over every recent sighting. With $9 the sightings are recorded only if
+every cached person is live: then the statement alone, in its own transaction, resolves a batch
+that the cache fully answers."""
 _LINKS = (
     "SELECT i.id_type, i.id_value, i.oneid "
     "FROM unnest($1::text[], $2::text[]) AS k(id_type, id_value) "
@@ -140,35 +159,51 @@ _UPSERT_TRAITS = (
 )
 
 
-async def load_sightings(connection: Connection, event_ids: list[str]) -> dict[str, FirstSighting]:
-    """Stored first sightings of these event ids."""
-    if not event_ids:
-        return {}
-    rows = await connection.fetch(_SIGHTINGS, event_ids)
-    return {row[0]: FirstSighting(row[1], row[2], row[3]) for row in rows}
+@dataclass(frozen=True, slots=True)
+class BatchState:
+    """What :func:`open_batch` found: the batch's live cached persons, the stored first
+    sightings of its event ids, and the owners of the keys it looked up."""
+
+    live: set[str]
+    sightings: dict[str, FirstSighting]
+    links: dict[IdentifierKey, str]
 
 
-async def record_sightings(
-    connection: Connection, sightings: dict[str, Sighting], seen_at: datetime
-) -> None:
-    """Store first sightings, replacing records that fell out of the window."""
-    if sightings:
-        values = sightings.values()
-        await connection.execute(
-            _RECORD_SIGHTINGS,
-            list(sightings),
-            [s.partition for s in values],
-            [s.offset for s in values],
-            seen_at,
-        )
-
-
-async def live_persons(connection: Connection, oneids: Collection[str]) -> set[str]:
-    """Those of these persons that are neither absorbed nor erased (validates cached
-    identifier → OneID answers inside the transaction)."""
-    if not oneids:
-        return set()
-    return {row[0] for row in await connection.fetch(_LIVE_PERSONS, list(oneids))}
+async def open_batch(
+    connection: Connection,
+    firsts: Collection[Sighting],
+    *,
+    now: datetime,
+    window_start: datetime,
+    cached_owners: Collection[str],
+    lookup: Collection[IdentifierKey],
+    only_if_live: bool,
+) -> BatchState:
+    """Read what dedup and the cache need and record the batch's first sightings, in one round
+    trip (see :data:`_OPEN_BATCH`); ``firsts`` holds one sighting per event id."""
+    row = await connection.fetchrow(
+        _OPEN_BATCH,
+        [s.event_id for s in firsts],
+        [s.partition for s in firsts],
+        [s.offset for s in firsts],
+        now,
+        list(cached_owners),
+        window_start,
+        [t for t, _ in lookup],
+        [v for _, v in lookup],
+        only_if_live,
+    )
+    live, ids, partitions, offsets, seen, types, values, owners = row
+    return BatchState(
+        live=set(live or ()),
+        sightings={
+            i: FirstSighting(p, o, at)
+            for i, p, o, at in zip(
+                ids or (), partitions or (), offsets or (), seen or (), strict=True
+            )
+        },
+        links=dict(zip(zip(types or (), values or (), strict=True), owners or (), strict=True)),
+    )
 
 
 async def load_links(

@@ -9,21 +9,20 @@ a batch this worker did not commit, and it is forwarded again (scoring ignores i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Sighting:
-    """Where an event was read: raw-topic partition and offset."""
+class Sighting(NamedTuple):
+    """Where an event was read: raw-topic partition and offset (a tuple: one is made per event,
+    and a frozen dataclass cost several times as much to build)."""
 
     event_id: str
     partition: int
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class FirstSighting:
+class FirstSighting(NamedTuple):
     """The stored first sighting of an event id."""
 
     partition: int
@@ -37,22 +36,20 @@ def find_duplicates(
     *,
     now: datetime,
     window: timedelta,
-) -> tuple[list[bool], dict[str, Sighting]]:
+) -> list[bool]:
     """Flags each sighting that repeats an id first seen elsewhere within ``window``.
 
-    Returns the flags and the first sightings to store (new ids and ids whose record expired).
+    ``known`` holds the stored first sightings from before this batch. What the batch stores
+    itself is each id's first sighting in it, when the id is new or its record expired (see
+    :func:`services.identity.batch_repository.open_batch`).
     """
-    fresh = {i: k for i, k in known.items() if now - k.seen_at <= window}
     first: dict[str, Sighting] = {}
     flags: list[bool] = []
     for sighting in sightings:
-        stored = fresh.get(sighting.event_id)
-        earlier = first.get(sighting.event_id)
-        if stored is not None:
+        stored = known.get(sighting.event_id)
+        if stored is not None and now - stored.seen_at <= window:
             flags.append((stored.partition, stored.offset) != (sighting.partition, sighting.offset))
-        elif earlier is not None:
-            flags.append(earlier != sighting)
-        else:
-            first[sighting.event_id] = sighting
-            flags.append(False)
-    return flags, first
+            continue
+        earlier = first.setdefault(sighting.event_id, sighting)
+        flags.append(earlier is not sighting and earlier != sighting)
+    return flags

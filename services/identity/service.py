@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 MERGE_NAMESPACE = uuid.UUID("0b8f6f1e-7a52-4d8e-bc8e-3c2f5d4a9e61")
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "23505"})  # serialization, deadlock, unique
 T = TypeVar("T")
+Outcome = tuple["BatchPlan", "Resolution", dict[IdentifierKey, str]]
+"""A committed batch: its plan (for the metrics), its resolution and the links it learnt."""
 
 
 def merge_id(winner: str, absorbed: str) -> str:
@@ -69,6 +71,13 @@ class IdentifierCache:
     def __init__(self, size: int) -> None:
         self._size = size
         self._entries: OrderedDict[IdentifierKey, str] = OrderedDict()
+
+    def get(self, key: IdentifierKey) -> str | None:
+        """The cached owner of ``key``, if cached."""
+        oneid = self._entries.get(key)
+        if oneid is not None:
+            self._entries.move_to_end(key)
+        return oneid
 
     def get_many(self, keys: Iterable[IdentifierKey]) -> dict[IdentifierKey, str]:
         """The cached owners of ``keys`` that are cached."""
@@ -179,25 +188,24 @@ class Resolver:
         await self._connection.close()
 
     async def resolve(self, events: list[EventEnvelope], sightings: list[Sighting]) -> Resolution:
-        """Drop re-sent and suppressed events, then give every other one a OneID."""
+        """Drop re-sent and suppressed events, then give every other one a OneID.
+
+        A batch the identifier cache answers fully (every event's identifiers cached and held by
+        one person, no traits to store) costs one statement; any other batch, or one where a
+        cached person has since been merged or erased, runs the full transaction.
+        """
         started = time.perf_counter()
-        keys: list[list[IdentifierKey] | None] = [None] * len(events)
-
-        def keys_at(index: int) -> list[IdentifierKey]:
-            """Identifiers of one event, worked out once even if the transaction is retried."""
-            found = keys[index]
-            if found is None:
-                found = keys[index] = self.keys_of(events[index])
-            return found
-
+        keys = [self.keys_of(event) for event in events]
+        firsts: dict[str, Sighting] = {}
+        for sighting in sightings:
+            firsts.setdefault(sighting.event_id, sighting)
         for attempt in range(1, self._max_attempts + 1):
             connection = await self._connection.acquire()
             try:
-                async with connection.transaction(isolation="serializable"):
-                    plan, resolution, learnt = await self._attempt(
-                        connection, events, sightings, keys_at
-                    )
-                break
+                outcome = await self._resolve_cached(connection, events, sightings, firsts, keys)
+                if outcome is None:
+                    async with connection.transaction(isolation="serializable"):
+                        outcome = await self._attempt(connection, events, sightings, firsts, keys)
             except Exception as error:
                 code = _sqlstate(error)
                 if code is None:  # not a statement's failure: the connection may be broken
@@ -206,15 +214,18 @@ class Resolver:
                     raise
                 metrics.CONFLICT_RETRIES.inc()
                 await asyncio.sleep(min(0.005 * 2**attempt, 0.5))
-        self._cache.put_many(learnt)
-        # counted once committed: an attempt rolled back and retried must not count twice
-        metrics.NEW_PERSONS.inc(len(plan.new_persons))
-        for merge in plan.merges:
-            metrics.MERGES.labels(merge.rule).inc()
-        for refusal in plan.refusals:
-            metrics.REFUSALS.labels(refusal.rule).inc()
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        return resolution
+                continue
+            plan, resolution, learnt = outcome
+            self._cache.put_many(learnt)
+            # counted once committed: an attempt rolled back and retried must not count twice
+            metrics.NEW_PERSONS.inc(len(plan.new_persons))
+            for merge in plan.merges:
+                metrics.MERGES.labels(merge.rule).inc()
+            for refusal in plan.refusals:
+                metrics.REFUSALS.labels(refusal.rule).inc()
+            metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+            return resolution
+        raise AssertionError("unreachable")
 
     async def _serializable(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         for attempt in range(1, self._max_attempts + 1):
@@ -228,21 +239,86 @@ class Resolver:
                 await asyncio.sleep(min(0.005 * 2**attempt, 0.5))
         raise AssertionError("unreachable")
 
+    async def _resolve_cached(
+        self,
+        connection: Connection,
+        events: list[EventEnvelope],
+        sightings: list[Sighting],
+        firsts: dict[str, Sighting],
+        keys: list[list[IdentifierKey]],
+    ) -> Outcome | None:
+        """Resolve a batch from the cache alone, in one statement (its own SERIALIZABLE
+        transaction), or return None having written nothing.
+
+        Every event's identifiers must be cached and held by one person, and no event may carry
+        traits. Then, once each cached person is shown live, each event resolves to its person
+        with nothing to change (identifiers only ever point at live persons; a merge or erasure
+        makes the person not live), duplicates aside, exactly as :func:`plan_batch` would
+        resolve it; suppression concerns only identifiers nobody holds.
+        """
+        cache = self._cache
+        owners: list[str | None] = []
+        for event, event_keys in zip(events, keys, strict=True):
+            if event.traits and event.type == "identify":
+                return None
+            owner = None
+            for key in event_keys:
+                held_by = cache.get(key)
+                if held_by is None or (owner is not None and held_by != owner):
+                    return None
+                owner = held_by
+            owners.append(owner)
+        persons = {owner for owner in owners if owner is not None}
+        now = datetime.now(UTC)
+        state = await batch_repository.open_batch(
+            connection,
+            firsts.values(),
+            now=now,
+            window_start=now - self._dedup_window,
+            cached_owners=persons,
+            lookup=(),
+            only_if_live=True,
+        )
+        if len(state.live) < len(persons):
+            return None  # someone was merged or erased since: nothing was written
+        metrics.CACHE_LOOKUPS.labels("hit").inc(sum(map(len, keys)))
+        duplicates = find_duplicates(sightings, state.sightings, now=now, window=self._dedup_window)
+        oneids = [None if dup else owner for owner, dup in zip(owners, duplicates, strict=True)]
+        return BatchPlan(oneids), Resolution(oneids, duplicates, [False] * len(events)), {}
+
     async def _attempt(
         self,
         connection: Connection,
         events: list[EventEnvelope],
         sightings: list[Sighting],
-        keys_at: Callable[[int], list[IdentifierKey]],
-    ) -> tuple[BatchPlan, Resolution, dict[IdentifierKey, str]]:
+        firsts: dict[str, Sighting],
+        keys: list[list[IdentifierKey]],
+    ) -> Outcome:
         now = datetime.now(UTC)
-        known = await batch_repository.load_sightings(connection, [s.event_id for s in sightings])
-        duplicates, first = find_duplicates(sightings, known, now=now, window=self._dedup_window)
-        await batch_repository.record_sightings(connection, first, now)
-        keyed = [[] if dup else keys_at(i) for i, dup in enumerate(duplicates)]
+        every = {key for event_keys in keys for key in event_keys}
+        cached = self._cache.get_many(every)
+        misses = every - cached.keys()
+        state = await batch_repository.open_batch(
+            connection,
+            firsts.values(),
+            now=now,
+            window_start=now - self._dedup_window,
+            cached_owners=set(cached.values()),
+            lookup=misses,
+            only_if_live=False,
+        )
+        duplicates = find_duplicates(sightings, state.sightings, now=now, window=self._dedup_window)
+        keyed = [[] if dup else k for k, dup in zip(keys, duplicates, strict=True)]
 
-        wanted = {k for keys in keyed for k in keys}
-        links, found = await self._links(connection, wanted)
+        links = {key: oneid for key, oneid in cached.items() if oneid in state.live}
+        stale = cached.keys() - links.keys()  # their person was merged or erased meanwhile
+        found = state.links
+        if stale:
+            found.update(await batch_repository.load_links(connection, stale))
+        metrics.CACHE_LOOKUPS.labels("hit").inc(len(links))
+        metrics.CACHE_LOOKUPS.labels("miss").inc(len(misses) + len(stale))
+        links.update(found)
+        wanted = {k for event_keys in keyed for k in event_keys}
         hidden = await self._suppressed(connection, wanted - links.keys())
         suppressed = (
             [not hidden.isdisjoint(keys) for keys in keyed] if hidden else [False] * len(keyed)
@@ -285,21 +361,6 @@ class Resolver:
         else:  # cached answers that held are already in the cache
             learnt = {**found, **plan.new_links}
         return plan, Resolution(plan.oneids, duplicates, suppressed, bool(plan.merges)), learnt
-
-    async def _links(
-        self, connection: Connection, keys: set[IdentifierKey]
-    ) -> tuple[dict[IdentifierKey, str], dict[IdentifierKey, str]]:
-        """Owners of ``keys``: cached answers checked against person rows, the rest looked up
-        (and also returned alone, to be cached)."""
-        cached = self._cache.get_many(keys)
-        live = await batch_repository.live_persons(connection, set(cached.values()))
-        links = {key: oneid for key, oneid in cached.items() if oneid in live}
-        metrics.CACHE_LOOKUPS.labels("hit").inc(len(links))
-        misses = keys - links.keys() if len(links) < len(keys) else set()
-        metrics.CACHE_LOOKUPS.labels("miss").inc(len(misses))
-        found = await batch_repository.load_links(connection, misses)
-        links.update(found)
-        return links, found
 
     async def _suppressed(
         self, connection: Connection, keys: set[IdentifierKey]

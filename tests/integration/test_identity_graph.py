@@ -2,16 +2,20 @@
 
 import asyncio
 import random
+import uuid
+from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.identity.dedup import Sighting
 from services.identity.rules import load_rules
-from services.identity.service import Resolver
+from services.identity.service import Resolution, Resolver
+from shared.contracts import EventEnvelope
 from shared.db import build_engine
 from shared.settings import CommonSettings
-from tests.factories import make_event
+from tests.factories import T0, make_event
 
 
 async def test_three_concurrent_resolvers_keep_one_person_per_identifier(
@@ -65,3 +69,61 @@ async def test_three_concurrent_resolvers_keep_one_person_per_identifier(
     # a person holds one userId at most, so shared cookies never join two users: 60 users, 60
     # persons, each cookie with whichever user showed it first
     assert live == 60
+
+
+async def test_cached_batches_follow_merges_erasures_and_the_dedup_window(
+    settings: CommonSettings, engine: AsyncEngine
+) -> None:
+    """A batch the cache answers fully takes one statement; it must still see what another
+    worker merged or erased meanwhile, and dedup exactly as the full transaction does."""
+    tag = uuid.uuid4().hex[:8]
+    worker, other = Resolver(engine, load_rules()), Resolver(engine, load_rules())
+    offsets = iter(range(1_000_000))
+
+    async def resolve(resolver: Resolver, *events: EventEnvelope) -> Resolution:
+        sightings = [Sighting(e.event_id, 0, next(offsets)) for e in events]
+        return await resolver.resolve(list(events), sightings)
+
+    def anon(name: str, **fields: Any) -> EventEnvelope:
+        return make_event(user_id=None, anonymous_id=f"{tag}-{name}", **fields)
+
+    try:
+        oldest = anon("a1", received_at=T0 - timedelta(hours=1))
+        p1, p2, p3 = (await resolve(worker, oldest, anon("a2"), anon("a3"))).oneids
+        assert p1 is not None
+        assert p2 is not None
+        assert p3 is not None
+        assert len({p1, p2, p3}) == 3
+        # all cached now: the same persons again, and a re-send of an event in the same batch
+        again = anon("a1")
+        cached = await resolve(worker, again, anon("a2"), again)
+        assert cached.oneids == [p1, p2, None]
+        assert cached.duplicates == [False, False, True]
+        # another worker merges p2 into p1 (p1 is older) and erases p3
+        await resolve(other, anon("a1", traits={"email": f"{tag}@acme.io"}, type="identify"))
+        merged = await resolve(other, anon("a2", traits={"email": f"{tag}@acme.io"}))
+        assert merged.oneids == [p1]
+        await other.erase(p3, "test")
+        followed = await resolve(worker, anon("a2"), anon("a3"))
+        assert followed.oneids == [p1, None]
+        assert followed.suppressed == [False, True]
+        # a re-send within the window is dropped, Kafka redelivering the same record is not
+        resent = anon("a1")
+        seen = Sighting(resent.event_id, 0, next(offsets))
+        assert (await worker.resolve([resent], [seen])).oneids == [p1]
+        assert (await resolve(worker, resent)).duplicates == [True]
+        assert (await worker.resolve([resent], [seen])).oneids == [p1]
+        # once the first sighting left the window, a re-send counts again
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "UPDATE identity.seen_events SET seen_at = seen_at - interval '25 hours' "
+                    "WHERE event_id = :id"
+                ),
+                {"id": resent.event_id},
+            )
+        assert (await resolve(worker, resent)).oneids == [p1]
+        assert (await resolve(worker, resent)).duplicates == [True]
+    finally:
+        await worker.close()
+        await other.close()
