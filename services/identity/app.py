@@ -17,6 +17,7 @@ from services.identity.settings import IdentitySettings
 from services.identity.worker import IdentityHandler, tune_gc
 from shared.consumer import BatchConsumer
 from shared.db import build_engine, build_sessionmaker
+from shared.deadletters import dead_letter_sink
 from shared.http import consumer_readiness, install_common
 from shared.kafka import Publisher, build_consumer, build_producer, wait_for_broker
 from shared.topics import EVENTS_RAW, EVENTS_RESOLVED
@@ -50,6 +51,7 @@ def create_app(settings: IdentitySettings) -> FastAPI:
             group=settings.group_id,
             max_records=settings.batch_size,
             settle_ahead=1,
+            poison=dead_letter_sink(Publisher(producer), "identity"),
         )
         app.state.engine, app.state.producer, app.state.loop = engine, producer, loop
         app.state.sessions = resolver.sessions

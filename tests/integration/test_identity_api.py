@@ -190,3 +190,27 @@ async def test_profile_lookup_merge_history_and_erasure(
             )
             leaked = [v for v in raw_values for row in rows if v.lower() in row.lower()]
             assert leaked == [], (table, leaked)
+
+
+async def test_an_event_postgres_refuses_is_dead_lettered_and_the_partition_moves_on(
+    identity: Service, settings: CommonSettings
+) -> None:
+    """A NUL character in a user id (another producer than ingest, which refuses it) passes the
+    envelope but no Postgres text column takes it: after three failed batches the event is
+    dead-lettered alone, and the events around it are resolved."""
+    run = f"nul-{uuid.uuid4().hex[:8]}"
+    before = make_event(source_id=run, user_id=f"{run}-before", anonymous_id=None)
+    refused = make_event(source_id=run, user_id=f"{run}-\x00", anonymous_id=None)
+    after = make_event(source_id=run, user_id=f"{run}-after", anonymous_id=None)
+    await _send(settings, before, refused, after)
+    resolved = await _resolved(settings, run, 2)
+    assert {r["event"]["user_id"] for r in resolved} == {f"{run}-before", f"{run}-after"}
+    letters = await collect(
+        settings.kafka_bootstrap,
+        "tierflow.deadletter",
+        lambda r: r.get("stage") == "identity" and run in r.get("payload", ""),
+        count=1,
+        timeout=30,
+    )
+    assert len(letters) == 1
+    assert "0x00" in letters[0]["reason"]
