@@ -204,8 +204,8 @@ class _Batch:
     def profiles(self) -> None:
         for key, state in self.out.writes.items():
             if is_live(state):
-                profile = service.profile_of(key.decode(), state, self.model)
-                self.send(PROFILES.name, key, encode(profile))
+                profile = service.profile_json(key.decode(), state, self.model)
+                self.send(PROFILES.name, key, profile)
 
 
 def process(

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_MODEL_PATH = Path(__file__).with_name("default_model.yaml")
+DAY = 86_400.0
 
 SCORES = frozenset({"value", "engagement", "fit", "total"})
 """Metrics that are scores: hysteresis widens thresholds on these only."""
@@ -35,13 +37,53 @@ class Match(Strict):
     event: str | None = None
     properties: dict[str, Scalar] = Field(default_factory=dict)
 
-    def matches(self, kind: str, name: str | None, properties: dict[str, Any]) -> bool:
+    def matches(self, kind: str, name: str | None, properties: Mapping[str, Any]) -> bool:
         """True when the event has this type, name and every listed property value."""
         if self.type is not None and self.type != kind:
             return False
         if self.event is not None and self.event != name:
             return False
-        return all(properties.get(key) == value for key, value in self.properties.items())
+        return _has(properties, self.properties.items())
+
+
+def _has(properties: Mapping[str, Any], required: Iterable[tuple[str, Scalar]]) -> bool:
+    # loops rather than all()/any() here and in the checks below: no generator per call
+    for key, value in required:  # noqa: SIM110
+        if properties.get(key) != value:
+            return False
+    return True
+
+
+R = TypeVar("R")
+
+
+class RuleIndex(Generic[R]):
+    """Rules by the event type and name they accept, in order: an event is tested only against
+    the rules that could match it (the keys are the model's own types and names, so bounded)."""
+
+    def __init__(self, rules: Sequence[tuple[Match, R]]) -> None:
+        self._types = {m.type for m, _ in rules if m.type is not None}
+        self._names = {m.event for m, _ in rules if m.event is not None}
+        self._rules = {
+            (kind, name): tuple(
+                (tuple(m.properties.items()), rule)
+                for m, rule in rules
+                if m.type in (None, kind) and m.event in (None, name)
+            )
+            for kind in (*self._types, None)
+            for name in (*self._names, None)
+        }
+
+    def first(self, kind: str, name: str | None, properties: Mapping[str, Any]) -> R | None:
+        """The first rule whose match accepts the event, or None."""
+        key = (
+            kind if kind in self._types else None,
+            name if name in self._names else None,
+        )
+        for required, rule in self._rules[key]:
+            if _has(properties, required):
+                return rule
+        return None
 
 
 class EngagementRule(Strict):
@@ -66,11 +108,19 @@ class Bands(Strict):
 
     def at_least(self, amount: float) -> int:
         """More is better: 1 plus the number of thresholds ``amount`` reaches."""
-        return 1 + sum(amount >= t for t in self.thresholds)
+        band = 1
+        for threshold in self.thresholds:
+            if amount >= threshold:
+                band += 1
+        return band
 
     def at_most(self, amount: float) -> int:
         """Less is better (recency in days): 5 minus the number of thresholds it exceeds."""
-        return 5 - sum(amount > t for t in self.thresholds)
+        band = 5
+        for threshold in self.thresholds:
+            if amount > threshold:
+                band -= 1
+        return band
 
 
 class RfmWeights(Strict):
@@ -145,36 +195,100 @@ class Condition(Strict):
 
     def compile(self, margin: float = 0.0) -> Check:
         """This condition as one function of (metrics, traits, stage, tags), with the score
-        thresholds widened by ``margin``: it runs several times per event, so the thresholds
-        are resolved once here rather than on every call."""
-        lows = tuple((m, t - (margin if m in SCORES else 0.0)) for m, t in self.at_least.items())
-        highs = tuple((m, t + (margin if m in SCORES else 0.0)) for m, t in self.below.items())
-        tags, not_tags, stages = tuple(self.tags), tuple(self.not_tags), frozenset(self.stages)
-        traits = tuple((k, tuple(v)) for k, v in self.traits.items())
-        alternatives = tuple(a.compile(margin) for a in self.any_of)
+        thresholds widened by ``margin``. Conditions run a dozen times per event, so each test
+        is resolved once here into a small closure, and a condition of one test (most are)
+        is that closure itself."""
+        tests: list[Check] = [
+            *(_at_least(m, t - (margin if m in SCORES else 0.0)) for m, t in self.at_least.items()),
+            *(_below(m, t + (margin if m in SCORES else 0.0)) for m, t in self.below.items()),
+        ]
+        if self.stages:
+            tests.append(_in_stages(frozenset(self.stages)))
+        tests += [_tagged(tag) for tag in self.tags]
+        tests += [_not_tagged(tag) for tag in self.not_tags]
+        tests += [_trait_in(trait, tuple(allowed)) for trait, allowed in self.traits.items()]
+        if self.any_of:
+            tests.append(_any_of(tuple(a.compile(margin) for a in self.any_of)))
+        return _all_of(tuple(tests))
 
-        def scores_hold(metrics: Mapping[str, float]) -> bool:
-            for metric, limit in lows:
-                if metrics.get(metric, 0.0) < limit:
-                    return False
-            return all(metrics.get(metric, 0.0) < limit for metric, limit in highs)
 
-        def check(
-            metrics: Mapping[str, float], held: Mapping[str, Any], stage: str, has: Collection[str]
-        ) -> bool:
-            if (lows or highs) and not scores_hold(metrics):
-                return False
-            if stages and stage not in stages:
-                return False
-            if (tags or not_tags or traits) and not (
-                all(tag in has for tag in tags)
-                and not any(tag in has for tag in not_tags)
-                and all(held.get(trait) in allowed for trait, allowed in traits)
-            ):
-                return False
-            return not alternatives or any(a(metrics, held, stage, has) for a in alternatives)
+def _at_least(metric: str, limit: float) -> Check:
+    def check(metrics: Mapping[str, float], held: Any, stage: str, has: Collection[str]) -> bool:
+        return not metrics.get(metric, 0.0) < limit
 
-        return check
+    return check
+
+
+def _below(metric: str, limit: float) -> Check:
+    def check(metrics: Mapping[str, float], held: Any, stage: str, has: Collection[str]) -> bool:
+        return metrics.get(metric, 0.0) < limit
+
+    return check
+
+
+def _in_stages(stages: frozenset[str]) -> Check:
+    def check(metrics: Mapping[str, float], held: Any, stage: str, has: Collection[str]) -> bool:
+        return stage in stages
+
+    return check
+
+
+def _tagged(tag: str) -> Check:
+    def check(metrics: Mapping[str, float], held: Any, stage: str, has: Collection[str]) -> bool:
+        return tag in has
+
+    return check
+
+
+def _not_tagged(tag: str) -> Check:
+    def check(metrics: Mapping[str, float], held: Any, stage: str, has: Collection[str]) -> bool:
+        return tag not in has
+
+    return check
+
+
+def _trait_in(trait: str, allowed: tuple[Scalar, ...]) -> Check:
+    def check(
+        metrics: Mapping[str, float], held: Mapping[str, Any], stage: str, has: Collection[str]
+    ) -> bool:
+        return held.get(trait) in allowed
+
+    return check
+
+
+def _any_of(alternatives: tuple[Check, ...]) -> Check:
+    def check(
+        metrics: Mapping[str, float], held: Mapping[str, Any], stage: str, has: Collection[str]
+    ) -> bool:
+        for alternative in alternatives:  # noqa: SIM110
+            if alternative(metrics, held, stage, has):
+                return True
+        return False
+
+    return check
+
+
+def _always(
+    metrics: Mapping[str, float], held: Mapping[str, Any], stage: str, has: Collection[str]
+) -> bool:
+    return True
+
+
+def _all_of(tests: tuple[Check, ...]) -> Check:
+    if not tests:
+        return _always
+    if len(tests) == 1:
+        return tests[0]
+
+    def check(
+        metrics: Mapping[str, float], held: Mapping[str, Any], stage: str, has: Collection[str]
+    ) -> bool:
+        for test in tests:  # noqa: SIM110
+            if not test(metrics, held, stage, has):
+                return False
+        return True
+
+    return check
 
 
 class Named(Strict):
@@ -188,6 +302,20 @@ class Tier(Named):
     """A tier; leaving it for a tier listed below it waits ``min_dwell_days`` after entry."""
 
     min_dwell_days: float = Field(default=0.0, ge=0)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What deadlines are computed from, in seconds, resolved once per model."""
+
+    reevaluate_after: float
+    silence: tuple[float, ...]
+    age: tuple[float, ...]
+    engagement_limits: tuple[float, ...]
+    total_limits: tuple[float, ...]
+    purchase_windows: tuple[float, float]
+    recency: tuple[float, ...]
+    dwell: dict[str, float]
 
 
 class ScoringModel(Strict):
@@ -232,6 +360,58 @@ class ScoringModel(Strict):
         to stay in it, in order."""
         return tuple(
             (t.name, t.when.compile(), t.when.compile(self.hysteresis)) for t in self.tiers
+        )
+
+    @cached_property
+    def engagement_index(self) -> RuleIndex[EngagementRule]:
+        """The engagement rules indexed by the events they can match."""
+        return RuleIndex([(r.match, r) for r in self.engagement])
+
+    @cached_property
+    def counted(self) -> frozenset[str]:
+        """The engagement rules whose ``count.<rule>`` a condition tests: the only counts an
+        evaluation needs."""
+        tested = {
+            m for item in [*self.stages, *self.tags, *self.tiers] for m in item.when.metrics()
+        }
+        return frozenset(r.name for r in self.engagement if f"count.{r.name}" in tested)
+
+    @cached_property
+    def tier_rank(self) -> dict[str, int]:
+        """Each tier's position in the model (0 is checked first)."""
+        return {t.name: n for n, t in enumerate(self.tiers)}
+
+    @cached_property
+    def rfm_unit(self) -> float:
+        """Points per weighted RFM band: ``scale`` over the sum of the weights."""
+        weights = self.rfm.weights
+        return self.rfm.scale / sum((weights.recency, weights.frequency, weights.monetary))
+
+    @cached_property
+    def schedule(self) -> Schedule:
+        """The thresholds where time alone moves a person, as offsets in seconds."""
+        pairs = self.thresholds
+        limits = {
+            metric: tuple(
+                limit
+                for m, threshold in pairs
+                if m == metric
+                for limit in (threshold, threshold - self.hysteresis)
+            )
+            for metric in ("engagement", "total")
+        }
+        return Schedule(
+            reevaluate_after=self.reevaluate_after_days * DAY,
+            silence=tuple(t * DAY for m, t in pairs if m == "silent_days"),
+            age=tuple(t * DAY for m, t in pairs if m == "age_days"),
+            engagement_limits=limits["engagement"],
+            total_limits=limits["total"],
+            purchase_windows=(
+                self.rfm.frequency_window_days * DAY,
+                self.rfm.monetary_window_days * DAY,
+            ),
+            recency=tuple(d * DAY for d in self.rfm.recency_days.thresholds),
+            dwell={t.name: t.min_dwell_days * DAY for t in self.tiers},
         )
 
     @model_validator(mode="after")

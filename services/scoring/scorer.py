@@ -3,6 +3,10 @@
 State is a plain dict (it is the Faust table value, serialised as JSON) so that everything
 about a person — scores, the ids already counted, daily caps, tier — is written atomically.
 Every read is at an explicit time ``now``: decay and windows are exact at any read time.
+
+This runs for every event, so the containers a state holds are never changed in place, only
+replaced: a shallow copy of a stored state is a safe copy. The small result types are plain
+(not frozen) dataclasses because a frozen one costs five times as much to build.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.scoring.rules import SCORES, Condition, ScoringModel
+from services.scoring.rules import DAY, SCORES, Condition, ScoringModel
 
-DAY = 86_400.0
+__all__ = ["DAY"]  # re-exported: callers measure time in days of this length
+
 SEEN_LIMIT = 256  # ids remembered per person for dedup: redelivery is of recent events
 
 State = dict[str, Any]
@@ -54,9 +59,10 @@ def _day(at: float) -> int:
 
 def remember(state: State, marker: str) -> bool:
     """Record ``marker`` (an event or merge id) as applied; False when it already was."""
-    if marker in state["seen"]:
+    seen = state["seen"]
+    if marker in seen:
         return False
-    state["seen"] = [*state["seen"][-(SEEN_LIMIT - 1) :], marker]
+    state["seen"] = [*seen[-(SEEN_LIMIT - 1) :], marker]
     return True
 
 
@@ -71,48 +77,33 @@ def apply_event(
     at: float,
     model: ScoringModel,
 ) -> bool:
-    """Count one event into ``state`` (mutated); False when its id was already counted.
+    """Count one event into ``state`` (its values are replaced); False when its id was
+    already counted.
 
     A late event adds its points already decayed to the latest time seen, so the result does
     not depend on the order events arrive in.
     """
     if not remember(state, event_id):
         return False
-    props = dict(properties)
     ref = state["engagement_at"]
     if at > ref:
         factor = decay_factor(at - ref, model.half_life_days)
         state["engagement"] = {r: p * factor for r, p in state["engagement"].items()}
         ref = state["engagement_at"] = at
-    rule = next((r for r in model.engagement if r.match.matches(kind, name, props)), None)
+    rule = model.engagement_index.first(kind, name, properties)
     if rule is not None:
-        per_day = state["days"].setdefault(rule.name, {})
-        count, used = per_day.get(str(_day(at)), (0, 0.0))
-        points = rule.points
-        if rule.daily_cap is not None and points > 0:
-            points = max(0.0, min(points, rule.daily_cap - used))
-        per_day[str(_day(at))] = [count + 1, used + max(points, 0.0)]
-        horizon = _day(ref) - math.ceil(model.count_window_days)
-        state["days"][rule.name] = {d: v for d, v in per_day.items() if int(d) > horizon}
+        points = _count_day(state, rule.name, rule.points, rule.daily_cap, at, ref, model)
         if points:
             weight = decay_factor(ref - at, model.half_life_days)
-            state["engagement"][rule.name] = state["engagement"].get(rule.name, 0.0) + (
-                points * weight
-            )
-            state["earned"][rule.name] = state["earned"].get(rule.name, 0.0) + points
-    rfm = model.rfm
-    if rfm.match.matches(kind, name, props):
-        amount = props.get(rfm.amount_property)
-        number = float(amount) if isinstance(amount, int | float) else 0.0
-        state["purchases"].append([at, number if not isinstance(amount, bool) else 0.0])
-        last = state["last_purchase_at"]
-        state["last_purchase_at"] = at if last is None else max(last, at)
-    window = max(rfm.frequency_window_days, rfm.monetary_window_days) * DAY
-    state["purchases"] = sorted(p for p in state["purchases"] if ref - p[0] < window)
-    for key, value in traits.items():
-        held = state["traits"].get(key)
-        if isinstance(value, str | int | float | bool) and (held is None or at >= held[1]):
-            state["traits"][key] = [value, at]
+            engagement, earned = state["engagement"], state["earned"]
+            state["engagement"] = {
+                **engagement,
+                rule.name: engagement.get(rule.name, 0.0) + (points * weight),
+            }
+            state["earned"] = {**earned, rule.name: earned.get(rule.name, 0.0) + points}
+    _apply_purchase(state, kind, name, properties, at, ref, model)
+    if traits:
+        _apply_traits(state, traits, at)
     state["events"] += 1
     state["last_event_at"] = (
         at if state["last_event_at"] is None else max(at, state["last_event_at"])
@@ -121,7 +112,71 @@ def apply_event(
     return True
 
 
-@dataclass(frozen=True, slots=True)
+def _count_day(
+    state: State,
+    rule: str,
+    points: float,
+    cap: float | None,
+    at: float,
+    ref: float,
+    model: ScoringModel,
+) -> float:
+    """Count the event in its UTC day (days older than the count window are dropped) and
+    return the points it earns under the daily cap."""
+    per_day = state["days"].get(rule, {})
+    day = _day(at)
+    count, used = per_day.get(str(day), (0, 0.0))
+    if cap is not None and points > 0:
+        points = max(0.0, min(points, cap - used))
+    horizon = _day(ref) - math.ceil(model.count_window_days)
+    kept = {d: v for d, v in per_day.items() if int(d) > horizon}
+    if day > horizon:
+        kept[str(day)] = [count + 1, used + max(points, 0.0)]
+    state["days"] = {**state["days"], rule: kept}
+    return points
+
+
+def _apply_purchase(
+    state: State,
+    kind: str,
+    name: str | None,
+    properties: Mapping[str, Any],
+    at: float,
+    ref: float,
+    model: ScoringModel,
+) -> None:
+    """Record a purchase, and keep purchases (sorted by time) within the longest RFM window
+    of the latest time seen."""
+    rfm = model.rfm
+    purchases = state["purchases"]
+    bought = rfm.match.matches(kind, name, properties)
+    if bought:
+        amount = properties.get(rfm.amount_property)
+        number = float(amount) if isinstance(amount, int | float) else 0.0
+        purchases = [*purchases, [at, number if not isinstance(amount, bool) else 0.0]]
+        last = state["last_purchase_at"]
+        state["last_purchase_at"] = at if last is None else max(last, at)
+    window = max(model.schedule.purchase_windows)
+    # sorted, the oldest purchase comes first: when it is within the window, all are
+    if bought or (purchases and not ref - purchases[0][0] < window):
+        state["purchases"] = sorted(p for p in purchases if ref - p[0] < window)
+
+
+def _apply_traits(state: State, traits: Mapping[str, Any], at: float) -> None:
+    """Keep each scalar trait's latest value and when it was set."""
+    held = state["traits"]
+    updated: dict[str, Any] | None = None
+    for key, value in traits.items():
+        before = held.get(key)
+        if isinstance(value, str | int | float | bool) and (before is None or at >= before[1]):
+            if updated is None:
+                updated = dict(held)
+            updated[key] = [value, at]
+    if updated is not None:
+        state["traits"] = updated
+
+
+@dataclass(slots=True)
 class Facts:
     """Everything conditions test, measured at one time."""
 
@@ -146,45 +201,40 @@ class Facts:
 def measure(
     state: Mapping[str, Any], now: float, model: ScoringModel, *, detail: bool = False
 ) -> Facts:
-    """The person's scores and facts at ``now`` (decay and windows applied); ``detail`` adds
-    every rule's contribution (for tier changes and explanations, not every event)."""
+    """The person's scores and facts at ``now`` (decay and windows applied).
+
+    Without ``detail`` only the counts the model's conditions test are measured; ``detail``
+    adds every rule's count and contribution (for explanations, not every event).
+    """
     factor = decay_factor(now - state["engagement_at"], model.half_life_days)
     engagement = sum(state["engagement"].values()) * factor
-    contributions: dict[str, float] = {}
-    if detail:
-        contributions = {f"engagement.{r}": p * factor for r, p in state["engagement"].items()}
     rfm = model.rfm
-    frequency = [a for at, a in state["purchases"] if now - at < rfm.frequency_window_days * DAY]
-    revenue = sum(a for at, a in state["purchases"] if now - at < rfm.monetary_window_days * DAY)
+    frequency_window, monetary_window = model.schedule.purchase_windows
+    purchases, revenue = 0, 0
+    for at, amount in state["purchases"]:
+        if now - at < frequency_window:
+            purchases += 1
+        if now - at < monetary_window:
+            revenue = revenue + amount
     bands: tuple[int, int, int] | None = None
     value = 0.0
-    if frequency and state["last_purchase_at"] is not None:
+    if purchases and state["last_purchase_at"] is not None:
         bands = (
             rfm.recency_days.at_most(max(0.0, now - state["last_purchase_at"]) / DAY),
-            rfm.frequency.at_least(len(frequency)),
+            rfm.frequency.at_least(purchases),
             rfm.monetary.at_least(revenue),
         )
-        weights = (rfm.weights.recency, rfm.weights.frequency, rfm.weights.monetary)
-        unit = rfm.scale / sum(weights)
-        if detail:
-            for label, band, weight in zip(
-                ("recency", "frequency", "monetary"), bands, weights, strict=True
-            ):
-                contributions[f"rfm.{label}"] = band * weight * unit
-        value = sum(band * weight for band, weight in zip(bands, weights, strict=True)) * unit
+        weights = rfm.weights
+        value = (
+            bands[0] * weights.recency + bands[1] * weights.frequency + bands[2] * weights.monetary
+        ) * model.rfm_unit
     traits = {key: held[0] for key, held in state["traits"].items()}
     fit = 0.0
-    for rule in model.fit:
-        if rule.trait in traits:
-            points = rule.weight * rule.points.get(str(traits[rule.trait]), 0.0)
-            if detail:
-                contributions[f"fit.{rule.trait}"] = points
-            fit += points
-    horizon = _day(now) - model.count_window_days
-    counts = {
-        rule: sum(v[0] for d, v in days.items() if horizon < int(d) <= _day(now))
-        for rule, days in state["days"].items()
-    }
+    if traits:
+        for rule in model.fit:
+            if rule.trait in traits:
+                fit += rule.weight * rule.points.get(str(traits[rule.trait]), 0.0)
+    counts = _counts(state["days"], now, model, every=detail)
     last = state["last_event_at"] or state["first_seen_at"]
     silent, age = max(0.0, now - last) / DAY, max(0.0, now - state["first_seen_at"]) / DAY
     metrics = {
@@ -194,24 +244,70 @@ def measure(
         "total": value + engagement + fit,
         "silent_days": silent,
         "age_days": age,
-        "purchases": float(len(frequency)),
+        "purchases": float(purchases),
         "revenue": revenue,
     }
-    metrics.update((f"count.{rule}", float(n)) for rule, n in counts.items())
-    return Facts(
+    for counted, count in counts.items():
+        metrics[f"count.{counted}"] = float(count)
+    facts = Facts(
         value=value,
         engagement=engagement,
         fit=fit,
         silent_days=silent,
         age_days=age,
-        purchases=len(frequency),
+        purchases=purchases,
         revenue=revenue,
         rfm=bands,
         counts=counts,
         traits=traits,
-        contributions=contributions,
         metrics=metrics,
     )
+    if detail:
+        facts.contributions = contributions(state, facts, now, model)
+    return facts
+
+
+def _counts(
+    days: Mapping[str, Mapping[str, list[Any]]], now: float, model: ScoringModel, *, every: bool
+) -> dict[str, int]:
+    """Events per rule in the count window ending today: every rule's, or those tested."""
+    today = _day(now)
+    horizon = today - model.count_window_days
+    counted = model.counted
+    counts: dict[str, int] = {}
+    for rule, per_day in days.items():
+        if every or rule in counted:
+            count = 0
+            for day, entry in per_day.items():
+                if horizon < int(day) <= today:
+                    count += entry[0]
+            counts[rule] = count
+    return counts
+
+
+def contributions(
+    state: Mapping[str, Any], facts: Facts, now: float, model: ScoringModel
+) -> dict[str, float]:
+    """Every rule's share of the scores in ``facts`` (measured at ``now``)."""
+    factor = decay_factor(now - state["engagement_at"], model.half_life_days)
+    shares = {f"engagement.{r}": p * factor for r, p in state["engagement"].items()}
+    if facts.rfm:
+        weights = model.rfm.weights
+        unit = model.rfm_unit
+        for label, band, weight in zip(
+            ("recency", "frequency", "monetary"),
+            facts.rfm,
+            (weights.recency, weights.frequency, weights.monetary),
+            strict=True,
+        ):
+            shares[f"rfm.{label}"] = band * weight * unit
+    traits = facts.traits
+    for rule in model.fit:
+        if rule.trait in traits:
+            shares[f"fit.{rule.trait}"] = rule.weight * rule.points.get(
+                str(traits[rule.trait]), 0.0
+            )
+    return shares
 
 
 def gaps(
@@ -253,10 +349,14 @@ def stage_of(facts: Facts, model: ScoringModel) -> str:
 def tags_of(facts: Facts, stage: str, model: ScoringModel) -> list[str]:
     """Every tag whose condition holds, in model order."""
     metrics, traits = facts.metrics, facts.traits
-    return [name for name, check in model.tag_checks if check(metrics, traits, stage, ())]
+    tags = []
+    for name, check in model.tag_checks:
+        if check(metrics, traits, stage, ()):
+            tags.append(name)
+    return tags
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     """The tier the model chooses at one time, and what it was chosen on."""
 
@@ -276,17 +376,19 @@ def decide(
     stage = stage_of(facts, model)
     tags = tags_of(facts, stage, model)
     current = state["tier"]
-    names = [t.name for t in model.tiers]
     metrics, traits = facts.metrics, facts.traits
-    chosen = next(
-        name
-        for name, enter, stay in model.tier_checks
-        if (stay if name == current else enter)(metrics, traits, stage, tags)
-    )
-    if current in names and names.index(chosen) > names.index(current):
-        dwell = model.tiers[names.index(current)].min_dwell_days * DAY
-        if now < state["tier_since"] + dwell:
-            return Decision(current, facts, stage, tags, held_by_dwell=True)
+    chosen = model.tiers[-1].name  # the last tier holds for everyone
+    for name, enter, stay in model.tier_checks:
+        if (stay if name == current else enter)(metrics, traits, stage, tags):
+            chosen = name
+            break
+    rank = model.tier_rank
+    if (
+        current in rank
+        and rank[chosen] > rank[current]
+        and now < state["tier_since"] + model.schedule.dwell[current]
+    ):
+        return Decision(current, facts, stage, tags, held_by_dwell=True)
     return Decision(chosen, facts, stage, tags, held_by_dwell=False)
 
 
@@ -296,34 +398,59 @@ def next_deadline(
     """When time alone could next change this person's tier or stage: a silence or age
     threshold, a purchase leaving its window, a recency band, the end of a dwell, engagement
     decaying below a threshold — and at the latest the periodic re-evaluation."""
+    schedule = model.schedule
     last = state["last_event_at"] or state["first_seen_at"]
-    candidates = [now + model.reevaluate_after_days * DAY]
+    first_seen = state["first_seen_at"]
+    # plain loops throughout: a comprehension is a function call of its own
+    candidates = [now + schedule.reevaluate_after]
+    for offset in schedule.silence:
+        candidates.append(last + offset)
+    for offset in schedule.age:
+        candidates.append(first_seen + offset)
     facts = facts or measure(state, now, model)
+    if facts.engagement > 0:
+        _decay_deadlines(candidates, facts, now, model)
+    for window in schedule.purchase_windows:
+        # purchases are sorted by time: the first still in the window leaves it first
+        for at, _ in state["purchases"]:
+            if at + window > now:
+                candidates.append(at + window)
+                break
+    last_purchase = state["last_purchase_at"]
+    if last_purchase is not None:
+        for offset in schedule.recency:
+            candidates.append(last_purchase + offset)
+    tier = state["tier"]
+    if tier is not None and tier in schedule.dwell:
+        candidates.append(state["tier_since"] + schedule.dwell[tier])
+    soonest = None
+    for candidate in candidates:
+        if candidate > now and (soonest is None or candidate < soonest):
+            soonest = candidate
+    if soonest is None:
+        raise ValueError("no deadline after now")
+    return soonest
+
+
+def _decay_deadlines(
+    candidates: list[float], facts: Facts, now: float, model: ScoringModel
+) -> None:
+    """Add when the decaying engagement crosses each engagement or total threshold."""
+    engagement = facts.engagement
+    schedule = model.schedule
     others = facts.value + facts.fit
-    rfm = model.rfm
-    for metric, threshold in model.thresholds:
-        if metric == "silent_days":
-            candidates.append(last + threshold * DAY)
-        elif metric == "age_days":
-            candidates.append(state["first_seen_at"] + threshold * DAY)
-        elif metric in {"engagement", "total"} and facts.engagement > 0:
-            for limit in (threshold, threshold - model.hysteresis):
-                target = limit - (others if metric == "total" else 0.0)
-                if 0 < target < facts.engagement:
-                    halvings = math.log2(facts.engagement / target)
-                    candidates.append(now + halvings * model.half_life_days * DAY)
-    for at, _ in state["purchases"]:
-        candidates += [at + rfm.frequency_window_days * DAY, at + rfm.monetary_window_days * DAY]
-    if state["last_purchase_at"] is not None:
-        candidates += [state["last_purchase_at"] + d * DAY for d in rfm.recency_days.thresholds]
-    if state["tier"] is not None:
-        tier = next((t for t in model.tiers if t.name == state["tier"]), None)
-        if tier is not None:
-            candidates.append(state["tier_since"] + tier.min_dwell_days * DAY)
-    return min(c for c in candidates if c > now)
+    for limit in schedule.engagement_limits:
+        if 0 < limit < engagement:
+            halvings = math.log2(engagement / limit)
+            candidates.append(now + halvings * model.half_life_days * DAY)
+    for limit in schedule.total_limits:
+        target = limit - others
+        if 0 < target < engagement:
+            halvings = math.log2(engagement / target)
+            candidates.append(now + halvings * model.half_life_days * DAY)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Move:
     """A change decided by :func:`evaluate`: the tier, the lifecycle stage, or both moved
     (``from_tier == to_tier`` for a stage change within the tier)."""
@@ -362,7 +489,7 @@ def evaluate(state: State, now: float, model: ScoringModel) -> Move | None:
     tier_moved = decision.tier != state["tier"]
     if not tier_moved and decision.stage == from_stage:
         return None
-    current = measure(state, now, model, detail=True).contributions
+    current = contributions(state, facts, now, model)
     before = state["at_change"]
     deltas = {k: current.get(k, 0.0) - before.get(k, 0.0) for k in {*current, *before}}
     top = sorted(
@@ -379,7 +506,7 @@ def evaluate(state: State, now: float, model: ScoringModel) -> Move | None:
         tags=decision.tags,
         contributions=top,
     )
-    state.update(changes=move.sequence, at_change=dict(current))
+    state.update(changes=move.sequence, at_change=current)
     if tier_moved:
         state.update(tier=decision.tier, tier_since=now)
     return move

@@ -3,9 +3,12 @@ state and, maybe, a tier-change CloudEvent; plus the profile and the explanation
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+
+import orjson
 
 from services.scoring import scorer
 from services.scoring.rules import ScoringModel
@@ -18,30 +21,31 @@ from shared.contracts import (
     TierChangeCause,
     TierChanged,
     TierChangeEvent,
+    encode,
 )
 
+ONEID_MAX = 64
+"""The longest oneid a contract accepts (``shared.contracts``' ``OneId``)."""
 CHANGE_NAMESPACE = uuid.UUID("3f9a7c21-5d4e-4b8a-9e0f-71c2d6a8b4e5")
 
 
 def tier_change_id(oneid: str, sequence: int) -> str:
-    """The n-th tier change of a person always has the same id, however often it is computed."""
-    return str(uuid.uuid5(CHANGE_NAMESPACE, f"{oneid}\x1f{sequence}"))
+    """The n-th tier change of a person always has the same id, however often it is computed:
+    ``str(uuid.uuid5(CHANGE_NAMESPACE, f"{oneid}\\x1f{sequence}"))``, formatted directly
+    (building the ``UUID`` object costs more than the hash)."""
+    digest = bytearray(
+        hashlib.sha1(
+            CHANGE_NAMESPACE.bytes + f"{oneid}\x1f{sequence}".encode(), usedforsecurity=False
+        ).digest()[:16]
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _at(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
-
-
-def _copy(state: State) -> State:
-    """A copy deep enough that mutating it never changes the table's current value."""
-    return {
-        **state,
-        "engagement": dict(state["engagement"]),
-        "earned": dict(state["earned"]),
-        "days": {rule: dict(days) for rule, days in state["days"].items()},
-        "purchases": list(state["purchases"]),
-        "traits": dict(state["traits"]),
-    }
 
 
 def score_event(
@@ -54,7 +58,8 @@ def score_event(
     """
     event = resolved.event
     at = event.timestamp.timestamp()
-    current = _copy(state) if state else scorer.new_state(at)
+    # scorer replaces a state's containers and never changes them: a shallow copy is enough
+    current = dict(state) if state else scorer.new_state(at)
     counted = scorer.apply_event(
         current,
         event_id=event.event_id,
@@ -69,18 +74,17 @@ def score_event(
         return current, False, None
     now = current["engagement_at"]
     move = scorer.evaluate(current, now, model)
-    cause = TierChangeCause(kind="event", event_id=event.event_id)
-    return current, True, _change(resolved.oneid, current, move, model, now, cause)
+    return current, True, _change(resolved.oneid, move, model, now, "event", event.event_id)
 
 
 def reevaluate(
     oneid: str, state: State, now: float, model: ScoringModel
 ) -> tuple[State, TierChangeEvent | None]:
     """The inactivity timer: re-decide the tier at ``now`` with no event."""
-    current = _copy(state)
+    current = dict(state)
     at = max(now, current["engagement_at"])
     move = scorer.evaluate(current, at, model)
-    return current, _change(oneid, current, move, model, at, TierChangeCause(kind="timer"))
+    return current, _change(oneid, move, model, at, "timer")
 
 
 def fold_in(
@@ -90,21 +94,20 @@ def fold_in(
     then re-evaluate once at the latest time either of them was seen."""
     if state is not None and fold_id in state["seen"]:
         return state, False, None
-    current = scorer.fold(_copy(state) if state else None, _copy(absorbed), model)
+    current = scorer.fold(state, absorbed, model)  # a new state; neither input changes
     scorer.remember(current, fold_id)
     now = current["engagement_at"]
     move = scorer.evaluate(current, now, model)
-    cause = TierChangeCause(kind="merge", event_id=fold_id)
-    return current, True, _change(oneid, current, move, model, now, cause)
+    return current, True, _change(oneid, move, model, now, "merge", fold_id)
 
 
 def _change(
     oneid: str,
-    state: State,
     move: scorer.Move | None,
     model: ScoringModel,
     now: float,
-    cause: TierChangeCause,
+    cause: Literal["event", "timer", "merge"],
+    cause_id: str | None = None,
 ) -> TierChangeEvent | None:
     if move is None:
         return None
@@ -123,7 +126,7 @@ def _change(
             tags=move.tags,
             contributions=[Contribution(rule=r, points=p) for r, p in move.contributions],
             model_version=model.version,
-            cause=cause,
+            cause=TierChangeCause(kind=cause, event_id=cause_id),
             changed_at=changed_at,
         ),
     )
@@ -154,6 +157,41 @@ def profile_of(oneid: str, state: State, model: ScoringModel) -> Profile:
         model_version=model.version,
         updated_at=_at(last["at"]),
     )
+
+
+def profile_json(oneid: str, state: State, model: ScoringModel) -> bytes:
+    """``encode(profile_of(oneid, state, model))``, the same bytes, built without the model:
+    a profile is sent for every changed person and validating what the scorer just computed
+    costs more than the rest. An id a ``Profile`` would refuse goes through ``profile_of``
+    (and is refused the same way)."""
+    if not 0 < len(oneid) <= ONEID_MAX:
+        return encode(profile_of(oneid, state, model))
+    last = state["last"]
+    return orjson.dumps(
+        {
+            "schema_version": 1,
+            "oneid": oneid,
+            "tier": state["tier"],
+            "tier_since": _at(state["tier_since"]) if state["tier_since"] else None,
+            "lifecycle_stage": last["stage"],
+            "scores": _scores_json(last["value"], last["engagement"], last["fit"]),
+            "tags": last["tags"],
+            "events_counted": state["events"],
+            "last_event_at": _at(state["last_event_at"]) if state["last_event_at"] else None,
+            "model_version": model.version,
+            "updated_at": _at(last["at"]),
+        },
+        option=orjson.OPT_UTC_Z,
+    )
+
+
+def _scores_json(value: float, engagement: float, fit: float) -> dict[str, float]:
+    return {
+        "value": round(value, 3),
+        "engagement": round(engagement, 3),
+        "fit": round(fit, 3),
+        "total": round(value + engagement + fit, 3),
+    }
 
 
 def explain(oneid: str, state: State, model: ScoringModel, now: float) -> dict[str, Any]:

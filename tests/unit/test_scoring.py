@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -13,12 +14,16 @@ from services.scoring import scorer
 from services.scoring.rules import ScoringModel, load_model
 from services.scoring.scorer import DAY, State
 from services.scoring.service import (
+    CHANGE_NAMESPACE,
     explain,
     fold_in,
+    profile_json,
+    profile_of,
     reevaluate,
     score_event,
     tier_change_id,
 )
+from shared.contracts import encode
 from tests.factories import T0, make_resolved
 
 MODEL = load_model()
@@ -363,3 +368,32 @@ def test_a_merge_into_nobody_is_a_first_evaluation() -> None:
     assert change is not None
     assert (change.data.from_tier, change.data.from_stage) == (None, None)
     assert change.id == tier_change_id("p-2", 1)
+
+
+def test_the_fast_profile_is_byte_for_byte_the_encoded_profile() -> None:
+    state = None
+    kinds: list[dict[str, Any]] = [
+        {"event": "Order Completed", "properties": {"revenue": 1234.5}},
+        {"type": "identify", "event": None, "traits": {"company_size": "51-200"}},
+        {"event": "Webinar Attended"},
+        {"event": "Complaint Filed"},
+    ]
+    for n in range(12):
+        resolved = make_resolved(
+            "p-\u00e9\x1f", message_id=f"m{n}", timestamp=T0 + n * 0.37 * ONE_DAY, **kinds[n % 4]
+        )
+        state, _, _ = score_event(state, resolved, MODEL)
+        assert state is not None
+        later, _ = reevaluate("p-\u00e9\x1f", state, BASE + (n + 40) * DAY, MODEL)
+        for oneid, current in (("p-\u00e9\x1f", state), ("x" * 64, later)):
+            assert profile_json(oneid, current, MODEL) == encode(profile_of(oneid, current, MODEL))
+    assert state is not None
+    for refused in ("", "x" * 65):  # what a Profile refuses is refused the same way
+        with pytest.raises(ValidationError):
+            profile_json(refused, state, MODEL)
+
+
+def test_tier_change_ids_are_uuid5_of_the_person_and_sequence() -> None:
+    for oneid, sequence in (("p-1", 1), ("p-\u00e9\u4e2d", 12), ("x" * 64, 10**6)):
+        expected = uuid.uuid5(CHANGE_NAMESPACE, f"{oneid}\x1f{sequence}")
+        assert tier_change_id(oneid, sequence) == str(expected)

@@ -8,10 +8,11 @@ from datetime import timedelta
 from typing import Any
 
 from services.scoring.deadlines import Deadlines
-from services.scoring.processor import ERASED, MERGED, Outcome, Record, process
+from services.scoring.processor import ERASED, MERGED, Outcome, Record, Send, process
 from services.scoring.rules import load_model
 from services.scoring.schemas import COMMAND, Fold, Reevaluate
 from services.scoring.scorer import DAY, State
+from services.scoring.service import profile_of
 from shared.contracts import IdentityErasure, IdentityMerge, encode
 from shared.topics import (
     DEADLETTER,
@@ -86,6 +87,16 @@ def test_each_changed_person_gets_one_profile_per_batch() -> None:
     assert profiles == [b"a", b"b"]
     assert outcome.sends[-1].topic == PROFILES.name  # profiles go last
     assert outcome.outcomes["scored"] == 3
+
+
+def test_profiles_sent_are_the_contract_encoding_of_the_model_profile() -> None:
+    records = [event("a", message_id="1"), event("a", message_id="2"), event("b")]
+    outcome = process(records, {}.get, MODEL, BASE)
+    built = [
+        Send(PROFILES.name, key, encode(profile_of(key.decode(), state, MODEL)))
+        for key, state in outcome.writes.items()
+    ]
+    assert built == [s for s in outcome.sends if s.topic == PROFILES.name]
 
 
 def test_merge_folds_through_a_command_and_late_events_follow() -> None:
