@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.contracts import ResolvedEvent, TierChangeEvent, decode, encode
 from shared.stack.launcher import Stack, StackSettings, prepare, start_infrastructure
@@ -103,15 +103,23 @@ async def latency(bootstrap: str, worker: Worker, prefix: str, rate: int) -> Non
     paced = events(f"{prefix}-lat", count, count, T0)
     done_before = await scored(worker)
     received: dict[str, float] = {}
-    for second in range(10):
-        tick = time.perf_counter()
-        chunk = []
-        for r in paced[second * rate : (second + 1) * rate]:
-            stamped = r.event.model_copy(update={"received_at": datetime.now(UTC)})
-            received[r.oneid] = stamped.received_at.timestamp()
-            chunk.append((r.oneid.encode(), encode(r.model_copy(update={"event": stamped}))))
-        await produce(bootstrap, EVENTS_RESOLVED.name, chunk)
-        await asyncio.sleep(max(0.0, 1 - (time.perf_counter() - tick)))
+    # one producer for the whole stream: a producer per chunk would add its start to every
+    # event's latency
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        for second in range(10):
+            tick = time.perf_counter()
+            sent = []
+            for r in paced[second * rate : (second + 1) * rate]:
+                stamped = r.event.model_copy(update={"received_at": datetime.now(UTC)})
+                received[r.oneid] = stamped.received_at.timestamp()
+                value = encode(r.model_copy(update={"event": stamped}))
+                sent.append(await producer.send(EVENTS_RESOLVED.name, value, key=r.oneid.encode()))
+            await asyncio.gather(*sent)
+            await asyncio.sleep(max(0.0, 1 - (time.perf_counter() - tick)))
+    finally:
+        await producer.stop()
     await until_scored(worker, done_before + count)
     wanted = f"{prefix}-lat".encode()
     changes = await read_until(

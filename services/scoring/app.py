@@ -1,10 +1,11 @@
 """The scoring Faust app: one loop (the only writer, one batch at a time) owning one table of
 per-person state.
 
-Everything about a person lives in one table value, written once per batch, so a crash can
-never separate "this event was counted" from "its points were added" (see ARCHITECTURE.md).
-Messages a batch produces are acknowledged before its table writes, and Faust flushes the
-changelog before it commits offsets: after a crash, work is redone, never lost.
+Everything about a person lives in one table value, so a crash can never separate "this event
+was counted" from "its points were added" (see ARCHITECTURE.md). Messages a batch produces are
+acknowledged before its states reach the changelog; the loop writes each changed person's
+changelog record at most once per flush interval, and acks the consumed messages only after
+those records are acknowledged: after a crash, work is redone, never lost.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from services.scoring.profiles import store_profiles
 from services.scoring.recovery import ProbedTableManager
 from services.scoring.rules import ScoringModel, load_model
 from services.scoring.settings import ScoringSettings
+from services.scoring.store import PeopleTable
 from shared.consumer import BatchConsumer
 from shared.db import build_engine, build_sessionmaker, unit_of_work
 from shared.kafka import build_consumer
@@ -55,6 +57,7 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         # a poll never holds more than a batch: a batch blocks the event loop while it is scored
         broker_max_poll_records=settings.scoring_batch_size,
         TableManager=ProbedTableManager,
+        Table=PeopleTable,
         web_enabled=True,
         web_port=settings.port,
         web_bind=settings.host,
@@ -80,14 +83,14 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         key_type=bytes,
         use_partitioner=True,
     )
-    loop = ScoringLoop(app, people, model, clock, settings.topic_partitions)
+    flush_interval = settings.scoring_flush_interval
+    loop = ScoringLoop(app, people, model, clock, settings.topic_partitions, flush_interval)
 
     @app.task  # type: ignore[untyped-decorator]
     async def score() -> None:
-        """One batch at a time, acked (so committable) only after its table writes."""
-        async for messages in app.batches(settings.scoring_batch_size):
+        """One batch at a time (an empty one when the feed was idle for the flush interval)."""
+        async for messages in app.batches(settings.scoring_batch_size, flush_interval or 1.0):
             await loop.handle(messages)
-            app.ack(messages)
 
     @app.timer(interval=settings.scoring_timer_interval)  # type: ignore[untyped-decorator]
     async def due() -> None:
@@ -150,7 +153,7 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
     @app.table_route(table=people, match_info="oneid")
     async def explain(web: Any, request: Any, oneid: str) -> Any:
         """From the table (the worker owning the person answers), measured now."""
-        state = people.get(oneid.encode())
+        state = loop.state_of(oneid.encode())
         if state is None or not is_live(state):
             return web.json({"error": "not_found", "detail": f"no scores for {oneid}"}, status=404)
         return web.json(service.explain(oneid, state, model, clock()))

@@ -111,11 +111,19 @@ class ScoringApp(faust.App):  # type: ignore[misc,unused-ignore]  # faust is unt
         """False for a poll fetched before a rebalance, or while one is under way."""
         return poll.generation == self.consumer_generation_id and self.flow_control.is_active()
 
-    async def batches(self, limit: int) -> AsyncIterator[Sequence[Message]]:
-        """Every queued poll still current, at least one, together up to ``limit`` messages."""
+    async def batches(self, limit: int, idle: float) -> AsyncIterator[Sequence[Message]]:
+        """Every queued poll still current, at least one, together up to ``limit`` messages;
+        an empty batch when no poll came for ``idle`` seconds."""
         feed = self.feed
         while True:
-            polls = [await feed.get()]
+            if feed.empty():
+                try:
+                    polls = [await asyncio.wait_for(feed.get(), idle)]
+                except TimeoutError:
+                    yield []
+                    continue
+            else:
+                polls = [feed.get_nowait()]
             size = len(polls[0].messages)
             while size < limit and not feed.empty():
                 polls.append(feed.get_nowait())

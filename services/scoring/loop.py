@@ -1,5 +1,13 @@
-"""What the scoring loop and its timer do with a batch, around the pure processor: send what
-the batch produced, wait for the acks, then write each changed person once."""
+"""What the scoring loop and its timer do around the pure processor: hand what a batch produced
+(tier changes, profiles, commands) to the producer, keep each changed person's new state, and
+every flush interval write the changed people's changelog records (latest state once) after
+everything they produced is acknowledged; once those records are acknowledged, store the states
+and ack their messages.
+
+The table's store never holds a state the changelog lacks, nor one whose outputs are not
+acknowledged: a RocksDB store that survives a crash is then never ahead of what any other worker
+recovering from the changelog would see (redelivered events are duplicates there and would
+write nothing)."""
 
 from __future__ import annotations
 
@@ -9,11 +17,13 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import faust
-from faust.types import Message
+from aiokafka.partitioner import murmur2
+from faust.types import TP, Message
 
 from services.scoring import metrics
 from services.scoring.clock import Clock
 from services.scoring.deadlines import Deadlines, partition_of
+from services.scoring.feed import ScoringApp
 from services.scoring.processor import Outcome, Record, is_live, process
 from services.scoring.rules import ScoringModel
 from services.scoring.schemas import Reevaluate
@@ -29,11 +39,78 @@ def _tier(state: State | None) -> str:
     return cast(str, state["tier"] or "none") if state is not None and is_live(state) else "none"
 
 
+Sent = list[tuple[tuple[str, int], int, "asyncio.Future[Any]"]]
+"""Record batches handed to the producer: topic partition, record count, delivery future."""
+
+
+class Publisher:
+    """Sends messages as one record batch per topic partition.
+
+    Faust's ``send`` and a table's changelog ``send_soon`` cost a future, a buffer entry and a
+    callback per message, and a scoring batch produces thousands: here they go straight into
+    aiokafka record batches of the app's producer, partitioned by the producers' default
+    partitioner (murmur2 of the key, as Faust's ``key_partition``).
+    """
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self._partitions: dict[str, list[int]] = {}
+
+    async def send(self, messages: Sequence[Outgoing]) -> Sent:
+        """Hand ``messages`` to the producer (in order per topic partition), without waiting
+        for the broker."""
+        producer = cast(Any, self.app.producer)._producer  # the app's aiokafka producer
+        hashes: dict[bytes, int] = {}
+        open_batches: dict[tuple[str, int], Any] = {}
+        sent: Sent = []
+        for topic, key, value in messages:
+            partitions = self._partitions.get(topic)
+            if partitions is None:
+                partitions = sorted(await producer.partitions_for(topic))
+                self._partitions[topic] = partitions
+            hashed = hashes.get(key)
+            if hashed is None:
+                hashed = hashes[key] = murmur2(key) & 0x7FFFFFFF
+            tp = (topic, partitions[hashed % len(partitions)])
+            batch = open_batches.get(tp)
+            if batch is None:
+                batch = open_batches[tp] = producer.create_batch()
+            if batch.append(timestamp=None, key=key, value=value) is None:  # full
+                sent.append((tp, batch.record_count(), await _send(producer, batch, tp)))
+                batch = open_batches[tp] = producer.create_batch()
+                batch.append(timestamp=None, key=key, value=value)
+        for tp, batch in open_batches.items():
+            sent.append((tp, batch.record_count(), await _send(producer, batch, tp)))
+        return sent
+
+    @staticmethod
+    async def acked(sent: Sent) -> dict[tuple[str, int], int]:
+        """Wait until the broker acknowledged every batch of ``sent``; return each topic
+        partition's last offset."""
+        acks = await asyncio.gather(*(future for _, _, future in sent))
+        return {tp: ack.offset + count - 1 for (tp, count, _), ack in zip(sent, acks, strict=True)}
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Send ``messages`` and wait until every one is acknowledged."""
+        await self.acked(await self.send(messages))
+
+
+async def _send(producer: Any, batch: Any, tp: tuple[str, int]) -> Any:
+    batch.close()  # nothing else may join a batch whose records are counted
+    return await producer.send_batch(batch, tp[0], partition=tp[1])
+
+
 class ScoringLoop:
-    """The table's only writer, its deadline heap and tier population."""
+    """The table's only writer (and its changelog's), its deadline heap and tier population."""
 
     def __init__(
-        self, app: faust.App, people: Any, model: ScoringModel, clock: Clock, partitions: int
+        self,
+        app: ScoringApp,
+        people: Any,
+        model: ScoringModel,
+        clock: Clock,
+        partitions: int,
+        flush_interval: float,
     ) -> None:
         self.app = app
         self.people = people
@@ -42,7 +119,16 @@ class ScoringLoop:
         self.partitions = partitions
         self.deadlines = Deadlines()
         self.population: Counter[str] = Counter()
+        self.flush_interval = flush_interval
+        self.publisher = Publisher(app)
         self._built_for: set[int] = set()
+        self._pending: dict[bytes, State] = {}  # changed since the last flush
+        self._flushing_states: dict[bytes, State] = {}  # in changelog records not yet acked
+        self._held: list[Message] = []
+        self._sending: Sent = []
+        self._flushing: tuple[Sent, list[Message], int] | None = None
+        self._generation = app.consumer_generation_id
+        self._flushed = 0.0
 
     def assigned(self) -> set[int]:
         """Partitions of events.resolved (and so of the table) this worker holds now."""
@@ -51,15 +137,16 @@ class ScoringLoop:
             return set()
         return {tp.partition for tp in consumer.assignment() if tp.topic == EVENTS_RESOLVED.name}
 
-    async def send_all(self, sends: Sequence[Outgoing]) -> None:
-        """Send everything, then wait until the broker acknowledged every message."""
-        producer = self.app.producer
-        pending = [await producer.send(t, k, v, None, None, None) for t, k, v in sends]
-        await asyncio.gather(*pending)
-
     async def handle(self, messages: Sequence[Message]) -> Outcome:
-        """One batch of consumed messages: process, send and await acks, then write the table."""
+        """One batch of consumed messages: process, hand what it produced to the producer, and
+        store the new states; their changelog records and the batch's acks wait for
+        :meth:`flush`. An empty batch (the feed was idle) only flushes."""
         started = asyncio.get_running_loop().time()
+        if not messages:
+            await self.flush()
+            return Outcome()
+        if not self._valid():
+            self._rollback()
         owned = self.app.consumer.assignment()
         records = [
             Record(m.topic, m.partition, m.offset, m.key or b"", m.value)
@@ -68,17 +155,92 @@ class ScoringLoop:
         ]
         # messages of partitions revoked while buffered belong to their new owner now
         metrics.EVENTS.labels("revoked").inc(len(messages) - len(records))
-        outcome = process(records, self.people.get, self.model, self.clock())
-        await self.send_all([(s.topic, s.key, s.value) for s in outcome.sends])
+        outcome = process(records, self.state_of, self.model, self.clock())
+        self._sending += await self.publisher.send(
+            [(s.topic, s.key, s.value) for s in outcome.sends]
+        )
+        if not self._valid():  # a rebalance began: this batch is fetched and processed again
+            self._rollback()
+            return outcome
         for key, state in outcome.writes.items():
-            before = _tier(self.people.get(key))
-            self.people[key] = state
-            self.population[before] -= 1
+            before = self.state_of(key)
+            self._pending[key] = state
+            self.population[_tier(before)] -= 1
             self.population[_tier(state)] += 1
             self.deadlines.set(key, state.get("deadline") if is_live(state) else None)
+        self._held.extend(messages)
         _observe(outcome)
+        if asyncio.get_running_loop().time() - self._flushed >= self.flush_interval:
+            await self.flush()
         metrics.BATCH_SECONDS.observe(asyncio.get_running_loop().time() - started)
         return outcome
+
+    def state_of(self, key: bytes) -> State | None:
+        """A person's latest state: unflushed, being flushed, or stored."""
+        state = self._pending.get(key)
+        if state is None:
+            state = self._flushing_states.get(key)
+        if state is None:
+            state = self.people.data.get(key)
+        return cast(State | None, state)
+
+    async def flush(self) -> None:
+        """Once what the held batches produced is acknowledged, send the changelog record of
+        each person they changed (the latest state only); their messages are acked when those
+        records are acknowledged (at the next flush).
+
+        Offsets are committed only up to acked messages, so after a crash every message whose
+        state is not in the changelog yet is processed again, and a state reaches the
+        changelog only after everything it produced.
+        """
+        self._flushed = asyncio.get_running_loop().time()
+        await self._settle()
+        if not self._held or not self._valid():
+            self._rollback()
+            return
+        sending, self._sending = self._sending, []
+        await self.publisher.acked(sending)
+        if not self._valid():
+            self._rollback()
+            return
+        changelog = self.people.changelog_topic
+        name, serializer = changelog.get_topic_name(), self.people.value_serializer
+        sends = [
+            (name, key, changelog.prepare_value(state, serializer)[0])
+            for key, state in self._pending.items()
+        ]
+        self._flushing = (await self.publisher.send(sends), self._held, self._generation)
+        self._flushing_states, self._pending, self._held = self._pending, {}, []
+
+    async def _settle(self) -> None:
+        """Wait for the last flush's changelog acks, store its states, then ack its messages
+        (unless a rebalance began: then they are fetched again and find their states stored)."""
+        if self._flushing is None:
+            return
+        sent, held, generation = self._flushing
+        offsets = await self.publisher.acked(sent)
+        store, name = self.people.data, self.people.changelog_topic.get_topic_name()
+        for key, state in self._flushing_states.items():
+            store[key] = state
+        self._flushing, self._flushing_states = None, {}
+        for (topic, partition), offset in offsets.items():
+            if topic == name:  # what Faust's changelog callback records (RocksDB stores)
+                store.set_persisted_offset(TP(topic, partition), offset)
+        if generation == self.app.consumer_generation_id and self.app.flow_control.is_active():
+            self.app.ack(held)
+
+    def _valid(self) -> bool:
+        """False once a rebalance began since the unflushed batches were processed."""
+        app = self.app
+        return bool(app.consumer_generation_id == self._generation and app.flow_control.is_active())
+
+    def _rollback(self) -> None:
+        """Forget the unflushed batches: their messages are not acked, so after the rebalance
+        they are fetched again (Faust seeks to the committed offsets) by whoever owns them."""
+        if self._pending:
+            self._built_for = set()  # the heap and population are rebuilt on the next tick
+        self._pending, self._held = {}, []
+        self._generation = self.app.consumer_generation_id
 
     async def tick(self) -> None:
         """Hand people whose deadline passed to the loop as re-evaluation commands."""
@@ -97,7 +259,7 @@ class ScoringLoop:
             for key, deadline in self.deadlines.pop_due(self.clock(), TIMER_BATCH)
             if partition_of(key, self.partitions) in partitions
         ]
-        await self.send_all(sends)
+        await self.publisher.publish(sends)
 
     def _rebuild(self, partitions: set[int]) -> None:
         """Once per rebalance, never per tick: the heap and population of this worker's people."""

@@ -38,7 +38,8 @@ TIMER_LATENESS = Histogram(
 )
 BATCH_SECONDS = Histogram(
     "tierflow_scoring_batch_duration_seconds",
-    "Time to process one agent batch, sends and table writes included.",
+    "Time to handle one batch: scoring, handing its messages to the producer, storing its "
+    "states, and the changelog flush when one is due.",
     buckets=LATENCY_BUCKETS,
 )
 TABLE_SIZE = Gauge(

@@ -73,6 +73,15 @@ class ProbedRecovery(Recovery):  # type: ignore[misc,unused-ignore]  # faust is 
         gc.freeze()
         gc.enable()
 
+    async def _seek_offsets(
+        self, consumer: Any, tps: Any, offsets: Counter[Any], title: str
+    ) -> None:
+        """Faust's seek to where recovery resumes, with any offset below -1 read as -1 (from
+        the start): a recovery restarted by a rebalance has handed Faust an offset it cannot
+        seek to, which crashed the worker. Reading more of the changelog is always safe."""
+        resumed = Counter({tp: max(offsets[tp], -1) for tp in tps})
+        await super()._seek_offsets(consumer, tps, resumed, title)
+
     async def _build_highwaters(
         self, consumer: Any, tps: Any, destination: Counter[Any], title: str
     ) -> None:

@@ -45,6 +45,13 @@ class ScoringSettings(CommonSettings):
         "(whole polls): larger batches mean fewer, larger produce requests; a batch keeps the "
         "event loop busy for its whole scoring (~0.3 ms per record).",
     )
+    scoring_flush_interval: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds between writes of the changed people's changelog records (each "
+        "person's latest state once), after which the messages behind them are committed; 0 "
+        "writes them after every batch. Tier changes and profiles go out with every batch.",
+    )
     scoring_timer_interval: float = Field(
         default=0.5, gt=0, description="Seconds between looks at the deadline heap."
     )

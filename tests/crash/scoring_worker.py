@@ -51,13 +51,14 @@ def set_clock(env: dict[str, str], now: float) -> None:
 
 
 class Worker:
-    """One scoring worker process on its own port and data directory."""
+    """One scoring worker process on its own port, and its own data directory unless ``env``
+    names one (then every worker reopens it, as a restarted pod does its volume)."""
 
     def __init__(
         self, name: str, env: dict[str, str], work_dir: Path, module: str = "services.scoring"
     ) -> None:
         self.port = free_port()
-        data_dir = work_dir / name
+        data_dir = Path(env.get("TIERFLOW_SCORING_DATA_DIR") or work_dir / name)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.url = f"http://127.0.0.1:{self.port}"
         self.child: Child = spawn(

@@ -13,12 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
+from faust.serializers import codecs
 
+from services.scoring.deadlines import partition_of
 from services.scoring.rules import load_model
 from services.scoring.service import profile_of, score_event
 from shared.contracts import IdentityErasure, IdentityMerge, TierChangeEvent, decode, encode
 from shared.settings import CommonSettings
-from shared.topics import EVENTS_RESOLVED, IDENTITY_MERGES, TIERS_CHANGES
+from shared.topics import EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES, TIERS_CHANGES
 from tests.crash.scoring_worker import Worker, produce, read_until, set_clock, worker_env
 from tests.factories import T0, make_resolved
 
@@ -198,3 +200,44 @@ async def test_merge_equals_one_person_and_erasure_forgets_both(
     )
     await asyncio.sleep(1)
     assert (await eventually(f"{scoring.url}/v1/scores/{winner}/explain", 404)).status_code == 404
+
+
+async def test_changelog_and_profile_records_are_what_faust_and_the_model_would_write(
+    settings: CommonSettings, worker: tuple[Worker, Any]
+) -> None:
+    """The loop writes the table's changelog itself: the record must be the one Faust's table
+    would write (raw key, the table's JSON codec, the key's partition, no headers), so that
+    recovery reads it back; the profile topic ends with the latest profile."""
+    _, env = worker
+    oneid = f"changelog-{uuid.uuid4()}"
+    resolved = await send_events(
+        settings.kafka_bootstrap,
+        oneid,
+        [
+            {"type": "page", "event": None, "properties": {"path": "/pricing"}},
+            {"event": "Webinar Attended", "timestamp": T0 + DAY},
+            {"event": "Order Completed", "properties": {"revenue": 90}, "timestamp": T0 + 2 * DAY},
+        ],
+    )
+    state = None
+    for event in resolved:
+        state, _, _ = score_event(state, event, MODEL)
+    assert state is not None
+    key, expected = oneid.encode(), codecs.dumps("json", state)
+    changelog = await read_until(
+        settings.kafka_bootstrap,
+        f"{env['TIERFLOW_SCORING_APP_ID']}-people-changelog",
+        lambda kept: bool(kept) and kept[-1].value == expected,
+        keep=lambda r: r.key == key,
+    )
+    assert changelog[-1].value == expected
+    assert {r.partition for r in changelog} == {partition_of(key, settings.topic_partitions)}
+    assert all(not r.headers for r in changelog)
+    profile = encode(profile_of(oneid, state, MODEL))
+    profiles = await read_until(
+        settings.kafka_bootstrap,
+        PROFILES.name,
+        lambda kept: bool(kept) and kept[-1].value == profile,
+        keep=lambda r: r.key == key,
+    )
+    assert profiles[-1].value == profile
