@@ -33,6 +33,7 @@ from services.identity.rules import (
 from shared.contracts import EventEnvelope, IdentityErasure, IdentityMerge
 from shared.db import unit_of_work
 from shared.errors import NotFound
+from shared.failures import sqlstate
 from shared.kafka import Publisher
 from shared.topics import IDENTITY_MERGES
 
@@ -48,15 +49,6 @@ Outcome = tuple["BatchPlan", "Resolution", dict[IdentifierKey, str]]
 def merge_id(winner: str, absorbed: str) -> str:
     """Deterministic: a redelivered event that re-plans the same merge gets the same id."""
     return str(uuid.uuid5(MERGE_NAMESPACE, f"{winner}\x1f{absorbed}"))
-
-
-def _sqlstate(error: BaseException) -> str | None:
-    """The SQLSTATE of a Postgres error, raw from asyncpg or wrapped by SQLAlchemy."""
-    for candidate in (error, getattr(error, "orig", None)):
-        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
-        if isinstance(code, str):
-            return code
-    return None
 
 
 class IdentifierCache:
@@ -207,7 +199,7 @@ class Resolver:
                     async with connection.transaction(isolation="serializable"):
                         outcome = await self._attempt(connection, events, sightings, firsts, keys)
             except Exception as error:
-                code = _sqlstate(error)
+                code = sqlstate(error)
                 if code is None:  # not a statement's failure: the connection may be broken
                     await self._connection.discard()
                 if code not in RETRYABLE_SQLSTATES or attempt == self._max_attempts:
@@ -233,7 +225,7 @@ class Resolver:
                 async with unit_of_work(self._sessions) as session:
                     return await work(session)
             except DBAPIError as error:
-                if _sqlstate(error) not in RETRYABLE_SQLSTATES or attempt == self._max_attempts:
+                if sqlstate(error) not in RETRYABLE_SQLSTATES or attempt == self._max_attempts:
                     raise
                 metrics.CONFLICT_RETRIES.inc()
                 await asyncio.sleep(min(0.005 * 2**attempt, 0.5))

@@ -208,7 +208,7 @@ async def test_an_event_postgres_refuses_is_dead_lettered_and_the_partition_move
     letters = await collect(
         settings.kafka_bootstrap,
         "tierflow.deadletter",
-        lambda r: r.get("stage") == "identity" and run in r.get("payload", ""),
+        lambda r: r.get("stage") == "identity" and run in (r.get("payload") or ""),
         count=1,
         timeout=30,
     )
