@@ -263,9 +263,11 @@ class ScoringLoop:
 
     def _rebuild(self, partitions: set[int]) -> None:
         """Once per rebalance, never per tick: the heap and population of this worker's people."""
+        overlay = {**self._flushing_states, **self._pending}  # not in the store yet
+        latest = [(k, v) for k, v in self.people.items() if k not in overlay]
         mine = [
             (key, cast(State, value))
-            for key, value in self.people.items()
+            for key, value in [*latest, *overlay.items()]
             if partition_of(key, self.partitions) in partitions
         ]
         self.deadlines.rebuild((k, v.get("deadline") if is_live(v) else None) for k, v in mine)
