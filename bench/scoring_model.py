@@ -4,8 +4,8 @@ Runs ``processor.process`` over the stream ``bench.scoring_throughput`` produces
 batches, like the worker's polls, over a dict standing in for the table) and prints events/s and
 µs per event, with the phases timed on their own: decode, score (apply + evaluate + tier
 changes), profile; and the cyclic garbage collector's share of the whole (default thresholds:
-the worker raises them, see ``services/scoring/__main__.py``). The ceiling of the same run is orjson parsing the same records. Prints numbers; it is
-not a test.
+the worker raises them, see ``services/scoring/__main__.py``). The ceiling of the same run is
+orjson parsing the same records. Prints numbers; it is not a test.
 """
 
 from __future__ import annotations
