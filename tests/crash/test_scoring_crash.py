@@ -12,11 +12,22 @@ from shared.settings import CommonSettings
 from tests.crash.scenario import run
 
 
-@pytest.mark.parametrize("workers", [1, 2], ids=["restart-at-once", "two-workers"])
+@pytest.mark.parametrize(
+    ("workers", "store"),
+    [(1, "memory"), (2, "memory"), (1, "rocksdb")],
+    ids=["restart-at-once", "two-workers", "rocksdb-volume"],
+)
 async def test_killed_workers_lose_and_duplicate_nothing(
-    settings: CommonSettings, tmp_path: Path, workers: int
+    settings: CommonSettings, tmp_path: Path, workers: int, store: str
 ) -> None:
+    """With ``rocksdb`` (production's store) every restart, and the final one, reopens the
+    killed worker's RocksDB directory, as a pod does its volume, and replays only the
+    changelog's tail."""
     seed = random.randrange(1 << 30)
+    volume = {
+        "TIERFLOW_SCORING_STORE": "rocksdb://",
+        "TIERFLOW_SCORING_DATA_DIR": str(tmp_path / "rocksdb"),
+    }
     result = await run(
         settings.kafka_bootstrap,
         settings.database_url,
@@ -27,29 +38,6 @@ async def test_killed_workers_lose_and_duplicate_nothing(
         workers=workers,
         partitions=settings.topic_partitions,
         seed=seed,
-    )
-    assert result.ok, (seed, result)
-
-
-async def test_a_worker_restarting_on_its_rocksdb_store_loses_and_duplicates_nothing(
-    settings: CommonSettings, tmp_path: Path
-) -> None:
-    """Production's store: each restart (and the final one) reopens the killed worker's RocksDB
-    directory, as a pod does its volume, and replays only the changelog's tail."""
-    seed = random.randrange(1 << 30)
-    result = await run(
-        settings.kafka_bootstrap,
-        settings.database_url,
-        tmp_path,
-        people=150,
-        events=4000,
-        kills=3,
-        workers=1,
-        partitions=settings.topic_partitions,
-        seed=seed,
-        extra_env={
-            "TIERFLOW_SCORING_STORE": "rocksdb://",
-            "TIERFLOW_SCORING_DATA_DIR": str(tmp_path / "rocksdb"),
-        },
+        extra_env=volume if store == "rocksdb" else None,
     )
     assert result.ok, (seed, result)
