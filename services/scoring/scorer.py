@@ -151,15 +151,26 @@ def _apply_purchase(
     purchases = state["purchases"]
     bought = rfm.match.matches(kind, name, properties)
     if bought:
-        amount = properties.get(rfm.amount_property)
-        number = float(amount) if isinstance(amount, int | float) else 0.0
-        purchases = [*purchases, [at, number if not isinstance(amount, bool) else 0.0]]
+        purchases = [*purchases, [at, _amount(properties.get(rfm.amount_property))]]
         last = state["last_purchase_at"]
         state["last_purchase_at"] = at if last is None else max(last, at)
     window = max(model.schedule.purchase_windows)
     # sorted, the oldest purchase comes first: when it is within the window, all are
     if bought or (purchases and not ref - purchases[0][0] < window):
         state["purchases"] = sorted(p for p in purchases if ref - p[0] < window)
+
+
+def _amount(value: Any) -> float:
+    """A purchase amount: a finite number, else 0. NaN, infinities and integers beyond a float
+    come only from producers other than ingest (strict JSON); kept, they would turn revenue into
+    NaN and make the state unserialisable in a merge's fold (JSON has no NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    try:
+        number = float(value)
+    except OverflowError:
+        return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
 def _apply_traits(state: State, traits: Mapping[str, Any], at: float) -> None:

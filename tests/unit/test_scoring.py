@@ -7,6 +7,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import ValidationError
 
@@ -56,6 +57,17 @@ def order(state: State, event_id: str, day: float, revenue: float) -> State:
 
 def facts(state: State, day: float) -> scorer.Facts:
     return scorer.measure(state, BASE + day * DAY, MODEL)
+
+
+def test_an_amount_that_is_not_a_finite_number_counts_as_zero() -> None:
+    state = order(scorer.new_state(BASE), "o1", 1, 250.0)
+    for n, amount in enumerate([math.nan, math.inf, -math.inf, 10**400, True, "99"]):
+        state = order(state, f"bad{n}", 1, amount)  # type: ignore[arg-type]
+    assert sorted(p[1] for p in state["purchases"]) == [0.0] * 6 + [250.0]
+    measured = facts(state, 2)
+    assert (measured.purchases, measured.revenue) == (7, 250.0)
+    folded = scorer.fold(order(scorer.new_state(BASE), "w1", 1, 10.0), state, MODEL)
+    assert orjson.loads(orjson.dumps(folded)) == folded  # a fold command carries it as JSON
 
 
 def test_rfm_bands_map_amounts_and_days_to_one_to_five() -> None:
