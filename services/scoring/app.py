@@ -20,15 +20,13 @@ from services.scoring.clock import build_clock
 from services.scoring.feed import ScoringApp
 from services.scoring.loop import ScoringLoop
 from services.scoring.processor import is_live
-from services.scoring.profiles import store_profiles
+from services.scoring.profiles import run_read_model
 from services.scoring.recovery import ProbedTableManager
 from services.scoring.rules import ScoringModel, load_model
 from services.scoring.settings import ScoringSettings
 from services.scoring.store import PeopleTable
-from shared.consumer import BatchConsumer
 from shared.db import build_engine, build_sessionmaker, unit_of_work
-from shared.kafka import build_consumer
-from shared.topics import EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES, SCORING_COMMANDS
+from shared.topics import EVENTS_RESOLVED, IDENTITY_MERGES, SCORING_COMMANDS
 
 
 def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> faust.App:
@@ -99,19 +97,7 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
     @app.task  # type: ignore[untyped-decorator]
     async def read_model() -> None:
         """Write tierflow.profiles into the Postgres read model, a poll batch per transaction."""
-        engine = build_engine(settings, application_name="tierflow-scoring")
-        sessions = build_sessionmaker(engine)
-        consumer = build_consumer(settings, PROFILES.name, group_id=settings.scoring_profiles_group)
-
-        async def handle(records: Any) -> None:
-            await store_profiles(sessions, records)
-
-        await consumer.start()
-        try:
-            await BatchConsumer(consumer, handle, group=settings.scoring_profiles_group).run()
-        finally:
-            await consumer.stop()
-            await engine.dispose()
+        await run_read_model(settings)
 
     sessions = build_sessionmaker(build_engine(settings, application_name="tierflow-scoring-api"))
 

@@ -1,13 +1,18 @@
-"""The read model's writer: a poll batch of ``tierflow.profiles`` in one transaction."""
+"""The read model's writer: a poll batch of ``tierflow.profiles`` in one transaction; a profile
+it cannot store goes to the dead-letter topic alone instead of stopping the writer."""
 
 from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scoring import metrics, repository
-from shared.consumer import Records
+from services.scoring.settings import ScoringSettings
+from shared.consumer import BatchConsumer, Records
 from shared.contracts import Profile, decode
-from shared.db import unit_of_work
+from shared.db import build_engine, build_sessionmaker, unit_of_work
+from shared.deadletters import dead_letter_sink
+from shared.kafka import Publisher, build_consumer, build_producer
+from shared.topics import PROFILES
 
 
 async def store_profiles(sessions: async_sessionmaker[AsyncSession], records: Records) -> None:
@@ -23,3 +28,25 @@ async def store_profiles(sessions: async_sessionmaker[AsyncSession], records: Re
         await repository.delete_profiles(session, gone)
     metrics.PROFILES_WRITTEN.labels("upsert").inc(len(profiles))
     metrics.PROFILES_WRITTEN.labels("delete").inc(len(gone))
+
+
+async def run_read_model(settings: ScoringSettings) -> None:
+    """Consume ``tierflow.profiles`` into the read model until cancelled."""
+    engine = build_engine(settings, application_name="tierflow-scoring")
+    sessions = build_sessionmaker(engine)
+    group = settings.scoring_profiles_group
+    consumer = build_consumer(settings, PROFILES.name, group_id=group)
+    producer = build_producer(settings)  # for dead letters only
+
+    async def handle(records: Records) -> None:
+        await store_profiles(sessions, records)
+
+    await producer.start()
+    await consumer.start()
+    try:
+        poison = dead_letter_sink(Publisher(producer), "scoring")
+        await BatchConsumer(consumer, handle, group=group, poison=poison).run()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await engine.dispose()

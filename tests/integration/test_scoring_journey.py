@@ -20,9 +20,10 @@ from services.scoring.rules import load_model
 from services.scoring.service import profile_of, score_event
 from shared.contracts import IdentityErasure, IdentityMerge, TierChangeEvent, decode, encode
 from shared.settings import CommonSettings
-from shared.topics import EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES, TIERS_CHANGES
+from shared.topics import DEADLETTER, EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES, TIERS_CHANGES
 from tests.crash.scoring_worker import Worker, produce, read_until, set_clock, worker_env
 from tests.factories import T0, make_resolved
+from tests.support.services import collect
 
 MODEL = load_model()
 DAY = timedelta(days=1)
@@ -241,3 +242,26 @@ async def test_changelog_and_profile_records_are_what_faust_and_the_model_would_
         keep=lambda r: r.key == key,
     )
     assert profiles[-1].value == profile
+
+
+async def test_a_profile_the_read_model_cannot_take_is_dead_lettered_and_the_rest_stored(
+    settings: CommonSettings, worker: tuple[Worker, Any]
+) -> None:
+    started, _ = worker
+    run = uuid.uuid4().hex[:8]
+    good, bad = f"profile-{run}", f"unreadable-{run}"
+    state, _, _ = score_event(None, make_resolved(good), MODEL)
+    await produce(
+        settings.kafka_bootstrap,
+        PROFILES.name,
+        [
+            (bad.encode(), b"{not a profile"),
+            (good.encode(), encode(profile_of(good, state, MODEL))),
+        ],
+    )
+    stored = await eventually(f"{started.url}/v1/scores/{good}", 200, timeout=60)
+    assert stored.status_code == 200
+    letters = await collect(
+        settings.kafka_bootstrap, DEADLETTER.name, lambda r: r.get("key") == bad, count=1
+    )
+    assert [(r["stage"], r["error_type"]) for r in letters] == [("scoring", "validation")]
