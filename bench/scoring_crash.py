@@ -69,6 +69,8 @@ async def main() -> None:
                     f"{result.duplicate_deliveries} seed={seed}",
                     flush=True,
                 )
+                for line in result.divergence if not result.ok else []:
+                    print(f"  {line}", flush=True)
     finally:
         stack.stop()
 

@@ -13,13 +13,13 @@ batch fetched before the rebalance: its messages are fetched again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
 from faust.transport.drivers import aiokafka as kafka_driver
-from faust.types import Message
+from faust.types import TP, Message
 from mode.utils.queues import FlowControlQueue
 
 QUEUED_POLLS = 8  # polls waiting for the scoring loop at most (backpressure on the fetcher)
@@ -74,6 +74,31 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
         except asyncio.CancelledError:
             if not self.transport.app.should_stop:
                 raise
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Faust's seek back to the committed offsets, and to the beginning for a fed
+        partition with none yet.
+
+        Faust drops what it fetched but did not hand on (records fetched while its flow is
+        stopped: a rebalance resumes the partitions before the flow; cleared queues; the
+        loop's rolled-back batches) and trusts this seek to fetch it again. aiokafka seeks
+        only partitions whose committed offset is above 0 and leaves the others where the
+        fetch stopped, so on a partition nobody had committed yet those records were skipped
+        for good. Measured: a worker joining a group before its first commit left both
+        members without the unflushed events (``tests/crash/test_scoring_rebalance.py``), and
+        the restart-at-once crash test lost updates the same way. ``earliest`` is where such
+        a partition starts on a fresh assignment too.
+        """
+        committed: Mapping[TP, int] = await super().seek_to_committed()  # None: no commit
+        fed_topics = cast(ScoringApp, self.app).fed_topics
+        uncommitted = [
+            tp
+            for tp, offset in committed.items()
+            if tp.topic in fed_topics and (offset is None or offset <= 0)
+        ]
+        if uncommitted:
+            await self._thread.seek_to_beginning(*uncommitted)
+        return committed
 
     async def _deliver(self, messages: list[Message]) -> None:
         """Faust's own per-message path (changelogs during recovery, standbys)."""

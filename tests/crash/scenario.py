@@ -89,6 +89,8 @@ class Result:
     conflicting_changes: list[str] = field(default_factory=list)
     unexpected_changes: list[str] = field(default_factory=list)
     duplicate_deliveries: int = 0
+    divergence: list[str] = field(default_factory=list)
+    """For the first mismatched people: how their counted events differ from the replay's."""
 
     @property
     def ok(self) -> bool:
@@ -154,22 +156,14 @@ async def run(
                 running[victim].kill()
                 # at once: the dead member still holds its partitions until its session expires
                 running[victim] = Worker(f"w{victim}-{chunk}", env, work_dir, module)
-        changelog = f"{app_id}-people-changelog"
-        latest: dict[bytes, Any] = {}
-
-        def converged(records: list[ConsumerRecord[bytes, bytes]]) -> bool:
-            for record in records[len(seen_records) :]:
-                if record.key is not None and record.value is not None:
-                    latest[record.key] = orjson.loads(record.value)
-            seen_records[:] = records
-            return all(latest.get(k, {}).get("events") == v["events"] for k, v in expected.items())
-
-        seen_records: list[ConsumerRecord[bytes, bytes]] = []
-        await read_until(bootstrap, changelog, converged, timeout=settle)
+        latest = await changelog_states(bootstrap, app_id, expected, timeout=settle)
         result = Result(len(stream), people, kills, time.monotonic() - started)
-        for key, state in expected.items():
-            if latest.get(key) != _json(state):
-                result.mismatched.append(key.decode())
+        result.mismatched = mismatched(latest, expected)
+        positions = {r.event.event_id: n for n, r in enumerate(stream)}
+        result.divergence = [
+            divergence(key, latest.get(key.encode()), expected[key.encode()], positions, size)
+            for key in result.mismatched[:5]
+        ] + [f"kills after chunks {sorted(kill_at)} of {size} events"]
         changes = await read_until(
             bootstrap,
             TIERS_CHANGES.name,
@@ -180,19 +174,74 @@ async def run(
         _check_changes(result, changes, change_counts)
         # what the workers hold in memory (recovered at their restarts), then after one more
         # kill -9 of every worker and a fresh start
-        result.stale_in_memory += await _stale(running[0], expected)
+        result.stale_in_memory += await stale_people(running[0], expected)
         for worker in running:
             worker.kill()
         running[:] = [Worker("final", env, work_dir, module)]
         await running[0].ready(timeout=settle)  # recovers every changelog partition
-        result.stale_in_memory += await _stale(running[0], expected)
+        result.stale_in_memory += await stale_people(running[0], expected)
         return result
     finally:
         for worker in running:
             worker.stop()
 
 
-async def _stale(worker: Worker, expected: dict[bytes, State]) -> list[str]:
+def divergence(oneid: str, got: Any, want: State, positions: dict[str, int], chunk: int) -> str:
+    """Which counted events (by stream position and chunk) a person's changelog state lacks,
+    has in excess, or has in another order than the replay."""
+    if not got:
+        return f"{oneid}: no state in the changelog"
+    got_seen, want_seen = list(got.get("seen", [])), list(want["seen"])
+
+    def where(ids: list[str]) -> list[str]:
+        return [f"{positions.get(i)}(chunk {positions.get(i, -1) // chunk})" for i in ids]
+
+    missing = [i for i in want_seen if i not in got_seen]
+    extra = [i for i in got_seen if i not in want_seen]
+    common = [i for i in got_seen if i in want_seen]
+    reordered = next(
+        (
+            n
+            for n, (a, b) in enumerate(
+                zip(common, [i for i in want_seen if i in common], strict=False)
+            )
+            if a != b
+        ),
+        None,
+    )
+    return (
+        f"{oneid}: events {got.get('events')} vs {want['events']}, changes "
+        f"{got.get('changes')} vs {want['changes']}, missing {where(missing)}, "
+        f"extra {where(extra)}, order differs at {reordered}"
+    )
+
+
+async def changelog_states(
+    bootstrap: str, app_id: str, expected: dict[bytes, State], *, timeout: float
+) -> dict[bytes, Any]:
+    """Each person's last state in the people changelog of ``app_id``, read until every
+    expected person's event count is there or ``timeout`` passes."""
+    latest: dict[bytes, Any] = {}
+    read = 0
+
+    def converged(records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+        nonlocal read
+        for record in records[read:]:
+            if record.key is not None and record.value is not None:
+                latest[record.key] = orjson.loads(record.value)
+        read = len(records)
+        return all(latest.get(k, {}).get("events") == v["events"] for k, v in expected.items())
+
+    await read_until(bootstrap, f"{app_id}-people-changelog", converged, timeout=timeout)
+    return latest
+
+
+def mismatched(latest: dict[bytes, Any], expected: dict[bytes, State]) -> list[str]:
+    """People whose changelog state is not the replay's."""
+    return [key.decode() for key, state in expected.items() if latest.get(key) != _json(state)]
+
+
+async def stale_people(worker: Worker, expected: dict[bytes, State]) -> list[str]:
     """People whose state in the workers' memory differs from the replay (via /explain)."""
     stale = []
     async with httpx.AsyncClient(timeout=10) as client:
