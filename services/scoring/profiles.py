@@ -41,9 +41,9 @@ async def run_read_model(settings: ScoringSettings) -> None:
     async def handle(records: Records) -> None:
         await store_profiles(sessions, records)
 
-    await producer.start()
-    await consumer.start()
-    try:
+    try:  # a stop may come while they start: stopping is safe in any state
+        await producer.start()
+        await consumer.start()
         poison = dead_letter_sink(Publisher(producer), "scoring")
         await BatchConsumer(consumer, handle, group=group, poison=poison).run()
     finally:

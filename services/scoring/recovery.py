@@ -37,8 +37,8 @@ async def true_ends(
     if not probed:
         return ends
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
+    try:  # stopped even when a rebalance cancels the probe while it starts
+        await consumer.start()
         consumer.assign(probed)
         for tp in probed:
             consumer.seek(tp, reported[tp] - 1)

@@ -173,7 +173,9 @@ async def run(
         )
         _check_changes(result, changes, change_counts)
         # what the workers hold in memory (recovered at their restarts), then after one more
-        # kill -9 of every worker and a fresh start
+        # kill -9 of every worker and a fresh start; a worker restarted late may still be
+        # starting when the other one has already written everything
+        await asyncio.gather(*(w.ready(timeout=settle) for w in running))
         result.stale_in_memory += await stale_people(running[0], expected)
         for worker in running:
             worker.kill()
