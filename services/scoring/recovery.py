@@ -76,10 +76,13 @@ class ProbedRecovery(Recovery):  # type: ignore[misc,unused-ignore]  # faust is 
     async def _seek_offsets(
         self, consumer: Any, tps: Any, offsets: Counter[Any], title: str
     ) -> None:
-        """Faust's seek to where recovery resumes, with any offset below -1 read as -1 (from
-        the start): a recovery restarted by a rebalance has handed Faust an offset it cannot
-        seek to, which crashed the worker. Reading more of the changelog is always safe."""
-        resumed = Counter({tp: max(offsets[tp], -1) for tp in tps})
+        """Faust's seek to where recovery resumes, with an unknown offset (None) or one below
+        -1 read as -1 (from the start). A rebalance during recovery hands Faust such offsets:
+        one below -1 for a restarted recovery, and None for a standby partition assigned
+        while the actives were still replaying (its offsets are built before that, and Faust
+        seeks it after). Either crashed the worker (seen in two-worker crash runs).
+        Reading more of the changelog is always safe."""
+        resumed = Counter({tp: -1 if offsets[tp] is None else max(offsets[tp], -1) for tp in tps})
         await super()._seek_offsets(consumer, tps, resumed, title)
 
     async def _build_highwaters(
