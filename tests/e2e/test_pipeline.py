@@ -8,6 +8,7 @@ import base64
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -83,15 +84,18 @@ async def test_track_calls_become_a_signed_webhook_for_the_right_person(
     try:
         assert time.monotonic() - started < 90
         async with httpx.AsyncClient(timeout=10) as client:
-            for day in (20, 21, 22):
+            # a webinar a day until now: scoring's timer measures at the real time, and events
+            # dated days back would already have decayed out of growth when the test looks
+            now = datetime.now(UTC)
+            for days_ago in (2, 1, 0):
                 response = await client.post(
                     f"{stack.urls['ingest']}/v1/track",
                     auth=("dev-write-key", ""),
                     json={
                         "userId": "e2e-user",
                         "event": "Webinar Attended",
-                        "messageId": f"e2e-{day}",
-                        "timestamp": f"2026-11-{day}T10:00:00Z",
+                        "messageId": f"e2e-{days_ago}",
+                        "timestamp": (now - timedelta(days=days_ago, minutes=1)).isoformat(),
                     },
                 )
                 assert response.status_code == 200, response.text
