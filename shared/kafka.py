@@ -114,37 +114,63 @@ def _partition_of(key: bytes, partitions: tuple[int, ...]) -> int:
     return chosen
 
 
+SentBatch = tuple[str, int, int, "asyncio.Future[Any]"]
+"""A record batch handed to the producer: topic, partition, record count, ack future (its
+result's ``offset`` is the batch's first offset)."""
+
+
+async def send_batches(
+    producer: AIOKafkaProducer, records: Iterable[tuple[str, bytes | None, bytes | None]]
+) -> list[SentBatch]:
+    """Queue ``(topic, key, value)`` records as record batches, one open batch per topic
+    partition, in order within each partition, without waiting for the broker.
+
+    Same partitions as ``send()`` per record, without its per-record coroutine and metadata
+    checks, which dominate the cost of publishing many records one by one. A batch always
+    takes its first record, however large (the broker refuses one beyond its limit).
+    """
+    partitions: dict[str, tuple[int, ...]] = {}
+    open_batches: dict[tuple[str, int], Any] = {}
+    sent: list[SentBatch] = []
+    for topic, key, value in records:
+        known = partitions.get(topic)
+        if known is None:
+            known = partitions[topic] = tuple(sorted(await producer.partitions_for(topic)))
+        if key is not None:
+            partition = _partition_of(key, known)
+        else:
+            partition = PARTITIONER(None, list(known), list(known))
+        batch = open_batches.get((topic, partition))
+        if batch is None:
+            batch = open_batches[topic, partition] = producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None) is None:  # full
+            sent.append(await _send_batch(producer, batch, topic, partition))
+            batch = open_batches[topic, partition] = producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None)
+    for (topic, partition), batch in open_batches.items():
+        sent.append(await _send_batch(producer, batch, topic, partition))
+    return sent
+
+
+async def _send_batch(
+    producer: AIOKafkaProducer, batch: Any, topic: str, partition: int
+) -> SentBatch:
+    count = batch.record_count()
+    batch.close()  # nothing may join a batch once its records are counted
+    return topic, partition, count, await producer.send_batch(batch, topic, partition=partition)
+
+
 async def send_grouped(
     producer: AIOKafkaProducer, topic: str, records: Iterable[tuple[bytes | None, bytes]]
 ) -> list[asyncio.Future[Any]]:
-    """Queue keyed records as one batch per partition; returns one ack future per batch.
-
-    Same partitions as ``send()`` per record, without its per-record coroutine and metadata
-    checks, which dominate the cost of publishing a large request's events one by one. A few
-    records go through ``send()`` instead, so that concurrent small requests share batches.
-    """
+    """Queue keyed records of one topic as :func:`send_batches` does; returns one ack future
+    per batch. A few records go through ``send()`` instead, so that concurrent small requests
+    share batches."""
     records = list(records)
     if len(records) < GROUP_FROM:
         return [await producer.send(topic, value, key=key) for key, value in records]
-    partitions = sorted(await producer.partitions_for(topic))
-    known = tuple(partitions)
-    grouped: dict[int, list[tuple[bytes | None, bytes]]] = {}
-    for key, value in records:
-        partition = _partition_of(key, known) if key is not None else None
-        if partition is None:
-            partition = PARTITIONER(key, partitions, partitions)
-        grouped.setdefault(partition, []).append((key, value))
-    futures: list[asyncio.Future[Any]] = []
-    for partition, items in grouped.items():
-        batch = producer.create_batch()
-        for key, value in items:
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
-    return futures
+    batches = await send_batches(producer, ((topic, key, value) for key, value in records))
+    return [ack for _, _, _, ack in batches]
 
 
 class Publisher:

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import faust
-from aiokafka.partitioner import murmur2
 from faust.types import TP, Message
 
 from services.scoring import metrics
@@ -28,6 +27,7 @@ from services.scoring.processor import Outcome, Record, is_live, process
 from services.scoring.rules import ScoringModel
 from services.scoring.schemas import Reevaluate
 from services.scoring.scorer import State
+from shared.kafka import SentBatch, send_batches
 from shared.topics import EVENTS_RESOLVED, SCORING_COMMANDS
 
 TIMER_BATCH = 10_000  # re-evaluations handed to the loop per timer tick at most
@@ -39,65 +39,34 @@ def _tier(state: State | None) -> str:
     return cast(str, state["tier"] or "none") if state is not None and is_live(state) else "none"
 
 
-Sent = list[tuple[tuple[str, int], int, "asyncio.Future[Any]"]]
-"""Record batches handed to the producer: topic partition, record count, delivery future."""
-
-
 class Publisher:
-    """Sends messages as one record batch per topic partition.
-
-    Faust's ``send`` and a table's changelog ``send_soon`` cost a future, a buffer entry and a
-    callback per message, and a scoring batch produces thousands: here they go straight into
-    aiokafka record batches of the app's producer, partitioned by the producers' default
-    partitioner (murmur2 of the key, as Faust's ``key_partition``).
-    """
+    """Sends the loop's messages through the app's aiokafka producer as record batches
+    (:func:`shared.kafka.send_batches`): Faust's ``send`` and a table's changelog
+    ``send_soon`` cost a future, a buffer entry and a callback per message, and a scoring batch
+    produces thousands. Partitions are the producers' default (murmur2 of the key, as Faust's
+    ``key_partition``)."""
 
     def __init__(self, app: faust.App) -> None:
         self.app = app
-        self._partitions: dict[str, list[int]] = {}
 
-    async def send(self, messages: Sequence[Outgoing]) -> Sent:
+    async def send(self, messages: Sequence[Outgoing]) -> list[SentBatch]:
         """Hand ``messages`` to the producer (in order per topic partition), without waiting
         for the broker."""
-        producer = cast(Any, self.app.producer)._producer  # the app's aiokafka producer
-        hashes: dict[bytes, int] = {}
-        open_batches: dict[tuple[str, int], Any] = {}
-        sent: Sent = []
-        for topic, key, value in messages:
-            partitions = self._partitions.get(topic)
-            if partitions is None:
-                partitions = sorted(await producer.partitions_for(topic))
-                self._partitions[topic] = partitions
-            hashed = hashes.get(key)
-            if hashed is None:
-                hashed = hashes[key] = murmur2(key) & 0x7FFFFFFF
-            tp = (topic, partitions[hashed % len(partitions)])
-            batch = open_batches.get(tp)
-            if batch is None:
-                batch = open_batches[tp] = producer.create_batch()
-            if batch.append(timestamp=None, key=key, value=value) is None:  # full
-                sent.append((tp, batch.record_count(), await _send(producer, batch, tp)))
-                batch = open_batches[tp] = producer.create_batch()
-                batch.append(timestamp=None, key=key, value=value)
-        for tp, batch in open_batches.items():
-            sent.append((tp, batch.record_count(), await _send(producer, batch, tp)))
-        return sent
+        return await send_batches(cast(Any, self.app.producer)._producer, messages)
 
     @staticmethod
-    async def acked(sent: Sent) -> dict[tuple[str, int], int]:
+    async def acked(sent: list[SentBatch]) -> dict[tuple[str, int], int]:
         """Wait until the broker acknowledged every batch of ``sent``; return each topic
         partition's last offset."""
-        acks = await asyncio.gather(*(future for _, _, future in sent))
-        return {tp: ack.offset + count - 1 for (tp, count, _), ack in zip(sent, acks, strict=True)}
+        acks = await asyncio.gather(*(ack for *_, ack in sent))
+        return {
+            (topic, partition): ack.offset + count - 1
+            for (topic, partition, count, _), ack in zip(sent, acks, strict=True)
+        }
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Send ``messages`` and wait until every one is acknowledged."""
         await self.acked(await self.send(messages))
-
-
-async def _send(producer: Any, batch: Any, tp: tuple[str, int]) -> Any:
-    batch.close()  # nothing else may join a batch whose records are counted
-    return await producer.send_batch(batch, tp[0], partition=tp[1])
 
 
 class ScoringLoop:
@@ -125,8 +94,8 @@ class ScoringLoop:
         self._pending: dict[bytes, State] = {}  # changed since the last flush
         self._flushing_states: dict[bytes, State] = {}  # in changelog records not yet acked
         self._held: list[Message] = []
-        self._sending: Sent = []
-        self._flushing: tuple[Sent, list[Message], int] | None = None
+        self._sending: list[SentBatch] = []
+        self._flushing: tuple[list[SentBatch], list[Message], int] | None = None
         self._generation = app.consumer_generation_id
         self._flushed = 0.0
 
