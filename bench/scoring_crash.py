@@ -1,7 +1,8 @@
 """The scoring crash test at full size: ``python -m bench.scoring_crash --events 50000``.
 
 Starts its own embedded broker and Postgres, runs the scenario of ``tests/crash`` (kill -9 and
-restart at once, one or two workers) ``--runs`` times and prints one line per run.
+restart at once, one or two workers) ``--runs`` times and prints one line per run. When a run
+diverges or fails, the work directory (worker logs, broker and database) is kept for a post-mortem.
 ``--unsafe`` runs workers with Faust's own recovery (no end-offset probe) for comparison.
 """
 
@@ -38,6 +39,7 @@ async def main() -> None:
     if args.max_batch_size is not None:
         extra["TIERFLOW_SCORING_PRODUCER_MAX_BATCH_SIZE"] = str(args.max_batch_size)
     module = "bench.scoring_unsafe_worker" if args.unsafe else "services.scoring"
+    keep = False  # the work directory, for a post-mortem of a run that went wrong
     try:
         start_infrastructure(settings, stack)
         await prepare(stack, args.partitions)
@@ -71,7 +73,14 @@ async def main() -> None:
                 )
                 for line in result.divergence if not result.ok else []:
                     print(f"  {line}", flush=True)
+                keep = keep or not result.ok
+    except BaseException:
+        keep = True
+        raise
     finally:
+        if keep:
+            stack.owns_work_dir = False
+            print(f"kept for a post-mortem: {work_dir}", flush=True)
         stack.stop()
 
 
