@@ -49,6 +49,7 @@ def build_consumer(
         "session_timeout_ms": settings.kafka_session_timeout_ms,
         "heartbeat_interval_ms": settings.kafka_heartbeat_interval_ms,
         "rebalance_timeout_ms": settings.kafka_rebalance_timeout_ms,
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
         "max_poll_records": 1000,
     }
     options.update(overrides)

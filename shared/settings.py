@@ -33,6 +33,13 @@ class CommonSettings(BaseSettings):
         default=10_000, description="Consumer-group rebalance timeout; short on Tansu."
     )
     kafka_heartbeat_interval_ms: int = Field(default=1_000, description="Consumer heartbeat.")
+    kafka_fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=1,
+        description="Longest a consumer's fetch waits for records. On Tansu, records arriving "
+        "while a fetch waits come back only when the wait ends, so it bounds each hop's "
+        "latency there; Kafka answers as soon as records arrive.",
+    )
     database_url: str = Field(
         default="postgresql+asyncpg://postgres@127.0.0.1:5432/tierflow",
         description="SQLAlchemy URL of the Postgres cluster (asyncpg driver).",

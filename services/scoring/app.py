@@ -72,6 +72,7 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
     inputs = app.topic(EVENTS_RESOLVED.name, IDENTITY_MERGES.name, SCORING_COMMANDS.name, **raw)
     app.topics.add(inputs)  # subscribed and acked; polls reach score() through app.feed
     app.fed_topics = frozenset(inputs.topics)
+    app.fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
     # Changelog records are partitioned by key like every input, not by "the current event"
     # (a batch holds events of several partitions).
     people = app.Table(
