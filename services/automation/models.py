@@ -6,7 +6,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, MetaData, String, Text, func
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -53,6 +64,14 @@ class Action(Base):
         Index("ix_actions_oneid", "oneid", "created_at"),
         Index("ix_actions_due", "status", "due_at"),
         Index("ix_actions_sends", "oneid", "channel", "sent_at"),
+        # the exit rule's rows (see migration 0004 for why it is its own index)
+        Index(
+            "ix_actions_pending",
+            "oneid",
+            postgresql_where=text(
+                "status = 'scheduled' AND sent_at IS NULL AND hold_tier IS NOT NULL"
+            ),
+        ),
     )
 
 
