@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 from faust.serializers import codecs
 
 from bench.scoring_throughput import KINDS
+from services.ingest.envelopes import derive_event_id
 from services.scoring.rules import load_model
 from services.scoring.scorer import State
 from services.scoring.service import score_event
@@ -37,7 +38,8 @@ HISTORIES = 16  # distinct real states, cloned under the million keys
 
 
 def real_states(count: int, events: int) -> list[State]:
-    """States of ``count`` people, each scored from ``events`` events of mixed kinds."""
+    """States of ``count`` people, each scored from ``events`` events of mixed kinds (event ids
+    as ingest derives them: a long history's state holds the last 256)."""
     rng = random.Random(7)
     states = []
     for person in range(count):
@@ -45,7 +47,14 @@ def real_states(count: int, events: int) -> list[State]:
         for n in range(events):
             kind = rng.choice(KINDS)
             at = T0 + timedelta(hours=n * rng.uniform(1, 48))
-            event = make_resolved(f"h-{person}", message_id=f"h-{person}-{n}", timestamp=at, **kind)
+            message_id = f"h-{person}-{n}"
+            event = make_resolved(
+                f"h-{person}",
+                message_id=message_id,
+                event_id=derive_event_id("bench", message_id),
+                timestamp=at,
+                **kind,
+            )
             state, _, _ = score_event(state, event, MODEL)
         assert state is not None
         states.append(state)

@@ -82,7 +82,7 @@ async def main() -> None:
                 bootstrap, EVENTS_RESOLVED.name, [(r.oneid.encode(), encode(r)) for r in burst]
             )
             total += len(burst)
-            await until_scored(worker, await scored(worker) + len(burst) - 1)
+            await until_scored(await scored(worker) + len(burst) - 1, worker)
             await asyncio.sleep(2)  # the changelog is flushed at the next commit
             worker.kill()
             running.remove(worker)

@@ -2,7 +2,8 @@
 ``python -m bench.scoring_throughput``. Prints numbers; it is not a timed test.
 
 1. the raw ceiling: an aiokafka consumer reading and parsing (orjson) the same events;
-2. events/s of one scoring worker over a backlog, as a ratio to that ceiling;
+2. events/s of one scoring worker (or ``--workers N``) over a backlog, as a ratio to that
+   ceiling, with the CPU each process used;
 3. event -> tier-change latency p50/p99 under a paced load;
 4. timer lateness: many people's deadlines pass at once (the clock file jumps);
 5. recovery time of a fresh worker replaying the table changelog of every profile.
@@ -24,6 +25,8 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from bench.harness import CpuMeter
+from services.ingest.envelopes import derive_event_id
 from shared.contracts import ResolvedEvent, TierChangeEvent, decode, encode
 from shared.stack.launcher import Stack, StackSettings, prepare, start_infrastructure
 from shared.topics import EVENTS_RESOLVED, TIERS_CHANGES
@@ -39,11 +42,13 @@ KINDS: list[dict[str, Any]] = [
 
 
 def events(prefix: str, count: int, people: int, start: datetime) -> list[ResolvedEvent]:
-    """``count`` events of ~300 bytes over ``people`` people, a minute apart per person."""
+    """``count`` events of ~500 bytes over ``people`` people (``people`` seconds apart per
+    person), with event ids as ingest derives them (UUIDs: a state remembers the last 256)."""
     return [
         make_resolved(
             f"{prefix}-{n % people}",
             message_id=f"{prefix}-e{n}",
+            event_id=derive_event_id("bench", f"{prefix}-e{n}"),
             timestamp=start + timedelta(seconds=n),
             received_at=datetime.now(UTC),
             **KINDS[n % len(KINDS)],
@@ -52,23 +57,26 @@ def events(prefix: str, count: int, people: int, start: datetime) -> list[Resolv
     ]
 
 
-async def scored(worker: Worker) -> float:
-    """Records the worker's agent has handled so far (its events counter)."""
+async def scored(*workers: Worker) -> float:
+    """Records the workers have handled so far (their events counters)."""
+    total = 0.0
     async with httpx.AsyncClient(timeout=5) as client:
-        text = (await client.get(f"{worker.url}/metrics")).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("tierflow_scoring_events_total{")
-    )
+        for worker in workers:
+            text = (await client.get(f"{worker.url}/metrics")).text
+            total += sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("tierflow_scoring_events_total{")
+            )
+    return total
 
 
-async def until_scored(worker: Worker, count: float, timeout: float = 600) -> None:
-    """Wait until the worker handled ``count`` records."""
+async def until_scored(count: float, *workers: Worker, timeout: float = 600) -> None:
+    """Wait until the workers handled ``count`` records together."""
     deadline = time.monotonic() + timeout
-    while await scored(worker) < count:
+    while await scored(*workers) < count:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"worker handled {await scored(worker)} of {count}")
+            raise TimeoutError(f"workers handled {await scored(*workers)} of {count}")
         await asyncio.sleep(0.1)
 
 
@@ -120,7 +128,7 @@ async def latency(bootstrap: str, worker: Worker, prefix: str, rate: int) -> Non
             await asyncio.sleep(max(0.0, 1 - (time.perf_counter() - tick)))
     finally:
         await producer.stop()
-    await until_scored(worker, done_before + count)
+    await until_scored(done_before + count, worker)
     wanted = f"{prefix}-lat".encode()
     changes = await read_until(
         bootstrap,
@@ -159,6 +167,33 @@ async def lateness(bootstrap: str, env: dict[str, str], prefix: str, people: int
     )
 
 
+async def backlog(stack: Stack, running: list[Worker], count: int, raw: float) -> None:
+    """Events/s of the workers over the backlog of ``count`` events, and their CPU per event."""
+    meter = CpuMeter(
+        {
+            **{f"worker-{n}": w.child.process.pid for n, w in enumerate(running)},
+            "broker": stack.children[0].process.pid,
+            "postgres": stack.children[1].process.pid,
+        },
+        with_children=("postgres",),
+    )
+    first, t0 = await scored(*running), time.perf_counter()
+    meter.start()
+    await until_scored(count, *running)
+    meter.stop()
+    rate = (count - first) / (time.perf_counter() - t0)
+    workers = len(running)
+    print(
+        f"scoring, {workers} worker(s): {rate:,.0f} ev/s = {rate / workers:,.0f} per worker "
+        f"= {rate / raw:.3f} of the raw consumer ceiling"
+    )
+    cpu = sum(meter.used[f"worker-{n}"] for n in range(workers))
+    print(
+        f"  CPU as a share of one core: {meter.shares()}; the workers used "
+        f"{cpu / (count - first) * 1e6:.1f} µs per event"
+    )
+
+
 async def main() -> None:
     """Run every measurement and print the numbers."""
     parser = argparse.ArgumentParser()
@@ -168,6 +203,13 @@ async def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument(
         "--throughput-only", action="store_true", help="stop after the backlog's events/s"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="workers sharing the backlog (each stands by for the other's partitions); more "
+        "than one measures the backlog only",
     )
     args = parser.parse_args()
     work_dir = Path(tempfile.mkdtemp(prefix="scoring-bench-"))
@@ -200,13 +242,11 @@ async def main() -> None:
             partitions=args.partitions,
             clock=(T0 - timedelta(days=1)).timestamp(),
         )
-        running.append(Worker("bench-0", env, work_dir))
-        await running[0].ready()
-        first, t0 = await scored(running[0]), time.perf_counter()
-        await until_scored(running[0], len(payload))
-        rate = (len(payload) - first) / (time.perf_counter() - t0)
-        print(f"scoring worker {rate:,.0f} ev/s = {rate / raw:.3f} of the raw consumer ceiling")
-        if args.throughput_only:
+        running.extend(Worker(f"bench-{n}", env, work_dir) for n in range(args.workers))
+        for worker in running:
+            await worker.ready()
+        await backlog(stack, running, len(payload), raw)
+        if args.throughput_only or args.workers > 1:
             return
         await latency(bootstrap, running[0], prefix, args.paced_rate)
         await lateness(bootstrap, env, prefix, args.people)

@@ -22,7 +22,7 @@ from aiokafka import ConsumerRecord
 
 from services.scoring.processor import Record, process
 from services.scoring.rules import load_model
-from services.scoring.scorer import State
+from services.scoring.scorer import State, each_seen, seen_token
 from services.scoring.service import profile_of, tier_change_id
 from shared.contracts import ResolvedEvent, TierChangeEvent, decode, encode
 from shared.topics import EVENTS_RESOLVED, TIERS_CHANGES
@@ -30,6 +30,7 @@ from tests.crash.scoring_worker import Worker, produce, read_until, worker_env
 from tests.factories import T0, make_resolved
 
 MODEL = load_model()
+REGROUP_SECONDS = 60  # well past the workers' session timeout (a dead member leaves the group)
 KINDS: list[dict[str, Any]] = [
     {"type": "page", "event": None, "properties": {"path": "/docs"}},
     {"type": "page", "event": None, "properties": {"path": "/pricing"}},
@@ -190,13 +191,14 @@ async def run(
 
 def divergence(oneid: str, got: Any, want: State, positions: dict[str, int], chunk: int) -> str:
     """Which counted events (by stream position and chunk) a person's changelog state lacks,
-    has in excess, or has in another order than the replay."""
+    has in excess, or has in another order than the replay (``positions`` by event id)."""
     if not got:
         return f"{oneid}: no state in the changelog"
-    got_seen, want_seen = list(got.get("seen", [])), list(want["seen"])
+    got_seen, want_seen = each_seen(got.get("seen", "")), each_seen(want["seen"])
+    at = {seen_token(event_id): n for event_id, n in positions.items()}
 
     def where(ids: list[str]) -> list[str]:
-        return [f"{positions.get(i)}(chunk {positions.get(i, -1) // chunk})" for i in ids]
+        return [f"{at.get(i)}(chunk {at.get(i, -1) // chunk})" for i in ids]
 
     missing = [i for i in want_seen if i not in got_seen]
     extra = [i for i in got_seen if i not in want_seen]
@@ -243,6 +245,18 @@ def mismatched(latest: dict[bytes, Any], expected: dict[bytes, State]) -> list[s
     return [key.decode() for key, state in expected.items() if latest.get(key) != _json(state)]
 
 
+async def explained(client: httpx.AsyncClient, worker: Worker, oneid: str) -> Any:
+    """A person's /explain answer. A worker ready soon after the others were killed may still
+    share the group with a dead member until its session expires, and routes that member's
+    people to it (a 500: the connection is refused): asked again until the group is whole."""
+    deadline = time.monotonic() + REGROUP_SECONDS
+    while True:
+        answer = await client.get(f"{worker.url}/v1/scores/{oneid}/explain")
+        if answer.status_code < 500 or time.monotonic() > deadline:
+            return answer.json()
+        await asyncio.sleep(0.5)
+
+
 async def stale_people(worker: Worker, expected: dict[bytes, State]) -> list[str]:
     """People whose state in the workers' memory differs from the replay (via /explain)."""
     stale = []
@@ -250,7 +264,7 @@ async def stale_people(worker: Worker, expected: dict[bytes, State]) -> list[str
         for key, state in expected.items():
             oneid = key.decode()
             want = profile_of(oneid, state, MODEL).model_dump(mode="json")
-            got = (await client.get(f"{worker.url}/v1/scores/{oneid}/explain")).json()
+            got = await explained(client, worker, oneid)
             held = got.get("profile", {})
             fields = ("tier", "scores", "events_counted", "tags", "lifecycle_stage")
             if any(held.get(f) != want[f] for f in fields):
