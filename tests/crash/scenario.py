@@ -252,8 +252,13 @@ async def explained(client: httpx.AsyncClient, worker: Worker, oneid: str) -> An
     deadline = time.monotonic() + REGROUP_SECONDS
     while True:
         answer = await client.get(f"{worker.url}/v1/scores/{oneid}/explain")
-        if answer.status_code < 500 or time.monotonic() > deadline:
+        if answer.status_code < 500:
             return answer.json()
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"/explain of {oneid} still answered {answer.status_code} after "
+                f"{REGROUP_SECONDS} s: {answer.text[:300]}"
+            )
         await asyncio.sleep(0.5)
 
 
