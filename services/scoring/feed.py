@@ -7,28 +7,37 @@ queue the scoring loop takes from. Everything else stays Faust's: the consumer g
 assignor, table recovery, offsets committed only up to acked messages, the producer flush
 before each commit. A rebalance clears the queue (Faust clears flow-controlled queues and
 seeks every partition back to its committed offset before resuming), and the loop drops a
-batch fetched before the rebalance: its messages are fetched again.
+batch fetched before the rebalance: its messages are fetched again. What reaches the loop is
+checked for holes (:mod:`services.scoring.continuity`): a partition whose records were skipped
+on the way is fetched again from the first one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
 from aiokafka import TopicPartition
+from aiokafka.errors import IllegalStateError, KafkaError
 from faust.transport.drivers import aiokafka as kafka_driver
 from faust.types import TP, Message
 from mode.utils.queues import FlowControlQueue
+
+from services.scoring import metrics
+from services.scoring.continuity import Continuity
+
+log = logging.getLogger(__name__)
 
 QUEUED_POLLS = 8  # polls waiting for the scoring loop at most (backpressure on the fetcher)
 
 
 @dataclass(frozen=True, slots=True)
 class Poll:
-    """The messages of one fetch, and the consumer generation they were fetched in."""
+    """The messages of one fetch, and the consumer generation when the fetch returned."""
 
     generation: int
     messages: list[Message]
@@ -39,42 +48,60 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
 
     async def _drain_messages(self, fetcher: Any) -> None:
         """Faust's fetch loop (read offsets, gaps, commit_every), one queue put per poll of
-        the fed topics; other topics (table changelogs) still go through Faust's callback."""
+        the fed topics; other topics (table changelogs) still go through Faust's callback.
+
+        Faust marks skipped offsets as gaps that its commit counts as done (meant for compacted
+        topics). On a fed topic a skipped offset is a record not scored: a gap would let a
+        commit pass it, so none is marked there, and the hole is fetched again
+        (:mod:`services.scoring.continuity`)."""
         app = cast(ScoringApp, self.app)
         read_offset = self._read_offset
         acks_enabled_for = app.topics.acks_enabled_for
         commit_every = self._commit_every
         fed_topics = app.fed_topics
+        continuity = app.continuity
         try:
             while not (self._stopped.is_set() or fetcher._stopped.is_set()):
                 generation = app.consumer_generation_id
                 fed: list[Message] = []
                 other: list[Message] = []
                 async for tp, message in self.getmany(timeout=1.0):
+                    if not (fed or other):
+                        # read once the fetch returned, as Faust's getmany does: a fetch can
+                        # wait through a whole rebalance and return records from after its seek
+                        generation = app.consumer_generation_id
                     offset, last = message.offset, read_offset[tp]
                     if last is not None and offset < last:
                         continue  # already read (Faust drops these too)
-                    if last and offset - last > 1 and acks_enabled_for(message.topic):
-                        await self._add_gap(tp, last + 1, offset)
-                    (fed if message.topic in fed_topics else other).append(message)
+                    if message.topic in fed_topics:
+                        # no gap marked as done here: a skipped offset is a hole, fetched again
+                        fed.append(message)
+                        continuity.read(tp, offset)
+                    else:
+                        if last and offset - last > 1 and acks_enabled_for(message.topic):
+                            await self._add_gap(tp, last + 1, offset)
+                        other.append(message)
                     read_offset[tp] = offset
                 if commit_every is not None and self._n_acked >= commit_every:
                     self._n_acked = 0
                     await self.commit()
-                if other:
-                    await self.wait_first(self._deliver(other), self.suspend_flow.wait())
-                if fed:
-                    await self.wait_first(
-                        app.feed.put(Poll(generation, fed)), self.suspend_flow.wait()
-                    )
-                if not (fed or other):
-                    await asyncio.sleep(0)
+                await self._hand_on(Poll(generation, fed), other)
         except self.consumer_stopped_errors:
             if not self.transport.app.should_stop:
                 raise
         except asyncio.CancelledError:
             if not self.transport.app.should_stop:
                 raise
+
+    async def _hand_on(self, poll: Poll, other: list[Message]) -> None:
+        """Changelog records to Faust, the poll to the scoring loop; dropped at a rebalance."""
+        if other:
+            await self.wait_first(self._deliver(other), self.suspend_flow.wait())
+        if poll.messages:
+            feed = cast(ScoringApp, self.app).feed
+            await self.wait_first(feed.put(poll), self.suspend_flow.wait())
+        if not (poll.messages or other):
+            await asyncio.sleep(0)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Faust's seek back to the committed offsets, and to the beginning for a fed
@@ -96,15 +123,35 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
         runs: their positions read 0 and nothing was fetched again.)
         """
         committed: Mapping[TP, int] = await super().seek_to_committed()  # None: no commit
-        fed_topics = cast(ScoringApp, self.app).fed_topics
-        uncommitted = [
-            tp
-            for tp, offset in committed.items()
-            if tp.topic in fed_topics and (offset is None or offset <= 0)
-        ]
+        app = cast(ScoringApp, self.app)
+        uncommitted = []
+        for tp, offset in committed.items():
+            if tp.topic not in app.fed_topics:
+                continue
+            if offset is None or offset <= 0:
+                uncommitted.append(tp)
+            # the beginning is 0 unless retention removed records: then a first hole refetches
+            app.continuity.expect(tp, offset if offset is not None and offset > 0 else 0)
         if uncommitted:
             await self._thread.seek_to_beginning(*uncommitted)
         return committed
+
+    async def refetch(self, tp: TP, offset: int) -> None:
+        """Fetch ``tp`` again from ``offset``.
+
+        The read offset is set first, so records fetched from ``offset`` are not dropped as
+        already read; the seek runs in the consumer's thread, which owns aiokafka's state. A
+        partition no longer assigned is left alone: its next owner seeks it to the committed
+        offset.
+        """
+        self._read_offset[tp] = offset if offset else None
+        cast(ScoringApp, self.app).continuity.expect(tp, offset)
+        thread = self._thread
+        seek = thread._ensure_consumer().seek
+        try:
+            await thread.call_thread(seek, TopicPartition(tp.topic, tp.partition), offset)
+        except IllegalStateError:
+            log.info("%s[%d] was revoked before it could be fetched again", tp.topic, tp.partition)
 
     def verify_event_path(self, now: float, tp: TP) -> None:
         """Faust's livelock check of a partition, skipped while aiokafka has no position for
@@ -157,6 +204,7 @@ class ScoringApp(faust.App):  # type: ignore[misc,unused-ignore]  # faust is unt
     """A Faust app whose consumer feeds poll batches to :meth:`batches`."""
 
     _feed: FlowControlQueue[Poll] | None = None
+    _continuity: Continuity | None = None
     fed_topics: frozenset[str] = frozenset()
     """Topics whose polls go to :attr:`feed` (the rest take Faust's per-message path)."""
     fetch_max_wait_ms: int = 1500
@@ -170,6 +218,13 @@ class ScoringApp(faust.App):  # type: ignore[misc,unused-ignore]  # faust is unt
                 maxsize=QUEUED_POLLS, flow_control=self.flow_control, clear_on_resume=True
             )
         return self._feed
+
+    @property
+    def continuity(self) -> Continuity:
+        """Where each fed partition must continue (set at every seek to the committed offsets)."""
+        if self._continuity is None:
+            self._continuity = Continuity()
+        return self._continuity
 
     def _new_transport(self) -> Any:
         return FeedTransport(self.conf.broker_consumer, self)
@@ -187,6 +242,8 @@ class ScoringApp(faust.App):  # type: ignore[misc,unused-ignore]  # faust is unt
                 try:
                     polls = [await asyncio.wait_for(feed.get(), idle)]
                 except TimeoutError:
+                    for tp, offset in self.continuity.behind().items():
+                        await self._refetch(tp, offset)
                     yield []
                     continue
             else:
@@ -195,9 +252,39 @@ class ScoringApp(faust.App):  # type: ignore[misc,unused-ignore]  # faust is unt
             while size < limit and not feed.empty():
                 polls.append(feed.get_nowait())
                 size += len(polls[-1].messages)
-            messages = [m for poll in polls if self.current(poll) for m in poll.messages]
+            current = [m for poll in polls if self.current(poll) for m in poll.messages]
+            messages, holes = self.continuity.admit(current)
+            for tp, offset in holes.items():
+                await self._refetch(tp, offset)
             if messages:
                 yield messages
+
+    async def _refetch(self, tp: TP, offset: int) -> None:
+        """Fetch ``tp`` again from the hole at ``offset``, or from its first record when
+        retention removed the records from there on."""
+        consumer = cast(FeedConsumer, self.consumer)
+        try:
+            start = max(offset, (await consumer.earliest_offsets(tp)).get(tp) or 0)
+        except KafkaError:  # the seek alone: aiokafka resets a removed offset to the earliest
+            start = offset
+        if start > offset:
+            log.warning(
+                "%s[%d]: records %d to %d were removed by retention before they were scored",
+                tp.topic,
+                tp.partition,
+                offset,
+                start - 1,
+            )
+        else:
+            log.warning(
+                "%s[%d]: records from %d were skipped on the way to the scoring loop; "
+                "fetching them again",
+                tp.topic,
+                tp.partition,
+                offset,
+            )
+        metrics.REFETCHES.inc()
+        await consumer.refetch(tp, start)
 
     def ack(self, messages: Sequence[Message]) -> None:
         """Mark ``messages`` done: offsets are committed up to the first one not acked."""

@@ -52,3 +52,8 @@ PROFILES_WRITTEN = Counter(
     "Profiles upserted (or deleted) in the Postgres read model.",
     ["operation"],
 )
+REFETCHES = Counter(
+    "tierflow_scoring_refetches_total",
+    "Fed partitions fetched again because a record had been skipped before the scoring loop "
+    "(see services/scoring/continuity.py).",
+)

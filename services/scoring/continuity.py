@@ -1,0 +1,87 @@
+"""Every fed partition reaches the scoring loop in offset order and without holes.
+
+A state is right only if every record of its partition after the committed offset was scored,
+in order. Faust and the feed drop fetched records in several places (a poll fetched before a
+rebalance, the rest of a poll Faust stops yielding, everything fetched while the flow is
+stopped) and count on a later seek back to the committed offsets to fetch them again. A drop
+that no seek follows skips those records for good, and Faust's commit then passes them: without
+a committed offset it commits the first run of acked offsets wherever that run starts, and with
+one it lets a single missing offset at the head through. Rather than prove every such path,
+the feed checks what it hands on: a record beyond its partition's next expected offset is a
+hole, so it and the partition's later records are held back and the partition is fetched again
+from the hole. Records before the expected offset are redeliveries (a seek back, a rolled-back
+batch) and pass: the loop deduplicates them. A dropped poll at the end of a partition leaves no
+later record to show the hole, so the fetcher also notes how far it read each partition, and an
+idle feed compares that with what reached the loop.
+
+Offsets of Tierflow's topics are dense: no topic the loop reads is compacted and no producer
+writes transactions (Tansu has none; the services' producers are idempotent at most), so a hole
+is always a skipped record, never a gap in the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol, TypeVar
+
+from faust.types import TP
+
+
+class Positioned(Protocol):
+    """What the check reads of a message."""
+
+    @property
+    def tp(self) -> TP: ...
+
+    @property
+    def offset(self) -> int: ...
+
+
+M = TypeVar("M", bound=Positioned)
+
+
+class Continuity:
+    """The next offset the loop must see of each fed partition."""
+
+    def __init__(self) -> None:
+        self._next: dict[TP, int] = {}
+        self._read: dict[TP, int] = {}  # the offset after the last record the fetcher read
+
+    def expect(self, tp: TP, offset: int) -> None:
+        """The consumer was sought to ``offset`` of ``tp``: its next record must be that one."""
+        self._next[tp] = offset
+        self._read[tp] = offset
+
+    def read(self, tp: TP, offset: int) -> None:
+        """The fetcher read the record at ``offset`` of ``tp`` (to hand it on)."""
+        self._read[tp] = offset + 1
+
+    def behind(self) -> dict[TP, int]:
+        """Partitions read further than what reached the loop, and where to fetch them again
+        from: only true of an idle feed when records were dropped on the way."""
+        expected = self._next
+        return {
+            tp: expected[tp]
+            for tp, read in self._read.items()
+            if tp in expected and read > expected[tp]
+        }
+
+    def admit(self, messages: Iterable[M]) -> tuple[list[M], dict[TP, int]]:
+        """The messages that continue their partitions (redeliveries included), and for each
+        partition with a hole the offset to fetch it again from (its later messages are left
+        out: they come again)."""
+        expected = self._next
+        kept: list[M] = []
+        holes: dict[TP, int] = {}
+        for message in messages:
+            tp, offset = message.tp, message.offset
+            if tp in holes:
+                continue
+            after = expected.get(tp)
+            if after is not None and offset > after:
+                holes[tp] = after
+                continue
+            kept.append(message)
+            if after is None or offset >= after:
+                expected[tp] = offset + 1
+        return kept, holes

@@ -1,0 +1,42 @@
+"""A scoring worker whose feed loses polls on the way to the loop with no seek after them: the
+fault :mod:`services.scoring.continuity` guards against (a poll dropped as stale that was not,
+records Faust stops yielding). ``TIERFLOW_TEST_LOSE_KEYS`` names the people whose polls are
+lost; ``TIERFLOW_TEST_UNCHECKED=1`` also turns the hole check off, to show what the fault does
+without it."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from services.scoring.__main__ import main
+from services.scoring.continuity import Continuity
+from services.scoring.feed import Poll, ScoringApp
+
+LOST = {2, 5}  # which polls (counted from 0) holding the test's people never reach the loop
+PEOPLE = os.environ["TIERFLOW_TEST_LOSE_KEYS"].encode()  # the test's people's key prefix
+_polls = itertools.count()
+_current = ScoringApp.current
+
+
+def _lossy_current(app: ScoringApp, poll: Poll) -> bool:
+    if not _current(app, poll):
+        return False
+    if not any((m.key or b"").startswith(PEOPLE) for m in poll.messages):
+        return True  # other tests' people, on the same topic
+    return next(_polls) not in LOST
+
+
+def _unchecked(_: Continuity, messages: Iterable[Any]) -> tuple[list[Any], dict[Any, int]]:
+    return list(messages), {}
+
+
+ScoringApp.current = _lossy_current  # type: ignore[method-assign,assignment]
+if os.environ.get("TIERFLOW_TEST_UNCHECKED") == "1":
+    Continuity.admit = _unchecked  # type: ignore[method-assign,assignment]
+    Continuity.behind = lambda _: {}  # type: ignore[method-assign,assignment]
+
+if __name__ == "__main__":
+    main()

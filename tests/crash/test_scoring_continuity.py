@@ -1,0 +1,74 @@
+"""Polls lost between the fetcher and the scoring loop, with no seek after them, are fetched
+again: every person still ends equal to a pure replay. Without the hole check the same fault
+loses their events (the second case shows the fault is real)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.contracts import encode
+from shared.settings import CommonSettings
+from shared.topics import EVENTS_RESOLVED
+from tests.crash.scenario import changelog_states, divergence, make_stream, mismatched, replay
+from tests.crash.scoring_worker import Worker, produce, worker_env
+from tests.factories import T0
+
+CHUNKS = 8
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["fetched-again", "unchecked-loses"])
+async def test_polls_lost_on_the_way_to_the_loop_are_fetched_again(
+    settings: CommonSettings, tmp_path: Path, checked: bool
+) -> None:
+    bootstrap = settings.kafka_bootstrap
+    stream = make_stream(people=40, events=800, seed=random.randrange(1 << 30))
+    expected, _ = replay(stream)
+    app_id = f"scoring-lossy-{uuid.uuid4().hex[:8]}"
+    env = worker_env(
+        bootstrap,
+        settings.database_url,
+        app_id=app_id,
+        work_dir=tmp_path,
+        partitions=settings.topic_partitions,
+        clock=(T0 - timedelta(days=365)).timestamp(),
+        TIERFLOW_TEST_UNCHECKED="0" if checked else "1",
+        TIERFLOW_TEST_LOSE_KEYS=stream[0].oneid.rsplit("-", 1)[0],
+    )
+    worker = Worker("lossy", env, tmp_path, module="tests.crash.lossy_worker")
+    try:
+        await worker.ready()
+        size = -(-len(stream) // CHUNKS)
+        for chunk in range(CHUNKS):  # separate polls, so that some are lost
+            part = stream[chunk * size : (chunk + 1) * size]
+            await produce(
+                bootstrap, EVENTS_RESOLVED.name, [(e.oneid.encode(), encode(e)) for e in part]
+            )
+            await asyncio.sleep(0.3)
+        latest = await changelog_states(bootstrap, app_id, expected, timeout=60 if checked else 15)
+        wrong = mismatched(latest, expected)
+        async with httpx.AsyncClient() as client:
+            exposition = (await client.get(f"{worker.url}/metrics")).text
+        refetches = next(
+            float(line.split()[-1])
+            for line in exposition.splitlines()
+            if line.startswith("tierflow_scoring_refetches_total ")
+        )
+        if checked:
+            positions = {e.event.event_id: n for n, e in enumerate(stream)}
+            assert not wrong, [
+                divergence(o, latest.get(o.encode()), expected[o.encode()], positions, size)
+                for o in wrong[:5]
+            ]
+            assert refetches >= 1
+        else:
+            assert wrong, "the lost polls should have cost events without the hole check"
+            assert refetches == 0
+    finally:
+        worker.stop()
