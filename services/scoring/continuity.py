@@ -21,7 +21,7 @@ is always a skipped record, never a gap in the log.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol, TypeVar
 
 from faust.types import TP
@@ -46,6 +46,12 @@ class Continuity:
     def __init__(self) -> None:
         self._next: dict[TP, int] = {}
         self._read: dict[TP, int] = {}  # the offset after the last record the fetcher read
+
+    def restart(self, positions: Mapping[TP, int]) -> None:
+        """The consumer was sought to ``positions``, its whole assignment (a rebalance):
+        partitions not in it are forgotten."""
+        self._next = dict(positions)
+        self._read = dict(positions)
 
     def expect(self, tp: TP, offset: int) -> None:
         """The consumer was sought to ``offset`` of ``tp``: its next record must be that one."""

@@ -124,14 +124,14 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
         """
         committed: Mapping[TP, int] = await super().seek_to_committed()  # None: no commit
         app = cast(ScoringApp, self.app)
-        uncommitted = []
-        for tp, offset in committed.items():
-            if tp.topic not in app.fed_topics:
-                continue
-            if offset is None or offset <= 0:
-                uncommitted.append(tp)
-            # the beginning is 0 unless retention removed records: then a first hole refetches
-            app.continuity.expect(tp, offset if offset is not None and offset > 0 else 0)
+        # the beginning is 0 unless retention removed records: then a first hole refetches
+        positions = {
+            tp: offset if offset is not None and offset > 0 else 0
+            for tp, offset in committed.items()
+            if tp.topic in app.fed_topics
+        }
+        app.continuity.restart(positions)
+        uncommitted = [tp for tp, offset in positions.items() if offset == 0]
         if uncommitted:
             await self._thread.seek_to_beginning(*uncommitted)
         return committed
@@ -242,8 +242,10 @@ class ScoringApp(faust.App):  # type: ignore[misc,unused-ignore]  # faust is unt
                 try:
                     polls = [await asyncio.wait_for(feed.get(), idle)]
                 except TimeoutError:
-                    for tp, offset in self.continuity.behind().items():
-                        await self._refetch(tp, offset)
+                    generation = self.consumer_generation_id
+                    if self.flow_control.is_active():
+                        for tp, offset in self.continuity.behind().items():
+                            await self._refetch(tp, offset, generation)
                     yield []
                     continue
             else:
@@ -252,21 +254,29 @@ class ScoringApp(faust.App):  # type: ignore[misc,unused-ignore]  # faust is unt
             while size < limit and not feed.empty():
                 polls.append(feed.get_nowait())
                 size += len(polls[-1].messages)
+            generation = self.consumer_generation_id
             current = [m for poll in polls if self.current(poll) for m in poll.messages]
             messages, holes = self.continuity.admit(current)
             for tp, offset in holes.items():
-                await self._refetch(tp, offset)
+                await self._refetch(tp, offset, generation)
             if messages:
                 yield messages
 
-    async def _refetch(self, tp: TP, offset: int) -> None:
+    async def _refetch(self, tp: TP, offset: int, generation: int) -> None:
         """Fetch ``tp`` again from the hole at ``offset``, or from its first record when
-        retention removed the records from there on."""
+        retention removed the records from there on.
+
+        Not once a rebalance began since the hole was seen (``generation``): its seek back to
+        the committed offsets fetches the records again, and a seek to the hole after it
+        would skip what the loop rolled back in between.
+        """
         consumer = cast(FeedConsumer, self.consumer)
         try:
             start = max(offset, (await consumer.earliest_offsets(tp)).get(tp) or 0)
         except KafkaError:  # the seek alone: aiokafka resets a removed offset to the earliest
             start = offset
+        if generation != self.consumer_generation_id or not self.flow_control.is_active():
+            return
         if start > offset:
             log.warning(
                 "%s[%d]: records %d to %d were removed by retention before they were scored",

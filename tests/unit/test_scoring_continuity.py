@@ -91,3 +91,14 @@ def test_records_read_but_never_handed_on_show_when_the_feed_is_idle() -> None:
     # a dropped single record counts too
     continuity.read(B, 5)
     assert continuity.behind() == {B: 5}
+
+
+def test_a_rebalance_restarts_every_partition_and_forgets_revoked_ones() -> None:
+    continuity = Continuity()
+    continuity.restart({A: 0, B: 0})
+    for message in run(B, 0, 5):
+        continuity.read(message.tp, message.offset)
+    continuity.admit(run(A, 0, 3))  # B's poll was dropped by the rebalance that revoked B
+    continuity.restart({A: 2})
+    assert continuity.behind() == {}
+    assert continuity.admit([*run(A, 2, 4), Msg(A, 5)]) == (run(A, 2, 4), {A: 4})
