@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import aiohttp
 import faust
+from faust.exceptions import SameNode
+from faust.web.exceptions import ServiceUnavailable
 from prometheus_client import generate_latest
 
 from services.scoring import metrics, repository, service
@@ -27,6 +30,8 @@ from services.scoring.settings import ScoringSettings
 from services.scoring.store import PeopleTable
 from shared.db import build_engine, build_sessionmaker, unit_of_work
 from shared.topics import EVENTS_RESOLVED, IDENTITY_MERGES, SCORING_COMMANDS
+
+EXPLAIN_RETRY_AFTER_SECONDS = 2  # the owner is back once the group has rebalanced
 
 
 def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> faust.App:
@@ -137,9 +142,24 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         return web.json(profile.model_dump(mode="json"))
 
     @app.page("/v1/scores/{oneid}/explain")
-    @app.table_route(table=people, match_info="oneid")
     async def explain(web: Any, request: Any, oneid: str) -> Any:
-        """From the table (the worker owning the person answers), measured now."""
+        """From the table, measured now: the worker owning the person answers, another one
+        forwards the request to it. While no owner is known or the owner cannot be reached (a
+        rebalance; a member that died and has not left the group yet), 503 and Retry-After
+        (Faust's own table route answered 500 to a refused connection)."""
+        try:
+            return await app.router.route_req(people.name, oneid, web, request)
+        except SameNode:
+            pass
+        except (ServiceUnavailable, aiohttp.ClientError, TimeoutError):
+            return web.json(
+                {
+                    "error": "unavailable",
+                    "detail": f"the worker holding {oneid} cannot be reached now; retry",
+                },
+                status=503,
+                headers={"Retry-After": str(EXPLAIN_RETRY_AFTER_SECONDS)},
+            )
         state = loop.state_of(oneid.encode())
         if state is None or not is_live(state):
             return web.json({"error": "not_found", "detail": f"no scores for {oneid}"}, status=404)

@@ -1,0 +1,80 @@
+"""/explain while the worker owning a person is dead but still in the group: 503 with
+Retry-After (not a 500), then the person's answer once the group has rebalanced."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+
+from services.scoring.app import EXPLAIN_RETRY_AFTER_SECONDS
+from shared.contracts import encode
+from shared.settings import CommonSettings
+from shared.topics import EVENTS_RESOLVED
+from tests.crash.scenario import changelog_states, make_stream, replay
+from tests.crash.scoring_worker import Worker, produce, worker_env
+from tests.factories import T0
+
+REGROUP_SECONDS = 60
+
+
+async def test_explain_answers_503_for_people_of_a_dead_member(
+    settings: CommonSettings, tmp_path: Path
+) -> None:
+    bootstrap = settings.kafka_bootstrap
+    stream = make_stream(people=40, events=400, seed=random.randrange(1 << 30))
+    expected, _ = replay(stream)
+    app_id = f"scoring-route-{uuid.uuid4().hex[:8]}"
+    env = worker_env(
+        bootstrap,
+        settings.database_url,
+        app_id=app_id,
+        work_dir=tmp_path,
+        partitions=settings.topic_partitions,
+        clock=(T0 - timedelta(days=365)).timestamp(),
+    )
+    workers = [Worker("a", env, tmp_path), Worker("b", env, tmp_path)]
+    try:
+        await asyncio.gather(*(w.ready() for w in workers))
+        await produce(
+            bootstrap, EVENTS_RESOLVED.name, [(e.oneid.encode(), encode(e)) for e in stream]
+        )
+        await changelog_states(bootstrap, app_id, expected, timeout=60)
+        people = [key.decode() for key in expected]
+        survivor = workers[0]
+        async with httpx.AsyncClient(timeout=10) as client:
+            await _until_all_answer(client, survivor, people)
+            workers[1].kill()  # its session lasts seconds more: it still owns its partitions
+            answers = [await client.get(f"{survivor.url}/v1/scores/{p}/explain") for p in people]
+            statuses = {a.status_code for a in answers}
+            assert statuses <= {200, 503}, statuses
+            unavailable = [a for a in answers if a.status_code == 503]
+            assert unavailable, "the dead member's people should be unavailable until it left"
+            assert all(
+                a.headers["Retry-After"] == str(EXPLAIN_RETRY_AFTER_SECONDS)
+                and a.json()["error"] == "unavailable"
+                for a in unavailable
+            )
+            await _until_all_answer(client, survivor, people)  # it took the people over
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+async def _until_all_answer(client: httpx.AsyncClient, worker: Worker, people: list[str]) -> None:
+    """Until ``worker`` answers 200 for everyone (503 meanwhile: a rebalance under way)."""
+    deadline = time.monotonic() + REGROUP_SECONDS
+    while True:
+        statuses = {
+            (await client.get(f"{worker.url}/v1/scores/{p}/explain")).status_code for p in people
+        }
+        assert statuses <= {200, 503}, statuses
+        if statuses == {200}:
+            return
+        assert time.monotonic() < deadline, f"still {statuses} after {REGROUP_SECONDS} s"
+        await asyncio.sleep(1)
