@@ -76,6 +76,52 @@ def replay(stream: list[ResolvedEvent]) -> tuple[dict[bytes, State], dict[str, i
     return dict(outcome.writes), changes
 
 
+@dataclass(frozen=True)
+class Replayed:
+    """A stream for a fresh scoring app, what a pure replay of the model makes of it, and the
+    environment of that app's workers: their clock stands a year before the stream, so no timer
+    is ever due and their result must equal the replay."""
+
+    stream: list[ResolvedEvent]
+    expected: dict[bytes, State]
+    changes: dict[str, int]
+    app_id: str
+    env: dict[str, str]
+
+
+def replayed(
+    bootstrap: str,
+    database_url: str,
+    work_dir: Path,
+    *,
+    name: str,
+    partitions: int,
+    people: int,
+    events: int,
+    seed: int,
+    **extra_env: str,
+) -> Replayed:
+    """A :class:`Replayed` for a new app named ``name`` and a random suffix."""
+    stream = make_stream(people, events, seed)
+    expected, changes = replay(stream)
+    app_id = f"{name}-{uuid.uuid4().hex[:8]}"
+    env = worker_env(
+        bootstrap,
+        database_url,
+        app_id=app_id,
+        work_dir=work_dir,
+        partitions=partitions,
+        clock=(T0 - timedelta(days=365)).timestamp(),
+        **extra_env,
+    )
+    return Replayed(stream, expected, changes, app_id, env)
+
+
+async def produce_events(bootstrap: str, events: list[ResolvedEvent]) -> None:
+    """``events`` onto tierflow.events.resolved, keyed by OneID, in order."""
+    await produce(bootstrap, EVENTS_RESOLVED.name, [(e.oneid.encode(), encode(e)) for e in events])
+
+
 @dataclass
 class Result:
     """What a run found."""
@@ -127,18 +173,19 @@ async def run(
     """Produce the stream in chunks while killing (-9) and at once restarting random workers;
     then compare the changelog's last value of every person with the pure replay."""
     rng = random.Random(seed)
-    stream = make_stream(people, events, seed)
-    expected, change_counts = replay(stream)
-    app_id = f"scoring-crash-{uuid.uuid4().hex[:8]}"
-    env = worker_env(
+    setup = replayed(
         bootstrap,
         database_url,
-        app_id=app_id,
-        work_dir=work_dir,
+        work_dir,
+        name="scoring-crash",
         partitions=partitions,
-        clock=(T0 - timedelta(days=365)).timestamp(),  # timers never due: a pure replay
+        people=people,
+        events=events,
+        seed=seed,
         **(extra_env or {}),
     )
+    stream, expected, change_counts = setup.stream, setup.expected, setup.changes
+    app_id, env = setup.app_id, setup.env
     started = time.monotonic()
     running = [Worker(f"w{n}-0", env, work_dir, module) for n in range(workers)]
     try:
@@ -147,10 +194,7 @@ async def run(
         kill_at = set(rng.sample(range(2, chunks - 2), kills))
         size = -(-len(stream) // chunks)
         for chunk in range(chunks):
-            part = stream[chunk * size : (chunk + 1) * size]
-            await produce(
-                bootstrap, EVENTS_RESOLVED.name, [(r.oneid.encode(), encode(r)) for r in part]
-            )
+            await produce_events(bootstrap, stream[chunk * size : (chunk + 1) * size])
             await asyncio.sleep(rng.uniform(0.05, 0.4))
             if chunk in kill_at:
                 victim = rng.randrange(len(running))

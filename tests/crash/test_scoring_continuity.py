@@ -5,51 +5,39 @@ loses their events (the second case shows the fault is real)."""
 from __future__ import annotations
 
 import asyncio
-import random
-import uuid
-from datetime import timedelta
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from shared.contracts import encode
 from shared.settings import CommonSettings
-from shared.topics import EVENTS_RESOLVED
-from tests.crash.scenario import changelog_states, divergence, make_stream, mismatched, replay
-from tests.crash.scoring_worker import Worker, produce, worker_env
-from tests.factories import T0
+from tests.crash.scenario import (
+    Replayed,
+    changelog_states,
+    divergence,
+    mismatched,
+    produce_events,
+)
+from tests.crash.scoring_worker import Worker
 
 CHUNKS = 8
 
 
 @pytest.mark.parametrize("checked", [True, False], ids=["fetched-again", "unchecked-loses"])
 async def test_polls_lost_on_the_way_to_the_loop_are_fetched_again(
-    settings: CommonSettings, tmp_path: Path, checked: bool
+    settings: CommonSettings, tmp_path: Path, fresh_app: Callable[..., Replayed], checked: bool
 ) -> None:
     bootstrap = settings.kafka_bootstrap
-    stream = make_stream(people=40, events=800, seed=random.randrange(1 << 30))
-    expected, _ = replay(stream)
-    app_id = f"scoring-lossy-{uuid.uuid4().hex[:8]}"
-    env = worker_env(
-        bootstrap,
-        settings.database_url,
-        app_id=app_id,
-        work_dir=tmp_path,
-        partitions=settings.topic_partitions,
-        clock=(T0 - timedelta(days=365)).timestamp(),
-        TIERFLOW_TEST_UNCHECKED="0" if checked else "1",
-        TIERFLOW_TEST_LOSE_KEYS=stream[0].oneid.rsplit("-", 1)[0],
-    )
+    setup = fresh_app("scoring-lossy", events=800, TIERFLOW_TEST_UNCHECKED="0" if checked else "1")
+    stream, expected, app_id, env = setup.stream, setup.expected, setup.app_id, setup.env
+    env["TIERFLOW_TEST_LOSE_KEYS"] = stream[0].oneid.rsplit("-", 1)[0]
     worker = Worker("lossy", env, tmp_path, module="tests.crash.lossy_worker")
     try:
         await worker.ready()
         size = -(-len(stream) // CHUNKS)
         for chunk in range(CHUNKS):  # separate polls, so that some are lost
-            part = stream[chunk * size : (chunk + 1) * size]
-            await produce(
-                bootstrap, EVENTS_RESOLVED.name, [(e.oneid.encode(), encode(e)) for e in part]
-            )
+            await produce_events(bootstrap, stream[chunk * size : (chunk + 1) * size])
             await asyncio.sleep(0.3)
         latest = await changelog_states(bootstrap, app_id, expected, timeout=60 if checked else 15)
         wrong = mismatched(latest, expected)

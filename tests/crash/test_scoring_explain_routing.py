@@ -4,47 +4,31 @@ Retry-After (not a 500), then the person's answer once the group has rebalanced.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-import uuid
-from datetime import timedelta
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from services.scoring.app import EXPLAIN_RETRY_AFTER_SECONDS
-from shared.contracts import encode
 from shared.settings import CommonSettings
-from shared.topics import EVENTS_RESOLVED
-from tests.crash.scenario import changelog_states, make_stream, replay
-from tests.crash.scoring_worker import Worker, produce, worker_env
-from tests.factories import T0
+from tests.crash.scenario import Replayed, changelog_states, produce_events
+from tests.crash.scoring_worker import Worker
 
 REGROUP_SECONDS = 60
 
 
 async def test_explain_answers_503_for_people_of_a_dead_member(
-    settings: CommonSettings, tmp_path: Path
+    settings: CommonSettings, tmp_path: Path, fresh_app: Callable[..., Replayed]
 ) -> None:
     bootstrap = settings.kafka_bootstrap
-    stream = make_stream(people=40, events=400, seed=random.randrange(1 << 30))
-    expected, _ = replay(stream)
-    app_id = f"scoring-route-{uuid.uuid4().hex[:8]}"
-    env = worker_env(
-        bootstrap,
-        settings.database_url,
-        app_id=app_id,
-        work_dir=tmp_path,
-        partitions=settings.topic_partitions,
-        clock=(T0 - timedelta(days=365)).timestamp(),
-    )
+    setup = fresh_app("scoring-route")
+    expected, env = setup.expected, setup.env
     workers = [Worker("a", env, tmp_path), Worker("b", env, tmp_path)]
     try:
         await asyncio.gather(*(w.ready() for w in workers))
-        await produce(
-            bootstrap, EVENTS_RESOLVED.name, [(e.oneid.encode(), encode(e)) for e in stream]
-        )
-        await changelog_states(bootstrap, app_id, expected, timeout=60)
+        await produce_events(bootstrap, setup.stream)
+        await changelog_states(bootstrap, setup.app_id, expected, timeout=60)
         people = [key.decode() for key in expected]
         survivor = workers[0]
         async with httpx.AsyncClient(timeout=10) as client:

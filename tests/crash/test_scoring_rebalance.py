@@ -12,54 +12,44 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from datetime import timedelta
+from collections.abc import Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.scoring.scorer import State
-from shared.contracts import ResolvedEvent, encode
 from shared.settings import CommonSettings
 from shared.topics import EVENTS_RESOLVED
 from tests.crash.scenario import (
+    Replayed,
     changelog_states,
     divergence,
-    make_stream,
     mismatched,
+    produce_events,
     replay,
     stale_people,
 )
-from tests.crash.scoring_worker import Worker, produce, worker_env
-from tests.factories import T0
+from tests.crash.scoring_worker import Worker
 
 FLUSH_INTERVAL = 30.0  # no flush, so no ack and no commit, between the first batch and the join
 
 
 async def test_rebalance_before_any_commit_rescores_the_unflushed_batches(
-    settings: CommonSettings, tmp_path: Path
+    settings: CommonSettings, tmp_path: Path, fresh_app: Callable[..., Replayed]
 ) -> None:
     bootstrap = settings.kafka_bootstrap
-    stream = make_stream(people=40, events=400, seed=11)
-    first, second = stream[:200], stream[200:]
-    expected, _ = replay(stream)
-    app_id = f"scoring-rebalance-{uuid.uuid4().hex[:8]}"
-    env = worker_env(
-        bootstrap,
-        settings.database_url,
-        app_id=app_id,
-        work_dir=tmp_path,
-        partitions=settings.topic_partitions,
-        clock=(T0 - timedelta(days=365)).timestamp(),
-        TIERFLOW_SCORING_FLUSH_INTERVAL=str(FLUSH_INTERVAL),
+    setup = fresh_app(
+        "scoring-rebalance", seed=11, TIERFLOW_SCORING_FLUSH_INTERVAL=str(FLUSH_INTERVAL)
     )
+    stream, expected, app_id, env = setup.stream, setup.expected, setup.app_id, setup.env
+    first, second = stream[:200], stream[200:]
     workers = [Worker("a", env, tmp_path)]
     try:
         await workers[0].ready()
         # the first batch is flushed at once; the second is scored and held unflushed
-        await _produce(bootstrap, first)
+        await produce_events(bootstrap, first)
         await _until_scored(workers[0], replay(first)[0])
-        await _produce(bootstrap, second)
+        await produce_events(bootstrap, second)
         await _until_scored(workers[0], expected)
 
         workers.append(Worker("b", env, tmp_path))  # the join revokes half of a's partitions
@@ -78,10 +68,6 @@ async def test_rebalance_before_any_commit_rescores_the_unflushed_batches(
     finally:
         for worker in workers:
             worker.stop()
-
-
-async def _produce(bootstrap: str, events: list[ResolvedEvent]) -> None:
-    await produce(bootstrap, EVENTS_RESOLVED.name, [(e.oneid.encode(), encode(e)) for e in events])
 
 
 async def _until_scored(worker: Worker, expected: dict[bytes, State], timeout: float = 60) -> None:
