@@ -19,10 +19,9 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.scoring_throughput import events, scored, until_scored
-from shared.contracts import encode
 from shared.stack.launcher import Stack, StackSettings, prepare, start_infrastructure
-from shared.topics import EVENTS_RESOLVED
-from tests.crash.scoring_worker import Worker, produce, worker_env
+from tests.crash.scenario import produce_events
+from tests.crash.scoring_worker import Worker, worker_env
 from tests.factories import T0, free_port
 
 
@@ -78,9 +77,7 @@ async def main() -> None:
             burst = events(f"{prefix}-{round_}", args.people * 5, args.people, T0)
             for resolved in burst:
                 expected[resolved.oneid] = expected.get(resolved.oneid, 0) + 1
-            await produce(
-                bootstrap, EVENTS_RESOLVED.name, [(r.oneid.encode(), encode(r)) for r in burst]
-            )
+            await produce_events(bootstrap, burst)
             total += len(burst)
             await until_scored(await scored(worker) + len(burst) - 1, worker)
             await asyncio.sleep(2)  # the changelog is flushed at the next commit

@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -59,16 +58,7 @@ def events(prefix: str, count: int, people: int, start: datetime) -> list[Resolv
 
 async def scored(*workers: Worker) -> float:
     """Records the workers have handled so far (their events counters)."""
-    total = 0.0
-    async with httpx.AsyncClient(timeout=5) as client:
-        for worker in workers:
-            text = (await client.get(f"{worker.url}/metrics")).text
-            total += sum(
-                float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines()
-                if line.startswith("tierflow_scoring_events_total{")
-            )
-    return total
+    return sum([await w.counter("tierflow_scoring_events_total") for w in workers])
 
 
 async def until_scored(count: float, *workers: Worker, timeout: float = 600) -> None:

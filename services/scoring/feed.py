@@ -136,7 +136,7 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
             await self._thread.seek_to_beginning(*uncommitted)
         return committed
 
-    async def refetch(self, tp: TP, offset: int) -> None:
+    async def seek_back(self, tp: TP, offset: int) -> None:
         """Fetch ``tp`` again from ``offset``.
 
         The read offset is set first, so records fetched from ``offset`` are not dropped as
@@ -293,8 +293,8 @@ class ScoringApp(faust.App):  # type: ignore[misc,unused-ignore]  # faust is unt
                 tp.partition,
                 offset,
             )
-        metrics.REFETCHES.inc()
-        await consumer.refetch(tp, start)
+        metrics.REFETCHES.labels(tp.topic).inc()
+        await consumer.seek_back(tp, start)
 
     def ack(self, messages: Sequence[Message]) -> None:
         """Mark ``messages`` done: offsets are committed up to the first one not acked."""

@@ -55,5 +55,6 @@ PROFILES_WRITTEN = Counter(
 REFETCHES = Counter(
     "tierflow_scoring_refetches_total",
     "Fed partitions fetched again because a record had been skipped before the scoring loop "
-    "(see services/scoring/continuity.py).",
+    "(see services/scoring/continuity.py), by topic.",
+    ["topic"],
 )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.stack.processes import Child, spawn, tail
 from tests.factories import free_port
@@ -86,6 +87,17 @@ class Worker:
                     pass
                 await asyncio.sleep(0.2)
         raise TimeoutError(f"worker not ready:\n{tail(self.child.log_path)}")
+
+    async def counter(self, name: str) -> float:
+        """The sum of every sample of counter ``name`` (with its ``_total``) on /metrics."""
+        async with httpx.AsyncClient(timeout=5) as client:
+            exposition = (await client.get(f"{self.url}/metrics")).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(exposition)
+            for sample in family.samples
+            if sample.name == name
+        )
 
     def kill(self) -> None:
         """kill -9: no shutdown, no commit, no leaving the group."""

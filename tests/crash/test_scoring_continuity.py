@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
 from shared.settings import CommonSettings
@@ -41,13 +40,7 @@ async def test_polls_lost_on_the_way_to_the_loop_are_fetched_again(
             await asyncio.sleep(0.3)
         latest = await changelog_states(bootstrap, app_id, expected, timeout=60 if checked else 15)
         wrong = mismatched(latest, expected)
-        async with httpx.AsyncClient() as client:
-            exposition = (await client.get(f"{worker.url}/metrics")).text
-        refetches = next(
-            float(line.split()[-1])
-            for line in exposition.splitlines()
-            if line.startswith("tierflow_scoring_refetches_total ")
-        )
+        refetches = await worker.counter("tierflow_scoring_refetches_total")
         if checked:
             positions = {e.event.event_id: n for n, e in enumerate(stream)}
             assert not wrong, [
