@@ -270,12 +270,18 @@ class ScoringApp(faust.App):  # type: ignore[misc,unused-ignore]  # faust is unt
         the committed offsets fetches the records again, and a seek to the hole after it
         would skip what the loop rolled back in between.
         """
+
+        def overtaken() -> bool:
+            return generation != self.consumer_generation_id or not self.flow_control.is_active()
+
+        if overtaken():
+            return
         consumer = cast(FeedConsumer, self.consumer)
         try:
             start = max(offset, (await consumer.earliest_offsets(tp)).get(tp) or 0)
         except KafkaError:  # the seek alone: aiokafka resets a removed offset to the earliest
             start = offset
-        if generation != self.consumer_generation_id or not self.flow_control.is_active():
+        if overtaken():  # the request's round trip may have spanned a rebalance
             return
         if start > offset:
             log.warning(
