@@ -18,17 +18,17 @@ from faust.exceptions import SameNode
 from faust.web.exceptions import ServiceUnavailable
 from prometheus_client import generate_latest
 
-from services.scoring import metrics, repository, service
+from services.scoring import metrics, service
 from services.scoring.clock import build_clock
 from services.scoring.feed import ScoringApp
 from services.scoring.loop import ScoringLoop
+from services.scoring.pages import add_read_model_pages
 from services.scoring.processor import is_live
 from services.scoring.profiles import run_read_model
 from services.scoring.recovery import ProbedTableManager
 from services.scoring.rules import ScoringModel, load_model
 from services.scoring.settings import ScoringSettings
 from services.scoring.store import PeopleTable
-from shared.db import build_engine, build_sessionmaker, unit_of_work
 from shared.topics import EVENTS_RESOLVED, IDENTITY_MERGES, SCORING_COMMANDS
 
 EXPLAIN_RETRY_AFTER_SECONDS = 2  # the owner is back once the group has rebalanced
@@ -105,7 +105,7 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         """Write tierflow.profiles into the Postgres read model, a poll batch per transaction."""
         await run_read_model(settings)
 
-    sessions = build_sessionmaker(build_engine(settings, application_name="tierflow-scoring-api"))
+    add_read_model_pages(app, model, settings)
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
@@ -132,15 +132,6 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
             metrics.TIER_POPULATION.labels(tier).set(count)
         return web.bytes(generate_latest(), content_type="text/plain; version=0.0.4")
 
-    @app.page("/v1/scores/{oneid}")
-    async def scores(web: Any, request: Any, oneid: str) -> Any:
-        """From the read model, so any worker answers for anyone."""
-        async with unit_of_work(sessions) as session:
-            profile = await repository.get_profile(session, oneid)
-        if profile is None:
-            return web.json({"error": "not_found", "detail": f"no scores for {oneid}"}, status=404)
-        return web.json(profile.model_dump(mode="json"))
-
     @app.page("/v1/scores/{oneid}/explain")
     async def explain(web: Any, request: Any, oneid: str) -> Any:
         """From the table, measured now: the worker owning the person answers, another one
@@ -165,5 +156,5 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
             return web.json({"error": "not_found", "detail": f"no scores for {oneid}"}, status=404)
         return web.json(service.explain(oneid, state, model, clock()))
 
-    del score, due, read_model, healthz, readyz, prometheus, scores, explain
+    del score, due, read_model, healthz, readyz, prometheus, explain
     return app

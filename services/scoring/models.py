@@ -31,4 +31,7 @@ class ProfileRow(Base):
     events_counted: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (Index("ix_profiles_tier", "tier"),)
+    __table_args__ = (
+        # a tier's members by total, highest first: the listing's order and keyset
+        Index("ix_profiles_tier_total", "tier", total.desc(), "oneid"),
+    )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, delete, select
+from sqlalchemy import Table, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.scoring.listing import Cursor, MembersQuery
 from services.scoring.models import ProfileRow
 from shared.contracts import Profile
 
@@ -67,3 +68,30 @@ async def get_profile(session: AsyncSession, oneid: str) -> Profile | None:
     """The stored profile of ``oneid``, if any."""
     row = await session.scalar(select(ProfileRow.profile).where(ProfileRow.oneid == oneid))
     return Profile.model_validate(row) if row is not None else None
+
+
+async def tier_members(
+    session: AsyncSession, query: MembersQuery
+) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """A page of the tier's members (their stored profiles), highest total first, and the cursor
+    of the next page (None on the last)."""
+    row = ProfileRow
+    statement = select(row.profile, row.total, row.oneid).where(row.tier == query.tier)
+    if query.stage is not None:
+        statement = statement.where(row.lifecycle_stage == query.stage)
+    if query.after is not None:
+        total, oneid = query.after.total, query.after.oneid
+        # "total <= t" bounds the index scan (an OR alone would be a filter over the tier);
+        # the rest drops the ties already listed
+        statement = statement.where(row.total <= total, or_(row.total < total, row.oneid > oneid))
+    statement = statement.order_by(row.total.desc(), row.oneid).limit(query.limit + 1)
+    rows = (await session.execute(statement)).all()
+    page = rows[: query.limit]
+    more = len(rows) > query.limit
+    return [r.profile for r in page], Cursor(page[-1].total, page[-1].oneid) if more else None
+
+
+async def tier_counts(session: AsyncSession) -> dict[str | None, int]:
+    """People per tier (None: not in a tier yet)."""
+    rows = await session.execute(select(ProfileRow.tier, func.count()).group_by(ProfileRow.tier))
+    return dict(rows.tuples().all())

@@ -14,11 +14,22 @@ from typing import Any
 import httpx
 import pytest
 from faust.serializers import codecs
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scoring.deadlines import partition_of
+from services.scoring.repository import delete_profiles, upsert_profiles
 from services.scoring.rules import load_model
 from services.scoring.service import profile_of, score_event
-from shared.contracts import IdentityErasure, IdentityMerge, TierChangeEvent, decode, encode
+from shared.contracts import (
+    IdentityErasure,
+    IdentityMerge,
+    Profile,
+    Scores,
+    TierChangeEvent,
+    decode,
+    encode,
+)
+from shared.db import build_sessionmaker, unit_of_work
 from shared.settings import CommonSettings
 from shared.topics import DEADLETTER, EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES, TIERS_CHANGES
 from tests.crash.scoring_worker import Worker, produce, read_until, set_clock, worker_env
@@ -265,3 +276,78 @@ async def test_a_profile_the_read_model_cannot_take_is_dead_lettered_and_the_res
         settings.kafka_bootstrap, DEADLETTER.name, lambda r: r.get("key") == bad, count=1
     )
     assert [(r["stage"], r["error_type"]) for r in letters] == [("scoring", "validation")]
+
+
+def listed(oneid: str, tier: str, total: float, stage: str) -> Profile:
+    """A read-model profile for the listing test."""
+    return Profile(
+        oneid=oneid,
+        tier=tier,
+        lifecycle_stage=stage,
+        scores=Scores(value=total, engagement=0.0, fit=0.0, total=total),
+        events_counted=1,
+        model_version=MODEL.version,
+        updated_at=T0,
+    )
+
+
+async def test_a_tier_lists_its_members_highest_total_first_page_by_page(
+    worker: tuple[Worker, Any], engine: AsyncEngine
+) -> None:
+    """Keyset pages in total order (ties by oneid) with no one lost or repeated across pages,
+    the stage filter, the counts per tier, and each refused parameter named."""
+    scoring, _ = worker
+    run = uuid.uuid4().hex[:8]
+    top = 9e6  # far above any scored person: these people lead the vip listing
+    totals = [top + 3, top + 2, top + 2, top + 2, top + 1, top]
+    people = [
+        listed(f"list-{run}-{n}", "vip", total, "declining" if n % 2 == 0 else "mature")
+        for n, total in enumerate(totals)
+    ]
+    retired = listed(f"list-{run}-retired", f"retired-{run}", 1.0, "new")
+    sessions = build_sessionmaker(engine)
+    async with unit_of_work(sessions) as session:
+        await upsert_profiles(session, [*people, retired])
+    ranked = sorted(people, key=lambda p: (-p.scores.total, p.oneid))
+    try:
+        async with httpx.AsyncClient(base_url=scoring.url, timeout=5) as client:
+            seen: list[str] = []
+            after: str | None = None
+            while len(seen) < len(people):
+                params = {"limit": "4", **({"after": after} if after else {})}
+                response = await client.get("/v1/tiers/vip/members", params=params)
+                assert response.status_code == 200, response.text
+                page = response.json()
+                assert len(page["members"]) <= 4
+                seen += [member["oneid"] for member in page["members"]]
+                after = page["next"]
+                if after is None:
+                    break
+            assert seen[: len(people)] == [p.oneid for p in ranked]
+            first = (await client.get("/v1/tiers/vip/members", params={"limit": "1"})).json()
+            assert first["members"][0] == ranked[0].model_dump(mode="json")
+
+            declining = await client.get(
+                "/v1/tiers/vip/members", params={"stage": "declining", "limit": "3"}
+            )
+            assert [m["oneid"] for m in declining.json()["members"]] == [
+                p.oneid for p in ranked if p.lifecycle_stage == "declining"
+            ]
+            assert declining.json()["stage"] == "declining"
+
+            counts = (await client.get("/v1/tiers")).json()
+            assert [t["tier"] for t in counts["tiers"]] == [t.name for t in MODEL.tiers]
+            assert counts["not_in_model"][f"retired-{run}"] == 1
+            assert counts["model_version"] == MODEL.version
+
+            unknown = await client.get("/v1/tiers/vipp/members")
+            assert unknown.status_code == 404
+            assert "no tier 'vipp'" in unknown.json()["detail"]
+            refused = await client.get(
+                "/v1/tiers/vip/members", params={"limit": "0", "after": "x", "stage": "gone"}
+            )
+            assert refused.status_code == 400
+            assert [e["field"] for e in refused.json()["detail"]] == ["limit", "after", "stage"]
+    finally:
+        async with unit_of_work(sessions) as session:
+            await delete_profiles(session, [p.oneid for p in [*people, retired]])

@@ -1,0 +1,76 @@
+"""The scoring worker's pages that read the profiles read model (Postgres), so any worker
+answers for anyone: one person's scores, people per tier, and a tier's members page by page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from services.scoring import repository
+from services.scoring.listing import parse_members_query
+from services.scoring.rules import ScoringModel
+from shared.db import build_engine, build_sessionmaker, unit_of_work
+from shared.settings import CommonSettings
+
+
+def add_read_model_pages(app: faust.App, model: ScoringModel, settings: CommonSettings) -> None:
+    """Register the pages on ``app``; tier and stage names are checked against ``model``."""
+    sessions = build_sessionmaker(build_engine(settings, application_name="tierflow-scoring-api"))
+
+    @app.page("/v1/scores/{oneid}")
+    async def scores(web: Any, request: Any, oneid: str) -> Any:
+        """From the read model, so any worker answers for anyone."""
+        async with unit_of_work(sessions) as session:
+            profile = await repository.get_profile(session, oneid)
+        if profile is None:
+            return web.json({"error": "not_found", "detail": f"no scores for {oneid}"}, status=404)
+        return web.json(profile.model_dump(mode="json"))
+
+    tier_names = [tier.name for tier in model.tiers]
+    stage_names = [stage.name for stage in model.stages]
+
+    @app.page("/v1/tiers")
+    async def tiers(web: Any, request: Any) -> Any:
+        """People per tier of the model, from the read model; names the model no longer has
+        (people not re-evaluated since a model change) are counted apart."""
+        async with unit_of_work(sessions) as session:
+            counts = await repository.tier_counts(session)
+        return web.json(
+            {
+                "model_version": model.version,
+                "tiers": [{"tier": name, "members": counts.pop(name, 0)} for name in tier_names],
+                "untiered": counts.pop(None, 0),
+                "not_in_model": counts,
+            }
+        )
+
+    @app.page("/v1/tiers/{tier}/members")
+    async def members(web: Any, request: Any, tier: str) -> Any:
+        """A page of the tier's members, highest total first; ``next`` is the cursor of the
+        next page (``?after=``), null on the last. ``?stage=`` keeps one lifecycle stage."""
+        if tier not in tier_names:
+            known = ", ".join(tier_names)
+            return web.json(
+                {
+                    "error": "not_found",
+                    "detail": f"no tier {tier!r} in model {model.version}: {known}",
+                },
+                status=404,
+            )
+        query = parse_members_query(tier, request.query, stage_names)
+        if isinstance(query, list):
+            refused = [{"field": e.field, "reason": e.reason} for e in query]
+            return web.json({"error": "bad_request", "detail": refused}, status=400)
+        async with unit_of_work(sessions) as session:
+            page, after = await repository.tier_members(session, query)
+        return web.json(
+            {
+                "tier": tier,
+                "stage": query.stage,
+                "members": page,
+                "next": after.encode() if after is not None else None,
+            }
+        )
+
+    del scores, tiers, members
