@@ -17,6 +17,8 @@ from shared.settings import CommonSettings
 def add_read_model_pages(app: faust.App, model: ScoringModel, settings: CommonSettings) -> None:
     """Register the pages on ``app``; tier and stage names are checked against ``model``."""
     sessions = build_sessionmaker(build_engine(settings, application_name="tierflow-scoring-api"))
+    tier_names = [tier.name for tier in model.tiers]
+    stage_names = [stage.name for stage in model.stages]
 
     @app.page("/v1/scores/{oneid}")
     async def scores(web: Any, request: Any, oneid: str) -> Any:
@@ -26,9 +28,6 @@ def add_read_model_pages(app: faust.App, model: ScoringModel, settings: CommonSe
         if profile is None:
             return web.json({"error": "not_found", "detail": f"no scores for {oneid}"}, status=404)
         return web.json(profile.model_dump(mode="json"))
-
-    tier_names = [tier.name for tier in model.tiers]
-    stage_names = [stage.name for stage in model.stages]
 
     @app.page("/v1/tiers")
     async def tiers(web: Any, request: Any) -> Any:
