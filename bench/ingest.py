@@ -9,7 +9,7 @@ with p50/p99 latency — one ingest process, all in one run — plus each phase'
 
 The ceiling is measured before the first phase and after every phase, and each phase is
 compared with the mean of the two around it: the embedded broker keeps every record in memory
-and slows as it fills (the same producer lost up to a quarter of its rate over six 8-second
+and slows as it fills (the same producer lost up to 29% of its rate over six 8-second
 rounds, and kept it when each round's topic was deleted), so a ceiling measured once, first,
 is one the later phases never had.
 """
