@@ -22,13 +22,14 @@ from services.scoring import metrics, service
 from services.scoring.clock import build_clock
 from services.scoring.feed import ScoringApp
 from services.scoring.loop import ScoringLoop
-from services.scoring.pages import add_read_model_pages
+from services.scoring.pages import add_read_model_pages, error_page
 from services.scoring.processor import is_live
 from services.scoring.profiles import run_read_model
 from services.scoring.recovery import ProbedTableManager
 from services.scoring.rules import ScoringModel, load_model
 from services.scoring.settings import ScoringSettings
 from services.scoring.store import PeopleTable
+from shared.errors import NotFound, Unavailable
 from shared.topics import EVENTS_RESOLVED, IDENTITY_MERGES, SCORING_COMMANDS
 
 EXPLAIN_RETRY_AFTER_SECONDS = 2  # the owner is back once the group has rebalanced
@@ -143,17 +144,13 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         except SameNode:
             pass
         except (ServiceUnavailable, aiohttp.ClientError, TimeoutError):
-            return web.json(
-                {
-                    "error": "unavailable",
-                    "detail": f"the worker holding {oneid} cannot be reached now; retry",
-                },
-                status=503,
-                headers={"Retry-After": str(EXPLAIN_RETRY_AFTER_SECONDS)},
+            unreachable = f"the worker holding {oneid} cannot be reached now; retry"
+            return error_page(
+                web, Unavailable(unreachable, retry_after=EXPLAIN_RETRY_AFTER_SECONDS)
             )
         state = loop.state_of(oneid.encode())
         if state is None or not is_live(state):
-            return web.json({"error": "not_found", "detail": f"no scores for {oneid}"}, status=404)
+            return error_page(web, NotFound(f"no scores for {oneid}"))
         return web.json(service.explain(oneid, state, model, clock()))
 
     del score, due, read_model, healthz, readyz, prometheus, explain

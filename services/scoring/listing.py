@@ -35,12 +35,10 @@ class Cursor:
         """The cursor ``encode`` wrote, or ValueError."""
         try:
             total, oneid = orjson.loads(base64.urlsafe_b64decode(text.encode()))
-        except (binascii.Error, orjson.JSONDecodeError, TypeError, ValueError) as exc:
-            raise ValueError("not a cursor this API returned") from exc
-        if not isinstance(total, int | float) or isinstance(total, bool):
-            raise ValueError("not a cursor this API returned")
-        if not isinstance(oneid, str):
-            raise ValueError("not a cursor this API returned")
+        except (binascii.Error, orjson.JSONDecodeError, TypeError, ValueError):
+            total = oneid = None
+        if type(total) not in (int, float) or type(oneid) is not str:
+            raise ValueError("not a cursor this API returned: pass the previous page's next")
         return cls(float(total), oneid)
 
 

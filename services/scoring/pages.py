@@ -11,7 +11,17 @@ from services.scoring import repository
 from services.scoring.listing import parse_members_query
 from services.scoring.rules import ScoringModel
 from shared.db import build_engine, build_sessionmaker, unit_of_work
+from shared.errors import BadRequest, NotFound, TierflowError
 from shared.settings import CommonSettings
+
+
+def error_page(web: Any, error: TierflowError) -> Any:
+    """A typed error in the shared ``{"error", "detail"}`` shape, as Faust's web answers it,
+    with ``Retry-After`` when the error carries one."""
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    return web.json(
+        {"error": error.code, "detail": error.detail}, status=error.status_code, headers=headers
+    )
 
 
 def add_read_model_pages(app: faust.App, model: ScoringModel, settings: CommonSettings) -> None:
@@ -26,7 +36,7 @@ def add_read_model_pages(app: faust.App, model: ScoringModel, settings: CommonSe
         async with unit_of_work(sessions) as session:
             profile = await repository.get_profile(session, oneid)
         if profile is None:
-            return web.json({"error": "not_found", "detail": f"no scores for {oneid}"}, status=404)
+            return error_page(web, NotFound(f"no scores for {oneid}"))
         return web.json(profile.model_dump(mode="json"))
 
     @app.page("/v1/tiers")
@@ -50,17 +60,11 @@ def add_read_model_pages(app: faust.App, model: ScoringModel, settings: CommonSe
         next page (``?after=``), null on the last. ``?stage=`` keeps one lifecycle stage."""
         if tier not in tier_names:
             known = ", ".join(tier_names)
-            return web.json(
-                {
-                    "error": "not_found",
-                    "detail": f"no tier {tier!r} in model {model.version}: {known}",
-                },
-                status=404,
-            )
+            return error_page(web, NotFound(f"no tier {tier!r} in model {model.version}: {known}"))
         query = parse_members_query(tier, request.query, stage_names)
         if isinstance(query, list):
             refused = [{"field": e.field, "reason": e.reason} for e in query]
-            return web.json({"error": "bad_request", "detail": refused}, status=400)
+            return error_page(web, BadRequest(refused))
         async with unit_of_work(sessions) as session:
             page, after = await repository.tier_members(session, query)
         return web.json(
