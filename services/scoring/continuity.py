@@ -11,8 +11,10 @@ the feed checks what it hands on: a record beyond its partition's next expected 
 hole, so it and the partition's later records are held back and the partition is fetched again
 from the hole. Records before the expected offset are redeliveries (a seek back, a rolled-back
 batch) and pass: the loop deduplicates them. A dropped poll at the end of a partition leaves no
-later record to show the hole, so the fetcher also notes how far it read each partition, and an
-idle feed compares that with what reached the loop.
+later record to show the hole, so the fetcher also notes how far it read each partition, and
+hands each poll on with a :class:`Mark` of that: once the loop took a poll, everything its mark
+says was read has reached the loop or was dropped (polls are taken in order), even while other
+partitions stay busy. An idle feed compares what was read since the last poll too.
 
 Offsets of Tierflow's topics are dense: no topic the loop reads is compacted and no producer
 writes transactions (Tansu has none; the services' producers are idempotent at most), so a hole
@@ -22,6 +24,7 @@ is always a skipped record, never a gap in the log.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from faust.types import TP
@@ -40,36 +43,55 @@ class Positioned(Protocol):
 M = TypeVar("M", bound=Positioned)
 
 
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """How far the fetcher had read each partition when it handed a poll on. A seek since
+    (``epoch``) makes it stale: a partition fetched again may be read less far than it says."""
+
+    epoch: int
+    read: Mapping[TP, int]
+
+
 class Continuity:
     """The next offset the loop must see of each fed partition."""
 
     def __init__(self) -> None:
         self._next: dict[TP, int] = {}
         self._read: dict[TP, int] = {}  # the offset after the last record the fetcher read
+        self._epoch = 0  # seeks so far
 
     def restart(self, positions: Mapping[TP, int]) -> None:
         """The consumer was sought to ``positions``, its whole assignment (a rebalance):
         partitions not in it are forgotten."""
         self._next = dict(positions)
         self._read = dict(positions)
+        self._epoch += 1
 
     def expect(self, tp: TP, offset: int) -> None:
         """The consumer was sought to ``offset`` of ``tp``: its next record must be that one."""
         self._next[tp] = offset
         self._read[tp] = offset
+        self._epoch += 1
 
     def read(self, tp: TP, offset: int) -> None:
         """The fetcher read the record at ``offset`` of ``tp`` (to hand it on)."""
         self._read[tp] = offset + 1
 
-    def behind(self) -> dict[TP, int]:
+    def mark(self) -> Mark:
+        """How far every partition was read now (taken as a poll is handed on)."""
+        return Mark(self._epoch, dict(self._read))
+
+    def behind(self, mark: Mark | None = None) -> dict[TP, int]:
         """Partitions read further than what reached the loop, and where to fetch them again
-        from: only true of an idle feed when records were dropped on the way."""
+        from: what was read by the time of ``mark`` (once its poll reached the loop; nothing for
+        a mark from before a seek), or by now (only true of an idle feed when records were
+        dropped on the way)."""
+        if mark is not None and mark.epoch != self._epoch:
+            return {}
+        reads = self._read if mark is None else mark.read
         expected = self._next
         return {
-            tp: expected[tp]
-            for tp, read in self._read.items()
-            if tp in expected and read > expected[tp]
+            tp: expected[tp] for tp, read in reads.items() if tp in expected and read > expected[tp]
         }
 
     def admit(self, messages: Iterable[M]) -> tuple[list[M], dict[TP, int]]:

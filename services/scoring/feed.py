@@ -28,7 +28,7 @@ from faust.types import TP, Message
 from mode.utils.queues import FlowControlQueue
 
 from services.scoring import metrics
-from services.scoring.continuity import Continuity
+from services.scoring.continuity import Continuity, Mark
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,12 @@ QUEUED_POLLS = 8  # polls waiting for the scoring loop at most (backpressure on 
 
 @dataclass(frozen=True, slots=True)
 class Poll:
-    """The messages of one fetch, and the consumer generation when the fetch returned."""
+    """The messages of one fetch, the consumer generation when the fetch returned, and how far
+    every fed partition was read by then."""
 
     generation: int
     messages: list[Message]
+    mark: Mark
 
 
 class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  # faust is untyped
@@ -85,7 +87,7 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
                 if commit_every is not None and self._n_acked >= commit_every:
                     self._n_acked = 0
                     await self.commit()
-                await self._hand_on(Poll(generation, fed), other)
+                await self._hand_on(Poll(generation, fed, continuity.mark()), other)
         except self.consumer_stopped_errors:
             if not self.transport.app.should_stop:
                 raise
@@ -255,9 +257,12 @@ class ScoringApp(faust.App):  # type: ignore[misc,unused-ignore]  # faust is unt
                 polls.append(feed.get_nowait())
                 size += len(polls[-1].messages)
             generation = self.consumer_generation_id
-            current = [m for poll in polls if self.current(poll) for m in poll.messages]
-            messages, holes = self.continuity.admit(current)
-            for tp, offset in holes.items():
+            current = [poll for poll in polls if self.current(poll)]
+            messages, holes = self.continuity.admit([m for poll in current for m in poll.messages])
+            # records read before the last poll that did not reach the loop with it or before
+            # it were dropped on the way: found here even while other partitions stay busy
+            lost = self.continuity.behind(current[-1].mark) if current else {}
+            for tp, offset in {**lost, **holes}.items():
                 await self._refetch(tp, offset, generation)
             if messages:
                 yield messages

@@ -1,7 +1,8 @@
 """A scoring worker whose feed loses polls on the way to the loop with no seek after them: the
 fault :mod:`services.scoring.continuity` guards against (a poll dropped as stale that was not,
 records Faust stops yielding). ``TIERFLOW_TEST_LOSE_KEYS`` names the people whose polls are
-lost; ``TIERFLOW_TEST_UNCHECKED=1`` also turns the hole check off, to show what the fault does
+lost, ``TIERFLOW_TEST_LOSE_POLLS`` which of their polls (default ``2,5``);
+``TIERFLOW_TEST_UNCHECKED=1`` also turns the hole check off, to show what the fault does
 without it."""
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from services.scoring.__main__ import main
 from services.scoring.continuity import Continuity
 from services.scoring.feed import Poll, ScoringApp
 
-LOST = {2, 5}  # which polls (counted from 0) holding the test's people never reach the loop
+# which polls (counted from 0) holding the test's people never reach the loop
+LOST = {int(n) for n in os.environ.get("TIERFLOW_TEST_LOSE_POLLS", "2,5").split(",")}
 PEOPLE = os.environ["TIERFLOW_TEST_LOSE_KEYS"].encode()  # the test's people's key prefix
 _polls = itertools.count()
 _current = ScoringApp.current
@@ -36,7 +38,7 @@ def _unchecked(_: Continuity, messages: Iterable[Any]) -> tuple[list[Any], dict[
 ScoringApp.current = _lossy_current  # type: ignore[method-assign,assignment]
 if os.environ.get("TIERFLOW_TEST_UNCHECKED") == "1":
     Continuity.admit = _unchecked  # type: ignore[method-assign,assignment]
-    Continuity.behind = lambda _: {}  # type: ignore[method-assign,assignment]
+    Continuity.behind = lambda *_: {}  # type: ignore[method-assign,assignment]
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,7 @@
 """Polls lost between the fetcher and the scoring loop, with no seek after them, are fetched
 again: every person still ends equal to a pure replay. Without the hole check the same fault
-loses their events (the second case shows the fault is real)."""
+loses their events (the second case shows the fault is real). A lost last poll of a partition
+is fetched again while other partitions stay busy, not only once the feed idles."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
+from services.scoring.deadlines import partition_of
+from shared.contracts import encode
 from shared.settings import CommonSettings
+from shared.topics import EVENTS_RESOLVED
 from tests.crash.scenario import (
     Replayed,
     changelog_states,
@@ -19,6 +24,7 @@ from tests.crash.scenario import (
     produce_events,
 )
 from tests.crash.scoring_worker import Worker
+from tests.factories import make_resolved
 
 CHUNKS = 8
 
@@ -52,4 +58,53 @@ async def test_polls_lost_on_the_way_to_the_loop_are_fetched_again(
             assert wrong, "the lost polls should have cost events without the hole check"
             assert refetches == 0
     finally:
+        worker.stop()
+
+
+async def test_a_lost_last_poll_is_fetched_again_while_other_partitions_stay_busy(
+    settings: CommonSettings, tmp_path: Path, fresh_app: Callable[..., Replayed]
+) -> None:
+    bootstrap, partitions = settings.kafka_bootstrap, settings.topic_partitions
+    setup = fresh_app("scoring-quiet", people=1, events=40)
+    stream, expected, env = setup.stream, setup.expected, setup.env
+    quiet = stream[0].oneid
+    env["TIERFLOW_TEST_LOSE_KEYS"] = quiet
+    env["TIERFLOW_TEST_LOSE_POLLS"] = "0"  # the quiet person's only poll
+    busy = [
+        key
+        for key in (f"busy-{n}".encode() for n in range(64))
+        if partition_of(key, partitions) != partition_of(quiet.encode(), partitions)
+    ]
+    traffic_ends = asyncio.Event()
+
+    async def traffic() -> int:
+        """Events of other partitions every 50 ms (the feed idles after 1 s without a poll),
+        until told to stop or 30 s passed."""
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        sent = 0
+        try:
+            while not traffic_ends.is_set() and sent < 600:
+                key = busy[sent % len(busy)]
+                event = make_resolved(key.decode(), message_id=f"{setup.app_id}-busy-{sent}")
+                await producer.send_and_wait(EVENTS_RESOLVED.name, encode(event), key=key)
+                sent += 1
+                await asyncio.sleep(0.05)
+        finally:
+            await producer.stop()
+        return sent
+
+    worker = Worker("quiet", env, tmp_path, module="tests.crash.lossy_worker")
+    try:
+        await worker.ready()
+        await produce_events(bootstrap, stream)  # one poll, lost; nothing of it follows
+        busy_traffic = asyncio.create_task(traffic())
+        latest = await changelog_states(bootstrap, setup.app_id, expected, timeout=20)
+        traffic_ends.set()
+        sent = await busy_traffic
+        assert sent < 600, "the traffic ran out: the feed may have idled"
+        assert not mismatched(latest, expected), latest.get(quiet.encode())
+        assert await worker.counter("tierflow_scoring_refetches_total") >= 1
+    finally:
+        traffic_ends.set()
         worker.stop()

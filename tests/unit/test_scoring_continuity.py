@@ -93,6 +93,29 @@ def test_records_read_but_never_handed_on_show_when_the_feed_is_idle() -> None:
     assert continuity.behind() == {B: 5}
 
 
+def test_a_poll_dropped_at_the_end_of_a_partition_shows_once_a_later_poll_reaches_the_loop() -> (
+    None
+):
+    continuity = Continuity()
+    continuity.restart({A: 0, B: 0})
+    for message in run(A, 0, 4):
+        continuity.read(message.tp, message.offset)
+    dropped = continuity.mark()  # A's last records: no later record of A will show the hole
+    for message in run(B, 0, 3):
+        continuity.read(message.tp, message.offset)
+    queued = continuity.mark()  # B stays busy, so the feed is never idle
+    assert continuity.behind(queued) == {A: 0, B: 0}  # its poll has not reached the loop yet
+    continuity.admit(run(B, 0, 3))  # the loop took B's poll, the last one; A's never came
+    assert continuity.behind(queued) == {A: 0}
+    assert continuity.behind(dropped) == {A: 0}
+    continuity.expect(A, 0)  # fetched again: marks from before the seek say nothing any more
+    assert continuity.behind(queued) == {}
+    for message in run(A, 0, 4):
+        continuity.read(message.tp, message.offset)
+    continuity.admit(run(A, 0, 4))
+    assert continuity.behind(continuity.mark()) == {}
+
+
 def test_a_rebalance_restarts_every_partition_and_forgets_revoked_ones() -> None:
     continuity = Continuity()
     continuity.restart({A: 0, B: 0})
