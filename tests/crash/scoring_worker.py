@@ -88,15 +88,16 @@ class Worker:
                 await asyncio.sleep(0.2)
         raise TimeoutError(f"worker not ready:\n{tail(self.child.log_path)}")
 
-    async def counter(self, name: str) -> float:
-        """The sum of every sample of counter ``name`` (with its ``_total``) on /metrics."""
+    async def counter(self, name: str, **labels: str) -> float:
+        """The sum of the samples of counter ``name`` (with its ``_total``) on /metrics that
+        carry ``labels``."""
         async with httpx.AsyncClient(timeout=5) as client:
             exposition = (await client.get(f"{self.url}/metrics")).text
         return sum(
             sample.value
             for family in text_string_to_metric_families(exposition)
             for sample in family.samples
-            if sample.name == name
+            if sample.name == name and labels.items() <= sample.labels.items()
         )
 
     def kill(self) -> None:

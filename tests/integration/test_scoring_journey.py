@@ -309,11 +309,18 @@ async def test_a_tier_lists_its_members_highest_total_first_page_by_page(
     async with unit_of_work(sessions) as session:
         await upsert_profiles(session, [*people, retired])
     ranked = sorted(people, key=lambda p: (-p.scores.total, p.oneid))
+    route = {"service": "scoring", "route": "/v1/tiers/{tier}/members"}
+    answered = {
+        status: await scoring.counter("tierflow_http_requests_total", **route, status=status)
+        for status in ("2xx", "4xx")
+    }
     try:
         async with httpx.AsyncClient(base_url=scoring.url, timeout=5) as client:
             seen: list[str] = []
             after: str | None = None
+            pages = 0
             while len(seen) < len(people):
+                pages += 1
                 # 3 a page: the first page ends inside the three-way tie at top + 2
                 params = {"limit": "3", **({"after": after} if after else {})}
                 response = await client.get("/v1/tiers/vip/members", params=params)
@@ -349,6 +356,10 @@ async def test_a_tier_lists_its_members_highest_total_first_page_by_page(
             )
             assert refused.status_code == 400
             assert [e["field"] for e in refused.json()["detail"]] == ["limit", "after", "stage"]
+        # every listing request above is counted under its route template, by status class
+        for status, requests in (("2xx", pages + 2), ("4xx", 2)):
+            now = await scoring.counter("tierflow_http_requests_total", **route, status=status)
+            assert now - answered[status] == requests
     finally:
         async with unit_of_work(sessions) as session:
             await delete_profiles(session, [p.oneid for p in [*people, retired]])
