@@ -17,12 +17,11 @@ from pydantic import ValidationError
 
 from services.scoring import service
 from services.scoring.rules import ScoringModel
-from services.scoring.schemas import COMMAND, Erase, Fold, Reevaluate
+from services.scoring.schemas import COMMAND, Erase, Fold, Reevaluate, ScoredEvent
 from services.scoring.scorer import State
 from shared.contracts import (
     IDENTITY_NOTICE,
     IdentityErasure,
-    ResolvedEvent,
     TierChangeEvent,
     decode,
     encode,
@@ -109,7 +108,7 @@ class _Batch:
         if record.value is None:
             self.out.outcomes["ignored"] += 1
         elif record.topic == EVENTS_RESOLVED.name:
-            self.event(record.key, decode(ResolvedEvent, record.value))
+            self.event(record.key, decode(ScoredEvent, record.value))
         elif record.topic == IDENTITY_MERGES.name:
             self.notice(record.value)
         elif record.topic == SCORING_COMMANDS.name:
@@ -117,7 +116,7 @@ class _Batch:
         else:
             raise ValueError(f"scoring does not consume {record.topic}")
 
-    def event(self, key: bytes, resolved: ResolvedEvent) -> None:
+    def event(self, key: bytes, resolved: ScoredEvent) -> None:
         current = self.state(key)
         if current is not None and ERASED in current:
             self.out.outcomes["erased"] += 1

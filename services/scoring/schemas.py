@@ -1,8 +1,9 @@
-"""Scoring's own commands on ``tierflow.scoring.commands``, keyed by the person they apply to.
+"""What scoring reads: its view of a resolved event, and its own commands on
+``tierflow.scoring.commands``, keyed by the person they apply to.
 
-They carry work from one partition to another (a merge folds the absorbed person's state into
-the winner's, an erasure reaches every merged id) and let the timer hand a re-evaluation to the
-agent, which is the only writer of the table.
+The commands carry work from one partition to another (a merge folds the absorbed person's state
+into the winner's, an erasure reaches every merged id) and let the timer hand a re-evaluation to
+the agent, which is the only writer of the table.
 """
 
 from __future__ import annotations
@@ -10,6 +11,33 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from shared.contracts.base import Contract, JsonObject, OneId, Timestamp
+from shared.contracts.events import EventType
+
+
+class ScoredEnvelope(Contract):
+    """The fields of an ``EventEnvelope`` the model reads, validated as the contract does."""
+
+    schema_version: Literal[1] = 1
+    event_id: str
+    type: EventType
+    event: str | None = None
+    properties: JsonObject = Field(default_factory=dict)
+    traits: JsonObject = Field(default_factory=dict)
+    timestamp: Timestamp
+    received_at: Timestamp
+
+
+class ScoredEvent(Contract):
+    """A ``ResolvedEvent`` as scoring reads it. Decoding only what the model uses leaves the
+    rest unvalidated (context, integrations, ids): with a browser's context that is 4.7 instead
+    of 8.2 µs per event. A record the full contract refuses for a field read here is refused
+    the same way (a dead letter); the contract tests check both agree."""
+
+    schema_version: Literal[1] = 1
+    oneid: OneId
+    event: ScoredEnvelope
 
 
 class Command(BaseModel):

@@ -12,6 +12,7 @@ import orjson
 
 from services.scoring import scorer
 from services.scoring.rules import ScoringModel
+from services.scoring.schemas import ScoredEvent
 from services.scoring.scorer import State
 from shared.contracts import (
     Contribution,
@@ -49,7 +50,7 @@ def _at(epoch: float) -> datetime:
 
 
 def score_event(
-    state: State | None, resolved: ResolvedEvent, model: ScoringModel
+    state: State | None, resolved: ResolvedEvent | ScoredEvent, model: ScoringModel
 ) -> tuple[State, bool, TierChangeEvent | None]:
     """Count the event (unless already counted) and re-decide the tier at the event's time.
 

@@ -7,13 +7,17 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import orjson
+import pytest
+from pydantic import ValidationError
+
 from services.scoring.deadlines import Deadlines
 from services.scoring.processor import ERASED, MERGED, Outcome, Record, Send, process
 from services.scoring.rules import load_model
-from services.scoring.schemas import COMMAND, Fold, Reevaluate
+from services.scoring.schemas import COMMAND, Fold, Reevaluate, ScoredEnvelope, ScoredEvent
 from services.scoring.scorer import DAY, State
 from services.scoring.service import profile_of
-from shared.contracts import IdentityErasure, IdentityMerge, encode
+from shared.contracts import IdentityErasure, IdentityMerge, ResolvedEvent, encode
 from shared.topics import (
     DEADLETTER,
     EVENTS_RESOLVED,
@@ -206,3 +210,52 @@ def test_the_timer_alone_emits_stage_changes_at_their_exact_moment() -> None:
         (21, "prospect", "prospect", "growing", "declining", "timer"),  # silent 21 days
         (30, "prospect", "at_risk", "declining", "declining", "timer"),  # silent 30 days
     ]
+
+
+BROWSER_CONTEXT = {
+    "ip": "203.0.113.7",
+    "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_1) Version/17.1 Safari/605.1.15",
+    "library": {"name": "analytics.js", "version": "4.1.0"},
+    "page": {"path": "/pricing", "referrer": "https://www.google.com/", "title": "Pricing"},
+}
+
+
+def test_scoring_reads_what_the_resolved_event_contract_holds() -> None:
+    events = [
+        make_resolved("p-1", context=BROWSER_CONTEXT, properties={"webinar": "w-1"}),
+        make_resolved("p-2", type="page", event=None, properties={"path": "/pricing"}),
+        make_resolved("p-3", type="identify", event=None, traits={"job_level": "director"}),
+    ]
+    for resolved in events:
+        view = ScoredEvent.model_validate_json(encode(resolved))
+        assert view.oneid == resolved.oneid
+        read = set(ScoredEnvelope.model_fields)
+        assert view.event.model_dump() == resolved.event.model_dump(include=read)
+
+
+def test_scoring_refuses_what_the_contract_refuses_in_the_fields_it_reads() -> None:
+    valid = orjson.loads(encode(make_resolved("p-1", context=BROWSER_CONTEXT)))
+    breaks: list[tuple[str, str | None, Any]] = [
+        ("oneid", None, ""),
+        ("oneid", None, "x" * 65),
+        ("schema_version", None, 2),
+        ("event", "schema_version", 2),
+        ("event", "event_id", None),
+        ("event", "type", "click"),
+        ("event", "event", 7),
+        ("event", "properties", "not an object"),
+        ("event", "traits", ["not", "an", "object"]),
+        ("event", "timestamp", "yesterday"),
+        ("event", "timestamp", "2026-11-01T12:00:00"),  # no time zone
+        ("event", "received_at", None),
+    ]
+    for outer, inner, value in breaks:
+        broken = orjson.loads(orjson.dumps(valid))
+        if inner is None:
+            broken[outer] = value
+        else:
+            broken[outer][inner] = value
+        raw = orjson.dumps(broken)
+        for contract in (ResolvedEvent, ScoredEvent):
+            with pytest.raises(ValidationError):
+                contract.model_validate_json(raw)
