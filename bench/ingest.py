@@ -31,6 +31,7 @@ import orjson
 from bench.harness import (
     CpuMeter,
     LoadResult,
+    box_reference,
     embedded_infra,
     http_load,
     post,
@@ -135,6 +136,7 @@ async def run(seconds: float, batch_size: int, single_conns: int, batch_conns: l
     """Measure the batch and single-event paths of one ingest process, each between two
     measurements of the ceiling."""
     check_templates()
+    print(box_reference(), flush=True)
     async with embedded_infra() as stack:
         bootstrap = stack.env["TIERFLOW_KAFKA_BOOTSTRAP"]
         settings = CommonSettings(

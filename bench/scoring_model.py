@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from bench.harness import box_reference
 from bench.scoring_throughput import events
 from services.scoring import service
 from services.scoring.processor import Record, process
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    print(box_reference(), flush=True)
     model = load_model()
     stream = events("bench", args.events, args.people, T0)
     records = [

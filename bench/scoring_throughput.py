@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.harness import CpuMeter
+from bench.harness import CpuMeter, box_reference
 from services.ingest.envelopes import derive_event_id
 from shared.contracts import ResolvedEvent, TierChangeEvent, decode, encode
 from shared.stack.launcher import Stack, StackSettings, prepare, start_infrastructure
@@ -202,6 +202,7 @@ async def main() -> None:
         "than one measures the backlog only",
     )
     args = parser.parse_args()
+    print(box_reference(), flush=True)
     work_dir = Path(tempfile.mkdtemp(prefix="scoring-bench-"))
     (work_dir / "logs").mkdir()
     stack = Stack(work_dir=work_dir, env={}, urls={}, owns_work_dir=True)
