@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
-from aiohttp import web
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -69,32 +67,3 @@ class RequestMetrics:
             template = getattr(scope.get("route"), "path", "unmatched")
             HTTP_LATENCY.labels(self.service, template).observe(time.perf_counter() - started)
             HTTP_REQUESTS.labels(self.service, template, f"{status // 100}xx").inc()
-
-
-AiohttpHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def aiohttp_request_metrics(service: str) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """The same request metrics for an aiohttp app (a Faust worker's pages: pass it in Faust's
-    ``web_application_options`` middlewares), by route template, except health and metrics."""
-
-    @web.middleware
-    async def request_metrics(request: web.Request, handler: AiohttpHandler) -> web.StreamResponse:
-        if request.path in UNMEASURED_PATHS:
-            return await handler(request)
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as error:
-            status = error.status
-            raise
-        finally:
-            resource = request.match_info.route.resource
-            template = resource.canonical if resource is not None else "unmatched"
-            HTTP_LATENCY.labels(service, template).observe(time.perf_counter() - started)
-            HTTP_REQUESTS.labels(service, template, f"{status // 100}xx").inc()
-
-    return request_metrics

@@ -21,6 +21,7 @@ from prometheus_client import generate_latest
 from services.scoring import metrics, service
 from services.scoring.clock import build_clock
 from services.scoring.feed import ScoringApp
+from services.scoring.http_metrics import request_metrics
 from services.scoring.loop import ScoringLoop
 from services.scoring.pages import add_read_model_pages, error_page
 from services.scoring.processor import is_live
@@ -30,7 +31,6 @@ from services.scoring.rules import ScoringModel, load_model
 from services.scoring.settings import ScoringSettings
 from services.scoring.store import PeopleTable
 from shared.errors import NotFound, Unavailable
-from shared.metrics import aiohttp_request_metrics
 from shared.topics import EVENTS_RESOLVED, IDENTITY_MERGES, SCORING_COMMANDS
 
 EXPLAIN_RETRY_AFTER_SECONDS = 2  # the owner is back once the group has rebalanced
@@ -69,7 +69,7 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         web_host=settings.host,
         web_in_thread=False,
         stream_wait_empty=False,
-        web_application_options={"middlewares": [aiohttp_request_metrics("scoring")]},
+        web_application_options={"middlewares": [request_metrics("scoring")]},
     )
     raw: dict[str, Any] = {
         "key_type": bytes,

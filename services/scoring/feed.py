@@ -259,8 +259,8 @@ class ScoringApp(faust.App):  # type: ignore[misc,unused-ignore]  # faust is unt
             generation = self.consumer_generation_id
             current = [poll for poll in polls if self.current(poll)]
             messages, holes = self.continuity.admit([m for poll in current for m in poll.messages])
-            # records read before the last poll that did not reach the loop with it or before
-            # it were dropped on the way: found here even while other partitions stay busy
+            # what the fetcher had read by the last poll taken and did not reach the loop with
+            # it or before it was dropped on the way: found even while other partitions are busy
             lost = self.continuity.behind(current[-1].mark) if current else {}
             for tp, offset in {**lost, **holes}.items():
                 await self._refetch(tp, offset, generation)
