@@ -93,9 +93,7 @@ def test_records_read_but_never_handed_on_show_when_the_feed_is_idle() -> None:
     assert continuity.behind() == {B: 5}
 
 
-def test_a_poll_dropped_at_the_end_of_a_partition_shows_once_a_later_poll_reaches_the_loop() -> (
-    None
-):
+def test_a_dropped_last_poll_shows_once_a_later_poll_reaches_the_loop() -> None:
     continuity = Continuity()
     continuity.restart({A: 0, B: 0})
     for message in run(A, 0, 4):
