@@ -334,6 +334,9 @@ async def test_a_tier_lists_its_members_highest_total_first_page_by_page(
             assert seen[: len(people)] == [p.oneid for p in ranked]
             first = (await client.get("/v1/tiers/vip/members", params={"limit": "1"})).json()
             assert first["members"][0] == ranked[0].model_dump(mode="json")
+            # in the contract's key order, as /v1/scores/{oneid} answers (not JSONB's)
+            assert list(first["members"][0]) == list(ranked[0].model_dump(mode="json"))
+            assert list(first["members"][0]["scores"]) == ["value", "engagement", "fit", "total"]
 
             declining = await client.get(
                 "/v1/tiers/vip/members", params={"stage": "declining", "limit": "3"}
