@@ -20,6 +20,14 @@ class TierflowError(Exception):
         self.detail = detail
         self.retry_after = retry_after
 
+    def body(self) -> dict[str, Any]:
+        """The one error shape every service answers, whatever its web framework."""
+        return {"error": self.code, "detail": self.detail}
+
+    def headers(self) -> dict[str, str]:
+        """``Retry-After`` when the error carries one."""
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+
 
 class BadRequest(TierflowError):
     """The request is malformed or violates the contract."""
@@ -65,12 +73,7 @@ class Unavailable(TierflowError):
 
 def error_response(error: TierflowError) -> JSONResponse:
     """Render a typed error, with ``Retry-After`` when the error carries one."""
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
-    return JSONResponse(
-        {"error": error.code, "detail": error.detail},
-        status_code=error.status_code,
-        headers=headers,
-    )
+    return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers())
 
 
 def install_error_handlers(app: FastAPI) -> None:

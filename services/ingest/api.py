@@ -140,13 +140,8 @@ async def respond(
 
 async def respond_error(send: Send, error: TierflowError) -> None:
     """The shared ``{"error", "detail"}`` shape, with ``Retry-After`` when the error has one."""
-    headers = (
-        [(b"retry-after", str(error.retry_after).encode())]
-        if error.retry_after is not None
-        else None
-    )
-    body = orjson.dumps({"error": error.code, "detail": error.detail})
-    await respond(send, error.status_code, body, headers)
+    headers = [(name.lower().encode(), value.encode()) for name, value in error.headers().items()]
+    await respond(send, error.status_code, orjson.dumps(error.body()), headers)
 
 
 _ONE_ACCEPTED = orjson.dumps({"success": True, "accepted": 1, "rejected": []})

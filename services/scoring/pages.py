@@ -18,10 +18,7 @@ from shared.settings import CommonSettings
 def error_page(web: Any, error: TierflowError) -> Any:
     """A typed error in the shared ``{"error", "detail"}`` shape, as Faust's web answers it,
     with ``Retry-After`` when the error carries one."""
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
-    return web.json(
-        {"error": error.code, "detail": error.detail}, status=error.status_code, headers=headers
-    )
+    return web.json(error.body(), status=error.status_code, headers=error.headers())
 
 
 def add_read_model_pages(app: faust.App, model: ScoringModel, settings: CommonSettings) -> None:
