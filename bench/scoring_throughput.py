@@ -3,7 +3,8 @@
 
 1. the raw ceiling: an aiokafka consumer reading and parsing (orjson) the same events;
 2. events/s of one scoring worker (or ``--workers N``) over a backlog, as a ratio to that
-   ceiling, with the CPU each process used;
+   ceiling, with the CPU each process used; the workers' table is production's RocksDB store
+   unless ``--store memory://`` (the tests' store) is given;
 3. event -> tier-change latency p50/p99 under a paced load;
 4. timer lateness: many people's deadlines pass at once (the clock file jumps);
 5. recovery time of a fresh worker replaying the table changelog of every profile.
@@ -157,7 +158,7 @@ async def lateness(bootstrap: str, env: dict[str, str], prefix: str, people: int
     )
 
 
-async def backlog(stack: Stack, running: list[Worker], count: int, raw: float) -> None:
+async def backlog(stack: Stack, running: list[Worker], count: int, raw: float, store: str) -> None:
     """Events/s of the workers over the backlog of ``count`` events, and their CPU per event."""
     meter = CpuMeter(
         {
@@ -174,8 +175,8 @@ async def backlog(stack: Stack, running: list[Worker], count: int, raw: float) -
     rate = (count - first) / (time.perf_counter() - t0)
     workers = len(running)
     print(
-        f"scoring, {workers} worker(s): {rate:,.0f} ev/s = {rate / workers:,.0f} per worker "
-        f"= {rate / raw:.3f} of the raw consumer ceiling"
+        f"scoring, {workers} worker(s), {store}: {rate:,.0f} ev/s = {rate / workers:,.0f} per "
+        f"worker = {rate / raw:.3f} of the raw consumer ceiling"
     )
     cpu = sum(meter.used[f"worker-{n}"] for n in range(workers))
     print(
@@ -200,6 +201,11 @@ async def main() -> None:
         default=1,
         help="workers sharing the backlog (each stands by for the other's partitions); more "
         "than one measures the backlog only",
+    )
+    parser.add_argument(
+        "--store",
+        default="rocksdb://",
+        help="the workers' table store: rocksdb:// (production's, the default) or memory://",
     )
     args = parser.parse_args()
     print(box_reference(), flush=True)
@@ -232,11 +238,12 @@ async def main() -> None:
             work_dir=work_dir,
             partitions=args.partitions,
             clock=(T0 - timedelta(days=1)).timestamp(),
+            TIERFLOW_SCORING_STORE=args.store,
         )
         running.extend(Worker(f"bench-{n}", env, work_dir) for n in range(args.workers))
         for worker in running:
             await worker.ready()
-        await backlog(stack, running, len(payload), raw)
+        await backlog(stack, running, len(payload), raw, args.store)
         if args.throughput_only or args.workers > 1:
             return
         await latency(bootstrap, running[0], prefix, args.paced_rate)
