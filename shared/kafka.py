@@ -108,10 +108,12 @@ PARTITIONER = DefaultPartitioner()
 
 
 @lru_cache(maxsize=100_000)
-def _partition_of(key: bytes, partitions: tuple[int, ...]) -> int:
-    """The default partitioner's choice for a key, memoised: it is pure-Python murmur2, and the
-    same OneIDs and user ids are published again and again."""
-    chosen: int = PARTITIONER(key, list(partitions), list(partitions))
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition of ``key`` among ``partitions`` (numbered from 0) that the default
+    partitioner chooses, memoised: it is pure-Python murmur2 (~5 µs for a UUID), and the same
+    OneIDs and user ids are published, read and stored again and again."""
+    every = list(range(partitions))
+    chosen: int = PARTITIONER(key, every, every)
     return chosen
 
 
@@ -138,7 +140,7 @@ async def send_batches(
         if known is None:
             known = partitions[topic] = tuple(sorted(await producer.partitions_for(topic)))
         if key is not None:
-            partition = _partition_of(key, known)
+            partition = known[partition_of(key, len(known))]
         else:
             partition = PARTITIONER(None, list(known), list(known))
         batch = open_batches.get((topic, partition))

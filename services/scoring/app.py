@@ -129,7 +129,7 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
-        metrics.TABLE_SIZE.labels("people").set(len(people))
+        metrics.TABLE_SIZE.labels("people").set(loop.entries)
         metrics.TABLE_SIZE.labels("deadlines").set(len(loop.deadlines))
         for tier, count in loop.population.items():
             metrics.TIER_POPULATION.labels(tier).set(count)

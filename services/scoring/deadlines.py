@@ -9,17 +9,6 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 
-from aiokafka.partitioner import DefaultPartitioner
-
-_PARTITIONER = DefaultPartitioner()
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition the producers' default partitioner puts ``key`` in."""
-    every = list(range(partitions))
-    partition: int = _PARTITIONER(key, every, every)
-    return partition
-
 
 class Deadlines:
     """A min-heap of (deadline, key), one live entry per key at a time."""

@@ -21,13 +21,14 @@ from faust.types import TP, Message
 
 from services.scoring import metrics
 from services.scoring.clock import Clock
-from services.scoring.deadlines import Deadlines, partition_of
+from services.scoring.deadlines import Deadlines
 from services.scoring.feed import ScoringApp
 from services.scoring.processor import Outcome, Record, is_live, process
 from services.scoring.rules import ScoringModel
 from services.scoring.schemas import Reevaluate
 from services.scoring.scorer import State
-from shared.kafka import SentBatch, send_batches
+from services.scoring.store import KeyPartitionedRocksDBStore
+from shared.kafka import SentBatch, partition_of, send_batches
 from shared.topics import EVENTS_RESOLVED, SCORING_COMMANDS
 
 TIMER_BATCH = 10_000  # re-evaluations handed to the loop per timer tick at most
@@ -70,7 +71,8 @@ class Publisher:
 
 
 class ScoringLoop:
-    """The table's only writer (and its changelog's), its deadline heap and tier population."""
+    """The table's only writer (and its changelog's), its deadline heap, tier population and
+    entry count (so that a scrape never counts a RocksDB table key by key)."""
 
     def __init__(
         self,
@@ -88,11 +90,13 @@ class ScoringLoop:
         self.partitions = partitions
         self.deadlines = Deadlines()
         self.population: Counter[str] = Counter()
+        self.entries = 0  # table entries (people and markers) of the partitions held
         self.flush_interval = flush_interval
         self.publisher = Publisher(app)
         self._built_for: set[int] = set()
         self._pending: dict[bytes, State] = {}  # changed since the last flush
         self._flushing_states: dict[bytes, State] = {}  # in changelog records not yet acked
+        self._flushing_encoded: dict[bytes, bytes] = {}  # those records' values
         self._held: list[Message] = []
         self._sending: list[SentBatch] = []
         self._flushing: tuple[list[SentBatch], list[Message], int] | None = None
@@ -124,7 +128,15 @@ class ScoringLoop:
         ]
         # messages of partitions revoked while buffered belong to their new owner now
         metrics.EVENTS.labels("revoked").inc(len(messages) - len(records))
-        outcome = process(records, self.state_of, self.model, self.clock())
+        looked_up: dict[bytes, State | None] = {}
+
+        def lookup(key: bytes) -> State | None:
+            # each person's stored state is read once per batch: a RocksDB read decodes it
+            if key not in looked_up:
+                looked_up[key] = self.state_of(key)
+            return looked_up[key]
+
+        outcome = process(records, lookup, self.model, self.clock())
         self._sending += await self.publisher.send(
             [(s.topic, s.key, s.value) for s in outcome.sends]
         )
@@ -132,7 +144,10 @@ class ScoringLoop:
             self._rollback()
             return outcome
         for key, state in outcome.writes.items():
-            before = self.state_of(key)
+            # process() reads every person before writing one: no second read (and decode)
+            before = lookup(key)
+            if before is None:
+                self.entries += 1
             self._pending[key] = state
             self.population[_tier(before)] -= 1
             self.population[_tier(state)] += 1
@@ -174,10 +189,11 @@ class ScoringLoop:
             return
         changelog = self.people.changelog_topic
         name, serializer = changelog.get_topic_name(), self.people.value_serializer
-        sends = [
-            (name, key, changelog.prepare_value(state, serializer)[0])
+        self._flushing_encoded = {
+            key: changelog.prepare_value(state, serializer)[0]
             for key, state in self._pending.items()
-        ]
+        }
+        sends = [(name, key, value) for key, value in self._flushing_encoded.items()]
         self._flushing = (await self.publisher.send(sends), self._held, self._generation)
         self._flushing_states, self._pending, self._held = self._pending, {}, []
 
@@ -189,9 +205,12 @@ class ScoringLoop:
         sent, held, generation = self._flushing
         offsets = await self.publisher.acked(sent)
         store, name = self.people.data, self.people.changelog_topic.get_topic_name()
-        for key, state in self._flushing_states.items():
-            store[key] = state
-        self._flushing, self._flushing_states = None, {}
+        if isinstance(store, KeyPartitionedRocksDBStore):  # the changelog's bytes, once encoded
+            store.write_encoded(self._flushing_encoded.items())
+        else:
+            for key, state in self._flushing_states.items():
+                store[key] = state
+        self._flushing, self._flushing_states, self._flushing_encoded = None, {}, {}
         for (topic, partition), offset in offsets.items():
             if topic == name:  # what Faust's changelog callback records (RocksDB stores)
                 store.set_persisted_offset(TP(topic, partition), offset)
@@ -241,6 +260,7 @@ class ScoringLoop:
         ]
         self.deadlines.rebuild((k, v.get("deadline") if is_live(v) else None) for k, v in mine)
         self.population = Counter(_tier(v) for _, v in mine)
+        self.entries = len(mine)
         self._built_for = set(partitions)
 
 

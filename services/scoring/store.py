@@ -1,29 +1,65 @@
-"""The people table's store: Faust's, except that a RocksDB write finds its partition by key.
+"""The people table's store: Faust's, except that RocksDB finds a key's partition from the key.
 
 Faust's RocksDB store puts a key into the database of the *current stream event's* partition
-and fails outside a stream event. The scoring loop writes a batch of people (of several
-partitions) at once, outside any stream event; the table is partitioned by key like every input
-(murmur2 over the topic's partitions), so the key alone names the partition.
+and fails outside a stream event; outside one, it reads through an LRU index of keys (behind a
+lock) and tries every open database for a key it does not know. The scoring loop reads and
+writes people of several partitions at once, outside any stream event; the table is partitioned
+by key like every input (murmur2 over the topic's partitions), so the key alone names the
+database.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import faust
 from faust.stores.rocksdb import Store as RocksDBStore
 from yarl import URL
 
-from services.scoring.deadlines import partition_of
+from shared.kafka import partition_of
 
 
 class KeyPartitionedRocksDBStore(RocksDBStore):
     """RocksDB, one database per partition as Faust keeps it, the partition taken from the key."""
 
+    def _partition(self, key: bytes) -> int:
+        return partition_of(key, self.table.partitions or self.app.conf.topic_partitions)
+
+    def _open_db(self, key: bytes) -> Any:
+        """The database of the key's partition, if this worker opened it (a partition it holds
+        or held)."""
+        return self._dbs.get(self._partition(key))
+
     def _set(self, key: bytes, value: bytes | None) -> None:
-        partition = partition_of(key, self.table.partitions or self.app.conf.topic_partitions)
-        self._key_index[key] = partition
-        self._db_for_partition(partition).put(key, value)
+        self._db_for_partition(self._partition(key)).put(key, value)
+
+    def _get(self, key: bytes) -> bytes | None:
+        db = self._open_db(key)
+        return None if db is None else db.get(key)
+
+    def _contains(self, key: bytes) -> bool:
+        return self._get(key) is not None
+
+    def _dbs_for_key(self, key: bytes) -> Iterable[Any]:
+        db = self._open_db(key)
+        return [] if db is None else [db]
+
+    def write_encoded(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+        """Store values already encoded with the table's value serializer (the scoring loop
+        encodes each state once, for its changelog record, and stores those bytes), one write
+        batch per partition as Faust's changelog replay does."""
+        from rocksdict import WriteBatch  # the rocksdb extra, needed by this store only
+
+        batches: dict[int, WriteBatch] = {}
+        for key, value in items:
+            partition = self._partition(key)
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = WriteBatch(raw_mode=True)
+            batch.put(key, value)
+        for partition, batch in batches.items():
+            self._db_for_partition(partition).write(batch)
 
 
 class PeopleTable(faust.Table[bytes, Any]):

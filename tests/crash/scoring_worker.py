@@ -89,8 +89,8 @@ class Worker:
         raise TimeoutError(f"worker not ready:\n{tail(self.child.log_path)}")
 
     async def counter(self, name: str, **labels: str) -> float:
-        """The sum of the samples of counter ``name`` (with its ``_total``) on /metrics that
-        carry ``labels``."""
+        """The sum of the samples named ``name`` on /metrics that carry ``labels`` (a counter's
+        name with its ``_total``, or a gauge's)."""
         async with httpx.AsyncClient(timeout=5) as client:
             exposition = (await client.get(f"{self.url}/metrics")).text
         return sum(

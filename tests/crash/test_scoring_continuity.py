@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from services.scoring.deadlines import partition_of
 from shared.contracts import encode
+from shared.kafka import partition_of
 from shared.settings import CommonSettings
 from shared.topics import EVENTS_RESOLVED
 from tests.crash.scenario import (

@@ -16,7 +16,6 @@ import pytest
 from faust.serializers import codecs
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.scoring.deadlines import partition_of
 from services.scoring.repository import delete_profiles, upsert_profiles
 from services.scoring.rules import load_model
 from services.scoring.service import profile_of, score_event
@@ -30,6 +29,7 @@ from shared.contracts import (
     encode,
 )
 from shared.db import build_sessionmaker, unit_of_work
+from shared.kafka import partition_of
 from shared.settings import CommonSettings
 from shared.topics import DEADLETTER, EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES, TIERS_CHANGES
 from tests.crash.scoring_worker import Worker, produce, read_until, set_clock, worker_env
@@ -144,6 +144,9 @@ async def test_journey_ends_at_risk_by_the_timer_with_no_event(
     assert explained["why"]["tier"] == "at_risk"
     assert explained["rfm"] == {"recency": 3, "frequency": 1, "monetary": 4}
     assert (await eventually(f"{scoring.url}/v1/scores/nobody", 404)).status_code == 404
+    # the worker's own count of its table (a scrape never walks the table)
+    assert await scoring.counter("tierflow_scoring_table_entries", table="people") == 1
+    assert await scoring.counter("tierflow_scoring_tier_population", tier="at_risk") == 1
 
 
 async def test_merge_equals_one_person_and_erasure_forgets_both(
