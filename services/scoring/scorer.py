@@ -12,8 +12,10 @@ replaced: a shallow copy of a stored state is a safe copy. The small result type
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from binascii import b2a_base64
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from typing import Any
 
 from services.scoring.rules import DAY, SCORES, Condition, ScoringModel
@@ -21,6 +23,7 @@ from services.scoring.rules import DAY, SCORES, Condition, ScoringModel
 __all__ = ["DAY"]  # re-exported: callers measure time in days of this length
 
 SEEN_LIMIT = 256  # ids remembered per person for dedup: redelivery is of recent events
+TOKEN_WIDTH = 12  # a remembered id: 11 base64 characters of a 64-bit digest, then a comma
 
 State = dict[str, Any]
 
@@ -31,7 +34,7 @@ def new_state(first_seen: float) -> State:
         "first_seen_at": first_seen,
         "last_event_at": None,
         "events": 0,
-        "seen": [],
+        "seen": "",
         "engagement_at": first_seen,
         "engagement": {},
         "earned": {},
@@ -57,12 +60,46 @@ def _day(at: float) -> int:
     return int(at // DAY)
 
 
+def seen_token(marker: str) -> str:
+    """What a state remembers of an event or merge id: 64 bits of its BLAKE2b digest.
+
+    A person's state is written to the changelog on every change and carries the last
+    ``SEEN_LIMIT`` ids; as 36-character UUIDs in a JSON list they were ~10 KB of every long-lived
+    state, and ``remember`` scanned and copied a Python list per event. Fixed-width tokens in one
+    string keep that at 3 KB and make the membership test one substring search. The chance that
+    a new id's token equals one of the 256 remembered is 256 / 2^64 (about 1e-17) per event.
+    """
+    digest = blake2b(marker.encode(), digest_size=8).digest()
+    return b2a_base64(digest, newline=False)[:11].decode() + ","
+
+
+def seen_tokens(seen: str | Iterable[str]) -> str:
+    """A state's remembered ids as the token string (a state written before tokens kept a list
+    of the ids themselves)."""
+    return seen if isinstance(seen, str) else "".join(seen_token(marker) for marker in seen)
+
+
+def each_seen(seen: str | Iterable[str]) -> list[str]:
+    """The remembered ids' tokens one by one, oldest first."""
+    joined = seen_tokens(seen)
+    return [joined[i : i + TOKEN_WIDTH] for i in range(0, len(joined), TOKEN_WIDTH)]
+
+
+def has_seen(state: Mapping[str, Any], marker: str) -> bool:
+    """True when ``marker`` was already applied to ``state``.
+
+    A token is 11 base64 characters and a comma, and commas appear in the string only at the
+    end of each token, so a match of a whole token can only start where a token starts.
+    """
+    return seen_token(marker) in seen_tokens(state["seen"])
+
+
 def remember(state: State, marker: str) -> bool:
     """Record ``marker`` (an event or merge id) as applied; False when it already was."""
-    seen = state["seen"]
-    if marker in seen:
+    seen, token = seen_tokens(state["seen"]), seen_token(marker)
+    if token in seen:  # aligned: see has_seen
         return False
-    state["seen"] = [*seen[-(SEEN_LIMIT - 1) :], marker]
+    state["seen"] = seen[-(SEEN_LIMIT - 1) * TOKEN_WIDTH :] + token
     return True
 
 
@@ -563,12 +600,13 @@ def fold(winner: State | None, absorbed: State, model: ScoringModel) -> State:
     purchases = [*winner["purchases"], *absorbed["purchases"]]
     last_purchases = [p for p in (winner["last_purchase_at"], absorbed["last_purchase_at"]) if p]
     last_events = [e for e in (winner["last_event_at"], absorbed["last_event_at"]) if e]
-    seen = [*winner["seen"], *(s for s in absorbed["seen"] if s not in set(winner["seen"]))]
+    seen = seen_tokens(winner["seen"])
+    seen += "".join(token for token in each_seen(absorbed["seen"]) if token not in seen)
     merged.update(
         first_seen_at=min(winner["first_seen_at"], absorbed["first_seen_at"]),
         last_event_at=max(last_events) if last_events else None,
         events=winner["events"] + absorbed["events"],
-        seen=seen[-SEEN_LIMIT:],
+        seen=seen[-SEEN_LIMIT * TOKEN_WIDTH :],
         engagement_at=ref,
         engagement=engagement,
         earned={

@@ -93,7 +93,7 @@ def fold_in(
 ) -> tuple[State, bool, TierChangeEvent | None]:
     """A merge: fold the absorbed person's state into ``oneid``'s once (``fold_id`` dedups),
     then re-evaluate once at the latest time either of them was seen."""
-    if state is not None and fold_id in state["seen"]:
+    if state is not None and scorer.has_seen(state, fold_id):
         return state, False, None
     current = scorer.fold(state, absorbed, model)  # a new state; neither input changes
     scorer.remember(current, fold_id)

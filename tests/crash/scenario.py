@@ -22,7 +22,7 @@ from aiokafka import ConsumerRecord
 
 from services.scoring.processor import Record, process
 from services.scoring.rules import load_model
-from services.scoring.scorer import State
+from services.scoring.scorer import State, each_seen, seen_token
 from services.scoring.service import profile_of, tier_change_id
 from shared.contracts import ResolvedEvent, TierChangeEvent, decode, encode
 from shared.topics import EVENTS_RESOLVED, TIERS_CHANGES
@@ -235,13 +235,14 @@ async def run(
 
 def divergence(oneid: str, got: Any, want: State, positions: dict[str, int], chunk: int) -> str:
     """Which counted events (by stream position and chunk) a person's changelog state lacks,
-    has in excess, or has in another order than the replay."""
+    has in excess, or has in another order than the replay (``positions`` by event id)."""
     if not got:
         return f"{oneid}: no state in the changelog"
-    got_seen, want_seen = list(got.get("seen", [])), list(want["seen"])
+    got_seen, want_seen = each_seen(got.get("seen", "")), each_seen(want["seen"])
+    at = {seen_token(event_id): n for event_id, n in positions.items()}
 
     def where(ids: list[str]) -> list[str]:
-        return [f"{positions.get(i)}(chunk {positions.get(i, -1) // chunk})" for i in ids]
+        return [f"{at.get(i)}(chunk {at.get(i, -1) // chunk})" for i in ids]
 
     missing = [i for i in want_seen if i not in got_seen]
     extra = [i for i in got_seen if i not in want_seen]

@@ -260,6 +260,49 @@ def test_redelivered_event_is_counted_once() -> None:
     assert again["events"] == 1
 
 
+def test_the_last_256_ids_are_remembered_as_fixed_width_tokens() -> None:
+    ids = [str(uuid.uuid4()) for _ in range(300)]
+    state = scorer.new_state(BASE)
+    for event_id in ids:
+        assert scorer.remember(state, event_id)
+    assert len(state["seen"]) == 256 * scorer.TOKEN_WIDTH
+    assert scorer.each_seen(state["seen"]) == [scorer.seen_token(i) for i in ids[-256:]]
+    assert not any(scorer.remember(state, i) for i in ids[-256:])  # redelivered: duplicates
+    assert scorer.remember(state, ids[0])  # forgotten: older than the last 256
+    # 256 UUIDs were ~10 KB of the state's JSON; their tokens are 3 KB
+    assert len(orjson.dumps(state)) < 3_500
+
+
+def test_a_token_matches_only_where_a_token_starts() -> None:
+    tokens = [scorer.seen_token(f"e{n}") for n in range(2)]
+    # the 11 characters that straddle the two tokens, made a token: not remembered
+    straddling = (tokens[0] + tokens[1])[6:17] + ","
+    state = scorer.new_state(BASE)
+    state["seen"] = "".join(tokens)
+    assert straddling not in tokens
+    assert straddling not in state["seen"]
+    assert scorer.has_seen(state, "e0")
+    assert scorer.has_seen(state, "e1")
+    assert not scorer.has_seen(state, "e2")
+
+
+def test_a_state_that_kept_the_ids_themselves_still_dedups_them() -> None:
+    state = scorer.new_state(BASE)
+    state["seen"] = ["old-1", "old-2"]  # written before ids were kept as tokens
+    assert scorer.has_seen(state, "old-1")
+    assert not scorer.remember(state, "old-2")
+    assert scorer.remember(state, "new-1")
+    assert scorer.each_seen(state["seen"]) == [
+        scorer.seen_token(i) for i in ("old-1", "old-2", "new-1")
+    ]
+    winner = scorer.new_state(BASE)
+    scorer.remember(winner, "old-1")
+    merged = scorer.fold(winner, {**state, "seen": ["old-1", "old-2", "new-1"]}, MODEL)
+    assert scorer.each_seen(merged["seen"]) == [
+        scorer.seen_token(i) for i in ("old-1", "old-2", "new-1")
+    ]
+
+
 def test_timer_drops_a_silent_person_to_at_risk() -> None:
     state, _, _ = score_event(None, make_resolved(event="Order Completed"), MODEL)
     # no revenue: R=5, F=1, M=1 -> (5*3 + 1*3 + 1*4) * 2 = 44 >= 40
