@@ -6,7 +6,8 @@ changelog is written directly: a worker starts once (Faust declares the changelo
 scored from a few event histories, cloned under distinct keys, encoded by the table's own
 codec and partitioned like the table's writes). A fresh worker then recovers them; the time
 from process start to ``/readyz`` is reported with records/s, and a sample of people is read
-back through ``/explain``. Prints numbers; it is not a timed test.
+back through ``/explain``. The worker recovers into production's RocksDB store unless ``--store
+memory://``. Prints numbers; it is not a timed test.
 """
 
 from __future__ import annotations
@@ -91,6 +92,12 @@ async def main() -> None:
     parser.add_argument("--profiles", type=int, default=1_000_000)
     parser.add_argument("--events-per-person", type=int, default=12)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--store",
+        default="rocksdb://",
+        help="the recovering worker's table store: rocksdb:// (production's, the default) or "
+        "memory://",
+    )
     args = parser.parse_args()
     work_dir = Path(tempfile.mkdtemp(prefix="scoring-recovery-"))
     (work_dir / "logs").mkdir()
@@ -109,6 +116,7 @@ async def main() -> None:
             work_dir=work_dir,
             partitions=args.partitions,
             clock=(T0 - timedelta(days=1)).timestamp(),
+            TIERFLOW_SCORING_STORE=args.store,
         )
         first = Worker("declare", env, work_dir)
         await first.ready()
@@ -128,7 +136,8 @@ async def main() -> None:
             await worker.ready(timeout=3600)
             seconds = time.perf_counter() - started
             print(
-                f"recovery of {args.profiles:,} profiles to ready: {seconds:.1f} s = "
+                f"recovery of {args.profiles:,} profiles into {args.store} to ready: "
+                f"{seconds:.1f} s = "
                 f"{args.profiles / seconds:,.0f} records/s (process start and group join "
                 "included)"
             )
