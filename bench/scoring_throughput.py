@@ -59,7 +59,7 @@ def events(prefix: str, count: int, people: int, start: datetime) -> list[Resolv
 
 async def scored(*workers: Worker) -> float:
     """Records the workers have handled so far (their events counters)."""
-    return sum([await w.counter("tierflow_scoring_events_total") for w in workers])
+    return sum([await w.metric("tierflow_scoring_events_total") for w in workers])
 
 
 async def until_scored(count: float, *workers: Worker, timeout: float = 600) -> None:

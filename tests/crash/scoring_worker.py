@@ -88,7 +88,7 @@ class Worker:
                 await asyncio.sleep(0.2)
         raise TimeoutError(f"worker not ready:\n{tail(self.child.log_path)}")
 
-    async def counter(self, name: str, **labels: str) -> float:
+    async def metric(self, name: str, **labels: str) -> float:
         """The sum of the samples named ``name`` on /metrics that carry ``labels`` (a counter's
         name with its ``_total``, or a gauge's)."""
         async with httpx.AsyncClient(timeout=5) as client:

@@ -46,7 +46,7 @@ async def test_polls_lost_on_the_way_to_the_loop_are_fetched_again(
             await asyncio.sleep(0.3)
         latest = await changelog_states(bootstrap, app_id, expected, timeout=60 if checked else 15)
         wrong = mismatched(latest, expected)
-        refetches = await worker.counter("tierflow_scoring_refetches_total")
+        refetches = await worker.metric("tierflow_scoring_refetches_total")
         if checked:
             positions = {e.event.event_id: n for n, e in enumerate(stream)}
             assert not wrong, [
@@ -104,7 +104,7 @@ async def test_a_lost_last_poll_is_fetched_again_while_other_partitions_stay_bus
         sent = await busy_traffic
         assert sent < 600, "the traffic ran out: the feed may have idled"
         assert not mismatched(latest, expected), latest.get(quiet.encode())
-        assert await worker.counter("tierflow_scoring_refetches_total") >= 1
+        assert await worker.metric("tierflow_scoring_refetches_total") >= 1
     finally:
         traffic_ends.set()
         worker.stop()

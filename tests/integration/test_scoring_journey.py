@@ -145,8 +145,8 @@ async def test_journey_ends_at_risk_by_the_timer_with_no_event(
     assert explained["rfm"] == {"recency": 3, "frequency": 1, "monetary": 4}
     assert (await eventually(f"{scoring.url}/v1/scores/nobody", 404)).status_code == 404
     # the worker's own count of its table (a scrape never walks the table)
-    assert await scoring.counter("tierflow_scoring_table_entries", table="people") == 1
-    assert await scoring.counter("tierflow_scoring_tier_population", tier="at_risk") == 1
+    assert await scoring.metric("tierflow_scoring_table_entries", table="people") == 1
+    assert await scoring.metric("tierflow_scoring_tier_population", tier="at_risk") == 1
 
 
 async def test_merge_equals_one_person_and_erasure_forgets_both(
@@ -314,7 +314,7 @@ async def test_a_tier_lists_its_members_highest_total_first_page_by_page(
     ranked = sorted(people, key=lambda p: (-p.scores.total, p.oneid))
     route = {"service": "scoring", "route": "/v1/tiers/{tier}/members"}
     answered = {
-        status: await scoring.counter("tierflow_http_requests_total", **route, status=status)
+        status: await scoring.metric("tierflow_http_requests_total", **route, status=status)
         for status in ("2xx", "4xx")
     }
     try:
@@ -364,7 +364,7 @@ async def test_a_tier_lists_its_members_highest_total_first_page_by_page(
             assert [e["field"] for e in refused.json()["detail"]] == ["limit", "after", "stage"]
         # every listing request above is counted under its route template, by status class
         for status, requests in (("2xx", pages + 2), ("4xx", 2)):
-            now = await scoring.counter("tierflow_http_requests_total", **route, status=status)
+            now = await scoring.metric("tierflow_http_requests_total", **route, status=status)
             assert now - answered[status] == requests
     finally:
         async with unit_of_work(sessions) as session:
