@@ -86,6 +86,18 @@ async def write_changelog(
     return sum(len(v) for v in values) / len(values)
 
 
+async def rebuild_seconds(worker: Worker) -> float:
+    """How long the worker's first rebuild of its deadline heap from the recovered table took
+    (it runs at the first timer tick after recovery)."""
+    name = "tierflow_scoring_rebuild_duration_seconds"
+    deadline = time.monotonic() + 600
+    while await worker.metric(f"{name}_count") < 1:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the worker never rebuilt its deadline heap")
+        await asyncio.sleep(0.5)
+    return await worker.metric(f"{name}_sum")
+
+
 async def main() -> None:
     """Write the changelog, recover it in a fresh worker, print the numbers."""
     parser = argparse.ArgumentParser()
@@ -141,6 +153,7 @@ async def main() -> None:
                 f"{args.profiles / seconds:,.0f} records/s (process start and group join "
                 "included)"
             )
+            print(f"then the deadline heap's rebuild: {await rebuild_seconds(worker):.1f} s")
             async with httpx.AsyncClient(timeout=30) as client:
                 for i in random.sample(range(args.profiles), 5):
                     answer = await client.get(f"{worker.url}/v1/scores/{prefix}-{i}/explain")

@@ -140,7 +140,14 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         """From the table, measured now: the worker owning the person answers, another one
         forwards the request to it. While no owner is known or the owner cannot be reached (a
         rebalance; a member that died and has not left the group yet), 503 and Retry-After
-        (Faust's own table route answered 500 to a refused connection)."""
+        (Faust's own table route answered 500 to a refused connection). Nor does a worker
+        answer while it is rebalancing or recovering: its table may not hold the person's latest
+        state yet."""
+        if not app.settled():
+            taking_over = "this worker is taking over partitions (rebalance or recovery); retry"
+            return error_page(
+                web, Unavailable(taking_over, retry_after=EXPLAIN_RETRY_AFTER_SECONDS)
+            )
         try:
             return await app.router.route_req(people.name, oneid, web, request)
         except SameNode:

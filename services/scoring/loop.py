@@ -12,6 +12,8 @@ write nothing)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, cast
@@ -148,8 +150,9 @@ class ScoringLoop:
             before = lookup(key)
             if before is None:
                 self.entries += 1
+            else:
+                self.population[_tier(before)] -= 1
             self._pending[key] = state
-            self.population[_tier(before)] -= 1
             self.population[_tier(state)] += 1
             self.deadlines.set(key, state.get("deadline") if is_live(state) else None)
         self._held.extend(messages)
@@ -232,8 +235,7 @@ class ScoringLoop:
 
     async def tick(self) -> None:
         """Hand people whose deadline passed to the loop as re-evaluation commands."""
-        recovery = cast(Any, self.app.tables).recovery
-        if self.app.rebalancing or not recovery.completed.is_set():
+        if not self.app.settled():  # a rebuild now would miss people still being recovered
             return
         partitions = self.assigned()
         if partitions != self._built_for:
@@ -250,18 +252,24 @@ class ScoringLoop:
         await self.publisher.publish(sends)
 
     def _rebuild(self, partitions: set[int]) -> None:
-        """Once per rebalance, never per tick: the heap and population of this worker's people."""
+        """Once per rebalance, never per tick: the heap, population and entry count of this
+        worker's people. States are read one at a time and not kept: a RocksDB table decodes
+        each, and holding a million decoded states at once would cost gigabytes."""
+        started = time.perf_counter()
         overlay = {**self._flushing_states, **self._pending}  # not in the store yet
-        latest = [(k, v) for k, v in self.people.items() if k not in overlay]
-        mine = [
-            (key, cast(State, value))
-            for key, value in [*latest, *overlay.items()]
-            if partition_of(key, self.partitions) in partitions
-        ]
-        self.deadlines.rebuild((k, v.get("deadline") if is_live(v) else None) for k, v in mine)
-        self.population = Counter(_tier(v) for _, v in mine)
-        self.entries = len(mine)
+        stored = ((k, v) for k, v in self.people.items() if k not in overlay)
+        due: list[tuple[bytes, float | None]] = []
+        population: Counter[str] = Counter()
+        for key, value in itertools.chain(stored, overlay.items()):
+            if partition_of(key, self.partitions) in partitions:
+                state = cast(State, value)
+                due.append((key, state.get("deadline") if is_live(state) else None))
+                population[_tier(state)] += 1
+        self.deadlines.rebuild(due)
+        self.population = population
+        self.entries = len(due)
         self._built_for = set(partitions)
+        metrics.REBUILD_SECONDS.observe(time.perf_counter() - started)
 
 
 def _observe(outcome: Outcome) -> None:

@@ -47,6 +47,12 @@ TABLE_SIZE = Gauge(
     "Entries in this worker's table partitions (people and markers), and scheduled deadlines.",
     ["table"],
 )
+REBUILD_SECONDS = Histogram(
+    "tierflow_scoring_rebuild_duration_seconds",
+    "Time to rebuild the deadline heap, tier population and entry count from the table after "
+    "a rebalance (it reads every state of the partitions held; the loop waits for it).",
+    buckets=(0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
+)
 PROFILES_WRITTEN = Counter(
     "tierflow_scoring_profiles_written_total",
     "Profiles upserted (or deleted) in the Postgres read model.",

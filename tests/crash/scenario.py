@@ -311,13 +311,17 @@ async def stale_people(worker: Worker, expected: dict[bytes, State]) -> list[str
     async with httpx.AsyncClient(timeout=10) as client:
         for key, state in expected.items():
             oneid = key.decode()
-            want = profile_of(oneid, state, MODEL).model_dump(mode="json")
-            got = await explained(client, worker, oneid)
-            held = got.get("profile", {})
-            fields = ("tier", "scores", "events_counted", "tags", "lifecycle_stage")
-            if any(held.get(f) != want[f] for f in fields):
+            if not explains(oneid, state, await explained(client, worker, oneid)):
                 stale.append(oneid)
     return stale
+
+
+def explains(oneid: str, state: State, answer: Any) -> bool:
+    """True when an /explain answer shows the profile of the replayed ``state``."""
+    want = profile_of(oneid, state, MODEL).model_dump(mode="json")
+    held = answer.get("profile", {})
+    fields = ("tier", "scores", "events_counted", "tags", "lifecycle_stage")
+    return all(held.get(f) == want[f] for f in fields)
 
 
 def _check_changes(

@@ -1,5 +1,6 @@
 """/explain while the worker owning a person is dead but still in the group: 503 with
-Retry-After (not a 500), then the person's answer once the group has rebalanced."""
+Retry-After (not a 500), then the person's answer once the group has rebalanced, and never a
+state older than the changelog's while the survivor takes the partitions over."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 import httpx
 
 from services.scoring.app import EXPLAIN_RETRY_AFTER_SECONDS
+from services.scoring.scorer import State
 from shared.settings import CommonSettings
-from tests.crash.scenario import Replayed, changelog_states, produce_events
+from tests.crash.scenario import Replayed, changelog_states, explains, produce_events
 from tests.crash.scoring_worker import Worker
 
 REGROUP_SECONDS = 60
@@ -29,12 +31,11 @@ async def test_explain_answers_503_for_people_of_a_dead_member(
         await asyncio.gather(*(w.ready() for w in workers))
         await produce_events(bootstrap, setup.stream)
         await changelog_states(bootstrap, setup.app_id, expected, timeout=60)
-        people = [key.decode() for key in expected]
         survivor = workers[0]
         async with httpx.AsyncClient(timeout=10) as client:
-            await _until_all_answer(client, survivor, people)
+            await _until_all_answer(client, survivor, expected)
             workers[1].kill()  # its session lasts seconds more: it still owns its partitions
-            answers = [await client.get(f"{survivor.url}/v1/scores/{p}/explain") for p in people]
+            answers = await _answers(client, survivor, expected)
             statuses = {a.status_code for a in answers}
             assert statuses <= {200, 503}, statuses
             unavailable = [a for a in answers if a.status_code == 503]
@@ -44,19 +45,34 @@ async def test_explain_answers_503_for_people_of_a_dead_member(
                 and a.json()["error"] == "unavailable"
                 for a in unavailable
             )
-            await _until_all_answer(client, survivor, people)  # it took the people over
+            await _until_all_answer(client, survivor, expected)  # it took the people over
     finally:
         for worker in workers:
             worker.stop()
 
 
-async def _until_all_answer(client: httpx.AsyncClient, worker: Worker, people: list[str]) -> None:
+async def _answers(
+    client: httpx.AsyncClient, worker: Worker, expected: dict[bytes, State]
+) -> list[httpx.Response]:
+    """``worker``'s /explain of everyone; each 200 must show the changelog's latest state (a
+    worker taking partitions over answers 503 until it has recovered them)."""
+    answers = []
+    for key, state in expected.items():
+        oneid = key.decode()
+        answer = await client.get(f"{worker.url}/v1/scores/{oneid}/explain")
+        if answer.status_code == 200:
+            assert explains(oneid, state, answer.json()), f"a stale answer for {oneid}"
+        answers.append(answer)
+    return answers
+
+
+async def _until_all_answer(
+    client: httpx.AsyncClient, worker: Worker, expected: dict[bytes, State]
+) -> None:
     """Until ``worker`` answers 200 for everyone (503 meanwhile: a rebalance under way)."""
     deadline = time.monotonic() + REGROUP_SECONDS
     while True:
-        statuses = {
-            (await client.get(f"{worker.url}/v1/scores/{p}/explain")).status_code for p in people
-        }
+        statuses = {a.status_code for a in await _answers(client, worker, expected)}
         assert statuses <= {200, 503}, statuses
         if statuses == {200}:
             return
