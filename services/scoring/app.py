@@ -141,9 +141,9 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         forwards the request to it. While no owner is known or the owner cannot be reached (a
         rebalance; a member that died and has not left the group yet), 503 and Retry-After
         (Faust's own table route answered 500 to a refused connection). Nor does a worker
-        answer while it is rebalancing or recovering: its table may not hold the person's latest
-        state yet."""
-        if not app.settled():
+        answer while it rebalances: Faust's rebalance lasts until the new assignment's recovery
+        is done, and until then the table may not hold the person's latest state."""
+        if app.rebalancing:
             taking_over = "this worker is taking over partitions (rebalance or recovery); retry"
             return error_page(
                 web, Unavailable(taking_over, retry_after=EXPLAIN_RETRY_AFTER_SECONDS)

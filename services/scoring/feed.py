@@ -231,12 +231,6 @@ class ScoringApp(faust.App):  # type: ignore[misc,unused-ignore]  # faust is unt
     def _new_transport(self) -> Any:
         return FeedTransport(self.conf.broker_consumer, self)
 
-    def settled(self) -> bool:
-        """True once the table holds every state of the partitions assigned now: no rebalance
-        under way, and the current generation's recovery done (see ``ProbedRecovery``)."""
-        recovery = cast(Any, self.tables).recovery
-        return not self.rebalancing and recovery.settled_generation == self.consumer_generation_id
-
     def current(self, poll: Poll) -> bool:
         """False for a poll fetched before a rebalance, or while one is under way."""
         return poll.generation == self.consumer_generation_id and self.flow_control.is_active()

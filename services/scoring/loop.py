@@ -235,7 +235,8 @@ class ScoringLoop:
 
     async def tick(self) -> None:
         """Hand people whose deadline passed to the loop as re-evaluation commands."""
-        if not self.app.settled():  # a rebuild now would miss people still being recovered
+        recovery = cast(Any, self.app.tables).recovery
+        if self.app.rebalancing or not recovery.completed.is_set():
             return
         partitions = self.assigned()
         if partitions != self._built_for:

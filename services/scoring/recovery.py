@@ -63,25 +63,6 @@ class ProbedRecovery(Recovery):  # type: ignore[misc,unused-ignore]  # faust is 
     later full collection walk a million people.
     """
 
-    settled_generation: int | None = None
-    """The consumer generation whose assigned partitions are fully recovered and resumed: until
-    it equals the app's, the table may lack people's latest states. Faust's own signals leave
-    gaps (``completed`` is never cleared once set, and ``in_recovery`` is set only after the
-    recovery delay that follows a rebalance)."""
-
-    async def _resume_streams(self, generation_id: int = 0) -> None:
-        await super()._resume_streams(generation_id=generation_id)
-        self._settled(generation_id)
-
-    async def on_recovery_completed(self, generation_id: int = 0) -> None:
-        await super().on_recovery_completed(generation_id=generation_id)
-        self._settled(generation_id)
-
-    def _settled(self, generation_id: int) -> None:
-        # Faust returns early, without resuming, when a newer rebalance superseded this one
-        if self.app.consumer_generation_id == generation_id and not self.app.rebalancing:
-            self.settled_generation = generation_id
-
     def _set_recovery_started(self) -> None:
         gc.disable()
         super()._set_recovery_started()
