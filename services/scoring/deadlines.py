@@ -7,7 +7,6 @@ heap and is dropped when it surfaces, because the agent re-checks the stored dea
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
 
 
 class Deadlines:
@@ -39,8 +38,11 @@ class Deadlines:
                 due.append((key, deadline))
         return due
 
-    def rebuild(self, entries: Iterable[tuple[bytes, float | None]]) -> None:
-        """Replace everything (after a rebalance) with ``entries``."""
-        self._due = {key: deadline for key, deadline in entries if deadline is not None}
-        self._heap = [(deadline, key) for key, deadline in self._due.items()]
-        heapq.heapify(self._heap)
+    @classmethod
+    def of(cls, due: dict[bytes, float]) -> Deadlines:
+        """A heap of ``due`` (key: deadline), which it keeps as its own."""
+        deadlines = cls()
+        deadlines._due = due
+        deadlines._heap = list(zip(due.values(), due.keys(), strict=True))
+        heapq.heapify(deadlines._heap)
+        return deadlines

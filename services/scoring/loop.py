@@ -15,17 +15,18 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import Any, cast
 
 import faust
 from faust.types import TP, Message
 
 from services.scoring import metrics
+from services.scoring.census import Census, deadline_of, tier_of
 from services.scoring.clock import Clock
 from services.scoring.deadlines import Deadlines
 from services.scoring.feed import ScoringApp
-from services.scoring.processor import Outcome, Record, is_live, process
+from services.scoring.processor import Outcome, Record, process
 from services.scoring.rules import ScoringModel
 from services.scoring.schemas import Reevaluate
 from services.scoring.scorer import State
@@ -34,12 +35,9 @@ from shared.kafka import SentBatch, partition_of, send_batches
 from shared.topics import EVENTS_RESOLVED, SCORING_COMMANDS
 
 TIMER_BATCH = 10_000  # re-evaluations handed to the loop per timer tick at most
+REBUILD_SLICE_SECONDS = 0.02  # the rebuild's scan hands the event loop back this often
 
 Outgoing = tuple[str, bytes, bytes | None]
-
-
-def _tier(state: State | None) -> str:
-    return cast(str, state["tier"] or "none") if state is not None and is_live(state) else "none"
 
 
 class Publisher:
@@ -96,6 +94,7 @@ class ScoringLoop:
         self.flush_interval = flush_interval
         self.publisher = Publisher(app)
         self._built_for: set[int] = set()
+        self._census: Census | None = None  # a rebuild in progress
         self._pending: dict[bytes, State] = {}  # changed since the last flush
         self._flushing_states: dict[bytes, State] = {}  # in changelog records not yet acked
         self._flushing_encoded: dict[bytes, bytes] = {}  # those records' values
@@ -151,10 +150,12 @@ class ScoringLoop:
             if before is None:
                 self.entries += 1
             else:
-                self.population[_tier(before)] -= 1
+                self.population[tier_of(before)] -= 1
             self._pending[key] = state
-            self.population[_tier(state)] += 1
-            self.deadlines.set(key, state.get("deadline") if is_live(state) else None)
+            self.population[tier_of(state)] += 1
+            self.deadlines.set(key, deadline_of(state))
+        if self._census is not None:
+            self._census.written.update(outcome.writes)
         self._held.extend(messages)
         _observe(outcome)
         if asyncio.get_running_loop().time() - self._flushed >= self.flush_interval:
@@ -235,12 +236,11 @@ class ScoringLoop:
 
     async def tick(self) -> None:
         """Hand people whose deadline passed to the loop as re-evaluation commands."""
-        recovery = cast(Any, self.app.tables).recovery
-        if self.app.rebalancing or not recovery.completed.is_set():
+        if not self._settled():
             return
         partitions = self.assigned()
-        if partitions != self._built_for:
-            self._rebuild(partitions)
+        if partitions != self._built_for and not await self._rebuild(partitions):
+            return
         sends: list[Outgoing] = [
             (
                 SCORING_COMMANDS.name,
@@ -252,25 +252,58 @@ class ScoringLoop:
         ]
         await self.publisher.publish(sends)
 
-    def _rebuild(self, partitions: set[int]) -> None:
+    def _settled(self) -> bool:
+        """True when no rebalance (which lasts until its recovery is done) is under way."""
+        recovery = cast(Any, self.app.tables).recovery
+        return not self.app.rebalancing and bool(recovery.completed.is_set())
+
+    async def _rebuild(self, partitions: set[int]) -> bool:
         """Once per rebalance, never per tick: the heap, population and entry count of this
-        worker's people. States are read one at a time and not kept: a RocksDB table decodes
-        each, and holding a million decoded states at once would cost gigabytes."""
+        worker's people. The scan yields to the event loop every few milliseconds (batches are
+        scored meanwhile; see :class:`Census`) and gives up, returning False, if another
+        rebalance begins. States are decoded one at a time and not kept: holding a million
+        decoded states at once would cost gigabytes."""
         started = time.perf_counter()
-        overlay = {**self._flushing_states, **self._pending}  # not in the store yet
-        stored = ((k, v) for k, v in self.people.items() if k not in overlay)
-        due: list[tuple[bytes, float | None]] = []
-        population: Counter[str] = Counter()
-        for key, value in itertools.chain(stored, overlay.items()):
-            if partition_of(key, self.partitions) in partitions:
-                state = cast(State, value)
-                due.append((key, state.get("deadline") if is_live(state) else None))
-                population[_tier(state)] += 1
-        self.deadlines.rebuild(due)
-        self.population = population
-        self.entries = len(due)
+        generation = self.app.consumer_generation_id
+        census = self._census = Census(
+            key
+            for key in itertools.chain(self._flushing_states, self._pending)
+            if partition_of(key, self.partitions) in partitions
+        )
+        scan = self._stored(partitions)
+        try:
+            slice_started = started
+            for count, (key, state) in enumerate(scan):
+                census.scanned(key, state)
+                if count % 64 or time.perf_counter() - slice_started < REBUILD_SLICE_SECONDS:
+                    continue
+                await asyncio.sleep(0)
+                if not (
+                    self._settled()
+                    and self.app.consumer_generation_id == generation
+                    and self.assigned() == partitions
+                ):
+                    return False
+                slice_started = time.perf_counter()
+            self.deadlines, self.population, self.entries = census.finish(self.state_of)
+        finally:
+            scan.close()  # a RocksDB iterator holds its database open
+            self._census = None
         self._built_for = set(partitions)
         metrics.REBUILD_SECONDS.observe(time.perf_counter() - started)
+        return True
+
+    def _stored(self, partitions: set[int]) -> Generator[tuple[bytes, State]]:
+        """The stored people of ``partitions``."""
+        store = self.people.data
+        if isinstance(store, KeyPartitionedRocksDBStore):
+            for partition in sorted(partitions):
+                yield from store.items_of(partition)
+            return
+        # the memory store's dict changes while the scan yields: scan a copy
+        for key, state in list(self.people.items()):
+            if partition_of(key, self.partitions) in partitions:
+                yield key, state
 
 
 def _observe(outcome: Outcome) -> None:

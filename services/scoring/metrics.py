@@ -50,7 +50,8 @@ TABLE_SIZE = Gauge(
 REBUILD_SECONDS = Histogram(
     "tierflow_scoring_rebuild_duration_seconds",
     "Time to rebuild the deadline heap, tier population and entry count from the table after "
-    "a rebalance (it reads every state of the partitions held; the loop waits for it).",
+    "a rebalance (it reads every state of the partitions held, in slices between which the "
+    "loop goes on scoring; the timer waits for it).",
     buckets=(0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
 )
 PROFILES_WRITTEN = Counter(

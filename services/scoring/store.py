@@ -10,7 +10,7 @@ database.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import faust
@@ -44,6 +44,15 @@ class KeyPartitionedRocksDBStore(RocksDBStore):
     def _dbs_for_key(self, key: bytes) -> Iterable[Any]:
         db = self._open_db(key)
         return [] if db is None else [db]
+
+    def items_of(self, partition: int) -> Iterator[tuple[bytes, Any]]:
+        """Every person stored in one partition's database, decoded (none if this worker has
+        not opened it). RocksDB iterates a snapshot: writes made meanwhile are not seen."""
+        db = self._dbs.get(partition)
+        if db is None:
+            return
+        for key, value in self._visible_items(db):
+            yield key, self._decode_value(value)
 
     def write_encoded(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Store values already encoded with the table's value serializer (the scoring loop

@@ -1,0 +1,62 @@
+"""A worker's census of its people (deadlines, tier population, entry count), rebuilt from the
+table after a rebalance while the scoring loop goes on writing.
+
+At a million people the scan takes seconds; it runs in slices, and the loop scores between them.
+A person the loop writes during the scan may be seen by the scan before or after (or, on RocksDB,
+as of the iterator's snapshot): the census ignores what the scan saw of such a person and takes
+its state from the loop when the scan is done.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import cast
+
+from services.scoring.deadlines import Deadlines
+from services.scoring.processor import is_live
+from services.scoring.scorer import State
+
+
+def tier_of(state: State | None) -> str:
+    """The population a person counts in: its tier, or ``none`` (unscored, merged, erased)."""
+    return cast(str, state["tier"] or "none") if state is not None and is_live(state) else "none"
+
+
+def deadline_of(state: State) -> float | None:
+    """When the timer should look at a person again (never for a merged or erased one)."""
+    return state.get("deadline") if is_live(state) else None
+
+
+class Census:
+    """One rebuild: what the scan found, and which people the loop wrote meanwhile."""
+
+    def __init__(self, written: Iterable[bytes]) -> None:
+        self.written: set[bytes] = set(written)  # people whose state the loop holds
+        self._tiers: dict[bytes, str] = {}
+        self._due: dict[bytes, float] = {}
+        self._names: dict[str, str] = {}  # one string per tier name, not one per person
+
+    def scanned(self, key: bytes, state: State) -> None:
+        """A person as the table's scan read it (a written person's is replaced at the end)."""
+        self._count(key, state)
+
+    def finish(
+        self, state_of: Callable[[bytes], State | None]
+    ) -> tuple[Deadlines, Counter[str], int]:
+        """The deadlines, population and entry count, with the written people's latest states
+        from ``state_of``."""
+        for key in self.written:
+            self._tiers.pop(key, None)
+            self._due.pop(key, None)
+            state = state_of(key)
+            if state is not None:
+                self._count(key, state)
+        return Deadlines.of(self._due), Counter(self._tiers.values()), len(self._tiers)
+
+    def _count(self, key: bytes, state: State) -> None:
+        tier = tier_of(state)
+        self._tiers[key] = self._names.setdefault(tier, tier)
+        deadline = deadline_of(state)
+        if deadline is not None:
+            self._due[key] = deadline
