@@ -91,7 +91,15 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         use_partitioner=True,
     )
     flush_interval = settings.scoring_flush_interval
-    loop = ScoringLoop(app, people, model, clock, settings.topic_partitions, flush_interval)
+    loop = ScoringLoop(
+        app,
+        people,
+        model,
+        clock,
+        settings.topic_partitions,
+        flush_interval,
+        rebuild_slice=settings.scoring_rebuild_slice_seconds,
+    )
 
     @app.task  # type: ignore[untyped-decorator]
     async def score() -> None:
@@ -131,6 +139,7 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
     async def prometheus(web: Any, request: Any) -> Any:
         metrics.TABLE_SIZE.labels("people").set(loop.entries)
         metrics.TABLE_SIZE.labels("deadlines").set(len(loop.deadlines))
+        metrics.TIER_POPULATION.clear()  # a tier no longer held must not keep its old count
         for tier, count in loop.population.items():
             metrics.TIER_POPULATION.labels(tier).set(count)
         return web.bytes(generate_latest(), content_type="text/plain; version=0.0.4")

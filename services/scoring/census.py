@@ -29,12 +29,14 @@ def deadline_of(state: State) -> float | None:
 
 
 class Census:
-    """One rebuild: what the scan found, and which people the loop wrote meanwhile."""
+    """One rebuild: what the scan found, and which people the loop wrote meanwhile. Counted as
+    the scan goes, so that its end costs only the people written meanwhile."""
 
     def __init__(self, written: Iterable[bytes]) -> None:
         self.written: set[bytes] = set(written)  # people whose state the loop holds
-        self._tiers: dict[bytes, str] = {}
-        self._due: dict[bytes, float] = {}
+        self.deadlines = Deadlines()
+        self.population: Counter[str] = Counter()
+        self._tiers: dict[bytes, str] = {}  # each person's tier as counted
         self._names: dict[str, str] = {}  # one string per tier name, not one per person
 
     def scanned(self, key: bytes, state: State) -> None:
@@ -47,16 +49,18 @@ class Census:
         """The deadlines, population and entry count, with the written people's latest states
         from ``state_of``."""
         for key in self.written:
-            self._tiers.pop(key, None)
-            self._due.pop(key, None)
-            state = state_of(key)
-            if state is not None:
-                self._count(key, state)
-        return Deadlines.of(self._due), Counter(self._tiers.values()), len(self._tiers)
+            self._count(key, state_of(key))
+        return self.deadlines, self.population, len(self._tiers)
 
-    def _count(self, key: bytes, state: State) -> None:
+    def _count(self, key: bytes, state: State | None) -> None:
+        """Count ``key`` as ``state`` (None: not at all), in place of how it was counted."""
+        before = self._tiers.pop(key, None)
+        if before is not None:
+            self.population[before] -= 1
+        if state is None:
+            self.deadlines.set(key, None)
+            return
         tier = tier_of(state)
-        self._tiers[key] = self._names.setdefault(tier, tier)
-        deadline = deadline_of(state)
-        if deadline is not None:
-            self._due[key] = deadline
+        self._tiers[key] = tier = self._names.setdefault(tier, tier)
+        self.population[tier] += 1
+        self.deadlines.set(key, deadline_of(state))

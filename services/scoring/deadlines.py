@@ -37,12 +37,3 @@ class Deadlines:
                 del self._due[key]
                 due.append((key, deadline))
         return due
-
-    @classmethod
-    def of(cls, due: dict[bytes, float]) -> Deadlines:
-        """A heap of ``due`` (key: deadline), which it keeps as its own."""
-        deadlines = cls()
-        deadlines._due = due
-        deadlines._heap = list(zip(due.values(), due.keys(), strict=True))
-        heapq.heapify(deadlines._heap)
-        return deadlines

@@ -35,7 +35,6 @@ from shared.kafka import SentBatch, partition_of, send_batches
 from shared.topics import EVENTS_RESOLVED, SCORING_COMMANDS
 
 TIMER_BATCH = 10_000  # re-evaluations handed to the loop per timer tick at most
-REBUILD_SLICE_SECONDS = 0.02  # the rebuild's scan hands the event loop back this often
 
 Outgoing = tuple[str, bytes, bytes | None]
 
@@ -82,6 +81,8 @@ class ScoringLoop:
         clock: Clock,
         partitions: int,
         flush_interval: float,
+        *,
+        rebuild_slice: float,
     ) -> None:
         self.app = app
         self.people = people
@@ -92,6 +93,7 @@ class ScoringLoop:
         self.population: Counter[str] = Counter()
         self.entries = 0  # table entries (people and markers) of the partitions held
         self.flush_interval = flush_interval
+        self.rebuild_slice = rebuild_slice
         self.publisher = Publisher(app)
         self._built_for: set[int] = set()
         self._census: Census | None = None  # a rebuild in progress
@@ -259,7 +261,7 @@ class ScoringLoop:
 
     async def _rebuild(self, partitions: set[int]) -> bool:
         """Once per rebalance, never per tick: the heap, population and entry count of this
-        worker's people. The scan yields to the event loop every few milliseconds (batches are
+        worker's people. The scan yields to the event loop every ``rebuild_slice`` (batches are
         scored meanwhile; see :class:`Census`) and gives up, returning False, if another
         rebalance begins. States are decoded one at a time and not kept: holding a million
         decoded states at once would cost gigabytes."""
@@ -275,7 +277,7 @@ class ScoringLoop:
             slice_started = started
             for count, (key, state) in enumerate(scan):
                 census.scanned(key, state)
-                if count % 64 or time.perf_counter() - slice_started < REBUILD_SLICE_SECONDS:
+                if count % 64 or time.perf_counter() - slice_started < self.rebuild_slice:
                     continue
                 await asyncio.sleep(0)
                 if not (

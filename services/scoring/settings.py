@@ -52,6 +52,13 @@ class ScoringSettings(CommonSettings):
         "person's latest state once), after which the messages behind them are committed; 0 "
         "writes them after every batch. Tier changes and profiles go out with every batch.",
     )
+    scoring_rebuild_slice_seconds: float = Field(
+        default=0.02,
+        ge=0,
+        description="After a rebalance the deadline heap is rebuilt from the table by a scan "
+        "that hands the event loop back after this long (and checks the clock every 64 "
+        "people); batches are scored in between. 0 yields every 64 people (tests).",
+    )
     scoring_timer_interval: float = Field(
         default=0.5, gt=0, description="Seconds between looks at the deadline heap."
     )

@@ -178,9 +178,6 @@ def test_deadline_heap_pops_only_current_entries_in_order() -> None:
     heap.set(b"c", None)
     assert heap.pop_due(25.0, 10) == [(b"b", 10.0), (b"a", 20.0)]
     assert heap.pop_due(100.0, 10) == []
-    heap = Deadlines.of({b"x": 5.0, b"y": 7.0})
-    assert len(heap) == 2
-    assert heap.pop_due(6.0, 10) == [(b"x", 5.0)]
 
 
 def test_the_timer_alone_emits_stage_changes_at_their_exact_moment() -> None:
