@@ -272,6 +272,7 @@ class ScoringLoop:
             for key in itertools.chain(self._flushing_states, self._pending)
             if partition_of(key, self.partitions) in partitions
         )
+        held = len(census.written)
         scan = self._stored(partitions)
         try:
             slice_started = started
@@ -288,6 +289,8 @@ class ScoringLoop:
                     return False
                 slice_started = time.perf_counter()
             self.deadlines, self.population, self.entries = census.finish(self.state_of)
+            metrics.REBUILD_FROM_LOOP.labels("held").inc(held)
+            metrics.REBUILD_FROM_LOOP.labels("scored").inc(len(census.written) - held)
         finally:
             scan.close()  # a RocksDB iterator holds its database open
             self._census = None

@@ -54,6 +54,12 @@ REBUILD_SECONDS = Histogram(
     "loop goes on scoring; the timer waits for it).",
     buckets=(0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
 )
+REBUILD_FROM_LOOP = Counter(
+    "tierflow_scoring_rebuild_from_loop_total",
+    "People a rebuild counted from the loop's state rather than the table's scan: those the "
+    "loop held unstored when it began (held) and those it scored while the scan ran (scored).",
+    ["when"],
+)
 PROFILES_WRITTEN = Counter(
     "tierflow_scoring_profiles_written_total",
     "Profiles upserted (or deleted) in the Postgres read model.",

@@ -3,8 +3,11 @@ rebuilt from the table at every rebalance by a scan that lets the loop score bet
 Rebuilt while events keep arriving, it must count what the table holds at rest, and the timer
 must then find every person.
 
-The workers yield every 64 people (``TIERFLOW_SCORING_REBUILD_SLICE_SECONDS=0``) on RocksDB, so
-the batches of a steady trickle of events are scored in the middle of the scans.
+The workers yield every 64 entries (``TIERFLOW_SCORING_REBUILD_SLICE_SECONDS=0``) on RocksDB.
+A rebuild begins at the first tick after a rebalance, often before the loop resumes: for batches
+of a steady trickle of events to be scored in the middle of a scan, the table also holds 60,000
+merge markers (people absorbed long ago; each scan lasts ~0.1 s), ticks are 1.5 s apart, and
+workers join and leave until the workers' metric shows a person scored during a scan.
 """
 
 from __future__ import annotations
@@ -12,18 +15,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from services.scoring.census import deadline_of, tier_of
+from services.scoring.processor import MERGED
 from services.scoring.scorer import State
 from services.scoring.service import reevaluate
+from shared.contracts import ResolvedEvent, encode
+from shared.kafka import create_topics
 from shared.settings import CommonSettings
+from shared.topics import EVENTS_RESOLVED, TopicSpec
 from tests.crash.scenario import (
     MODEL,
     Replayed,
@@ -32,10 +39,13 @@ from tests.crash.scenario import (
     produce_events,
     replay,
 )
-from tests.crash.scoring_worker import Worker, read_until, set_clock
+from tests.crash.scoring_worker import Worker, produce, read_until, set_clock
 from tests.factories import T0
 
 REBUILDS = "tierflow_scoring_rebuild_duration_seconds_count"
+FROM_LOOP = "tierflow_scoring_rebuild_from_loop_total"
+MARKERS = 60_000
+ROUNDS = 8
 
 
 async def test_a_census_rebuilt_while_events_arrive_counts_the_table_and_times_everyone(
@@ -49,22 +59,45 @@ async def test_a_census_rebuilt_while_events_arrive_counts_the_table_and_times_e
         seed=5,
         TIERFLOW_SCORING_STORE="rocksdb://",
         TIERFLOW_SCORING_REBUILD_SLICE_SECONDS="0",
+        # a worker's loop resumes 0.5-1 s after a rebalance and its rebuild begins at the next
+        # tick: ticks 1.5 s apart begin many rebuilds after the loop resumed
+        TIERFLOW_SCORING_TIMER_INTERVAL="1.5",
     )
     stream, expected, app_id, env = setup.stream, setup.expected, setup.app_id, setup.env
     first, second = stream[:3000], stream[3000:]
-    workers = [Worker("a", env, tmp_path)]
+    await _merge_markers(settings, app_id, MARKERS)
+    a = Worker("a", env, tmp_path)
+    workers = [a]
+    trickle: asyncio.Task[None] | None = None
     try:
-        await workers[0].ready()
+        await a.ready()
         await produce_events(bootstrap, first)
         await changelog_states(bootstrap, app_id, replay(first)[0], timeout=120)
 
-        # b's join makes a rebuild for the half it keeps and b for the half it takes, both
-        # scanning a table of ~1,500 people while the rest of the stream trickles in
-        workers.append(Worker("b", env, tmp_path))
-        await asyncio.gather(_trickle(bootstrap, second), *(w.ready() for w in workers))
+        # b joins and leaves while the rest of the stream trickles in, each time making both
+        # workers rebuild, until a batch was scored in the middle of a scan
+        enough = asyncio.Event()
+        trickle = asyncio.create_task(_trickle(bootstrap, second, enough))
+        scored = 0.0
+        for _ in range(ROUNDS):
+            b = Worker("b", env, tmp_path)
+            workers.append(b)
+            await _rebuilt(a, b.ready())
+            scored = await a.metric(FROM_LOOP, when="scored") + await b.metric(
+                FROM_LOOP, when="scored"
+            )
+            if scored:
+                break
+            await _rebuilt(a, asyncio.to_thread(b.stop))
+            workers.remove(b)
+            scored = await a.metric(FROM_LOOP, when="scored")
+            if scored:
+                break
+        assert scored, f"no batch was scored during a scan in {ROUNDS} rounds"
+        enough.set()
+        await trickle
         latest = await changelog_states(bootstrap, app_id, expected, timeout=180)
         assert mismatched(latest, expected) == []
-        assert [await w.metric(REBUILDS) >= 1 for w in workers] == [True, True]
         await _census_matches_the_table(workers, bootstrap, app_id)
 
         # every deadline is in one of the rebuilt heaps: moved past all of them, the clock
@@ -76,15 +109,54 @@ async def test_a_census_rebuilt_while_events_arrive_counts_the_table_and_times_e
         assert [k.decode() for k, s in due.items() if latest.get(k) != _json(s)] == []
         await _census_matches_the_table(workers, bootstrap, app_id)
     finally:
+        if trickle is not None:
+            trickle.cancel()
         for worker in workers:
             worker.stop()
 
 
-async def _trickle(bootstrap: str, events: list[Any]) -> None:
-    """``events`` in small chunks over ~10 s: a join, both recoveries and both rebuilds."""
-    for start in range(0, len(events), 15):
-        await produce_events(bootstrap, events[start : start + 15])
-        await asyncio.sleep(0.05)
+async def _merge_markers(settings: CommonSettings, app_id: str, count: int) -> None:
+    """``count`` people merged away, on the people changelog before any worker starts (which
+    then finds the topic there), so that every worker recovers them into its table."""
+    changelog = f"{app_id}-people-changelog"
+    spec = TopicSpec(
+        changelog, "oneid", "the people table's changelog", {"cleanup.policy": "compact"}
+    )
+    await create_topics(settings, [spec])
+    marker = orjson.dumps({MERGED: "census-winner"})
+    await produce(
+        settings.kafka_bootstrap,
+        changelog,
+        [(f"absorbed-{i}".encode(), marker) for i in range(count)],
+    )
+
+
+async def _rebuilt(worker: Worker, change: Awaitable[object]) -> None:
+    """Await ``change`` (a join or a leave), then ``worker``'s rebuild after the rebalance."""
+    before = await worker.metric(REBUILDS)
+    await change
+    deadline = time.monotonic() + 60
+    while await worker.metric(REBUILDS) == before:
+        assert time.monotonic() < deadline, "no rebuild after the rebalance"
+        await asyncio.sleep(0.2)
+
+
+async def _trickle(bootstrap: str, events: list[ResolvedEvent], enough: asyncio.Event) -> None:
+    """``events`` at ~100 a second from one producer (the rest at once when ``enough`` is
+    set), so that a worker whose rebuild begins after its loop resumed finds polls waiting at
+    the yields of its scan."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    await producer.start()
+    try:
+        sent = []
+        for event in events:
+            key = event.oneid.encode()
+            sent.append(await producer.send(EVENTS_RESOLVED.name, encode(event), key=key))
+            if not enough.is_set():
+                await asyncio.sleep(0.01)
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
 
 
 async def _census_matches_the_table(workers: list[Worker], bootstrap: str, app_id: str) -> None:
