@@ -560,6 +560,26 @@ def evaluate(state: State, now: float, model: ScoringModel) -> Move | None:
     return move
 
 
+def _recent_of_both(winner: list[str], absorbed: list[str]) -> str:
+    """The ids the merged person remembers: the newest of each side in turn, up to
+    ``SEEN_LIMIT``. Both sides' recent events can be delivered again after a merge (the
+    winner's to the winner, the absorbed's forwarded to it), so neither may crowd out the
+    other: appending one list to the other and keeping the tail dropped every id of the
+    winner when the absorbed person had a full list."""
+    known = set(winner)
+    others = [token for token in absorbed if token not in known]
+    kept: list[str] = []
+    mine, theirs = len(winner), len(others)
+    while (mine or theirs) and len(kept) < SEEN_LIMIT:
+        if mine:
+            mine -= 1
+            kept.append(winner[mine])
+        if theirs and len(kept) < SEEN_LIMIT:
+            theirs -= 1
+            kept.append(others[theirs])
+    return "".join(reversed(kept))
+
+
 def fold(winner: State | None, absorbed: State, model: ScoringModel) -> State:
     """The winner's state with the absorbed person's events folded in (a merge).
 
@@ -600,13 +620,11 @@ def fold(winner: State | None, absorbed: State, model: ScoringModel) -> State:
     purchases = [*winner["purchases"], *absorbed["purchases"]]
     last_purchases = [p for p in (winner["last_purchase_at"], absorbed["last_purchase_at"]) if p]
     last_events = [e for e in (winner["last_event_at"], absorbed["last_event_at"]) if e]
-    seen = seen_tokens(winner["seen"])
-    seen += "".join(token for token in each_seen(absorbed["seen"]) if token not in seen)
     merged.update(
         first_seen_at=min(winner["first_seen_at"], absorbed["first_seen_at"]),
         last_event_at=max(last_events) if last_events else None,
         events=winner["events"] + absorbed["events"],
-        seen=seen[-SEEN_LIMIT * TOKEN_WIDTH :],
+        seen=_recent_of_both(each_seen(winner["seen"]), each_seen(absorbed["seen"])),
         engagement_at=ref,
         engagement=engagement,
         earned={

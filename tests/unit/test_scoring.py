@@ -298,9 +298,32 @@ def test_a_state_that_kept_the_ids_themselves_still_dedups_them() -> None:
     winner = scorer.new_state(BASE)
     scorer.remember(winner, "old-1")
     merged = scorer.fold(winner, {**state, "seen": ["old-1", "old-2", "new-1"]}, MODEL)
-    assert scorer.each_seen(merged["seen"]) == [
+    assert sorted(scorer.each_seen(merged["seen"])) == sorted(
         scorer.seen_token(i) for i in ("old-1", "old-2", "new-1")
-    ]
+    )
+
+
+def test_a_merge_keeps_the_recent_ids_of_both_people() -> None:
+    winner, absorbed = scorer.new_state(BASE), scorer.new_state(BASE)
+    for n in range(10):
+        scorer.remember(winner, f"w{n}")
+    for n in range(scorer.SEEN_LIMIT):
+        scorer.remember(absorbed, f"a{n}")
+    merged = scorer.fold(winner, absorbed, MODEL)
+    kept = set(scorer.each_seen(merged["seen"]))
+    assert len(kept) == scorer.SEEN_LIMIT
+    assert all(scorer.has_seen(merged, f"w{n}") for n in range(10))
+    newest = [f"a{n}" for n in range(scorer.SEEN_LIMIT - 246, scorer.SEEN_LIMIT)]
+    assert all(scorer.has_seen(merged, marker) for marker in newest)
+    assert not scorer.has_seen(merged, "a0")
+    # both full: each keeps its newest half
+    for n in range(10, scorer.SEEN_LIMIT):
+        scorer.remember(winner, f"w{n}")
+    merged = scorer.fold(winner, absorbed, MODEL)
+    half = scorer.SEEN_LIMIT // 2
+    for side in "wa":
+        assert all(scorer.has_seen(merged, f"{side}{n}") for n in range(half, scorer.SEEN_LIMIT))
+        assert not any(scorer.has_seen(merged, f"{side}{n}") for n in range(half))
 
 
 def test_timer_drops_a_silent_person_to_at_risk() -> None:
