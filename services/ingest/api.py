@@ -32,7 +32,7 @@ from services.ingest.schemas import (
 from services.ingest.service import Collector, Outcome
 from services.ingest.settings import IngestSettings
 from services.ingest.sources import SourceDirectory, SourceRef
-from shared.errors import BadRequest, PayloadTooLarge, TierflowError, Unauthorized
+from shared.errors import BadRequest, PayloadTooLarge, TierflowError, Unauthorized, Unavailable
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -107,16 +107,31 @@ def basic_auth_key(header: bytes) -> str | None:
     return decoded.partition(":")[0] or None
 
 
-async def authenticate(scope: Scope, directory: SourceDirectory, body: Any) -> SourceRef:
-    """Basic credentials first, then ``writeKey`` in the body."""
+async def authenticated_body(scope: Scope, receive: Receive) -> tuple[SourceRef, Any]:
+    """The request's source and parsed body. A key in the Basic header (what the SDKs send)
+    is checked before the body is read, so a request with a wrong key costs no decompression
+    or parsing; without one, the body's ``writeKey`` is checked after."""
+    state = scope["app"].state
+    settings: IngestSettings = state.settings
     header = _header(scope, b"authorization")
     key = basic_auth_key(header) if header is not None else None
-    if key is None and isinstance(body, dict) and isinstance(body.get("writeKey"), str):
-        key = body["writeKey"]
+    source = await authenticate(state.sources, key) if key is not None else None
+    body = parse_json(await read_body(scope, receive, settings.max_request_bytes))
+    if source is None:
+        written = body.get("writeKey") if isinstance(body, dict) else None
+        source = await authenticate(state.sources, written if isinstance(written, str) else None)
+    return source, body
+
+
+async def authenticate(directory: SourceDirectory, key: str | None) -> SourceRef:
+    """The source of ``key``, counting refusals."""
     try:
         return await directory.authenticate(key)
     except Unauthorized:
         metrics.rejected("unauthorized").inc()
+        raise
+    except Unavailable:
+        metrics.rejected("auth_unavailable").inc()
         raise
 
 
@@ -161,11 +176,8 @@ class CallEndpoint:
         self.kind = kind
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = scope["app"].state
-        settings: IngestSettings = state.settings
-        body = parse_json(await read_body(scope, receive, settings.max_request_bytes))
-        source = await authenticate(scope, state.sources, body)
-        collector: Collector = state.collector
+        source, body = await authenticated_body(scope, receive)
+        collector: Collector = scope["app"].state.collector
         outcome = await collector.collect(source, [body], kind=self.kind)
         await respond(send, 200, _answer(outcome))
 
@@ -175,10 +187,7 @@ class BatchEndpoint:
     reported by index and dead-lettered."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = scope["app"].state
-        settings: IngestSettings = state.settings
-        body = parse_json(await read_body(scope, receive, settings.max_request_bytes))
-        source = await authenticate(scope, state.sources, body)
+        source, body = await authenticated_body(scope, receive)
         if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
             metrics.rejected("invalid").inc()
             raise BadRequest([{"field": "batch", "reason": "batch must be a list of events"}])
@@ -192,7 +201,7 @@ class BatchEndpoint:
             if (where := nul_path(context, "context")) is not None:
                 metrics.rejected("invalid").inc()
                 raise BadRequest([{"field": where, "reason": NUL_REASON}])
-        collector: Collector = state.collector
+        collector: Collector = scope["app"].state.collector
         outcome = await collector.collect(
             source, body["batch"], sent_at=_parse_sent_at(body.get("sentAt")), context=context
         )

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -27,7 +28,7 @@ from services.ingest.settings import IngestSettings
 from services.ingest.sources import SourceDirectory, ensure_source
 from shared.db import build_engine, build_sessionmaker
 from shared.errors import TierflowError
-from shared.http import database_ready, install_common, producer_ready
+from shared.http import install_common, producer_ready
 from shared.kafka import build_producer, wait_for_broker
 from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from shared.topics import EVENTS_RAW
@@ -106,7 +107,12 @@ def create_app(settings: IngestSettings) -> FastAPI:
         await producer.start()
         app.state.settings = settings
         app.state.engine = engine
-        app.state.sources = SourceDirectory(sessions, ttl_s=settings.source_cache_ttl_s)
+        app.state.sources = SourceDirectory(
+            sessions,
+            ttl_s=settings.source_cache_ttl_s,
+            timeout_s=settings.produce_timeout_s,
+            retry_after_s=settings.retry_after_s,
+        )
         acceptor = Acceptor(
             producer, timeout_s=settings.produce_timeout_s, retry_after_s=settings.retry_after_s
         )
@@ -114,6 +120,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
             acceptor,
             SourceLimiter(settings.default_rate_limit_per_s),
             max_event_bytes=settings.max_event_bytes,
+            max_clock_ahead=timedelta(seconds=settings.max_clock_ahead_s),
         )
         try:
             yield
@@ -122,11 +129,13 @@ def create_app(settings: IngestSettings) -> FastAPI:
             await engine.dispose()
 
     async def readiness() -> dict[str, bool]:
+        """Kafka only: without Postgres, ingest still serves every write key it has checked
+        (:class:`SourceDirectory`), so a database outage must not take every replica out of
+        the load balancer."""
         if not hasattr(app.state, "collector"):
             return {"started": False}
         return {
-            "kafka": await producer_ready(app.state.collector.acceptor.producer, EVENTS_RAW.name),
-            "database": await database_ready(app.state.engine),
+            "kafka": await producer_ready(app.state.collector.acceptor.producer, EVENTS_RAW.name)
         }
 
     app = IngestApp(

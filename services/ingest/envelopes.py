@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -59,13 +59,19 @@ def correct_timestamp(
 
 @dataclass(frozen=True, slots=True)
 class Invalid:
-    """One refused event: where it was, which field, why, and what it was."""
+    """One refused event: where it was, which field, why, what it was, and the kind of fault
+    (a fixed set of words, for the rejected-events metric's ``reason`` label)."""
 
     index: int
     field: str | None
     reason: str
     payload: bytes
-    too_large: bool = False
+    cause: str = "invalid"
+
+    @property
+    def too_large(self) -> bool:
+        """Over the per-event limit (413 for a single call)."""
+        return self.cause == "too_large"
 
 
 @dataclass(slots=True)
@@ -76,6 +82,8 @@ class Converted:
     records: list[tuple[bytes, bytes]] = field(default_factory=list)
     accepted: dict[str, int] = field(default_factory=dict)
     invalid: list[Invalid] = field(default_factory=list)
+    ahead: int = 0
+    """Accepted events dated after ``received_at + max_ahead``, moved back (see :func:`_times`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +95,8 @@ class Request:
     max_event_bytes: int
     sent_at: datetime | None = None
     context: dict[str, Any] | None = None
+    max_ahead: timedelta = timedelta(seconds=60)
+    """How far after its arrival an event may be dated before its clock is taken to be wrong."""
 
 
 def convert(items: list[Any], request: Request, *, kind: str | None = None) -> Converted:
@@ -101,7 +111,9 @@ def convert(items: list[Any], request: Request, *, kind: str | None = None) -> C
     for index, item in enumerate(items):
         given = item.get("type") if type(item) is dict else None
         if maybe_nul and (where := nul_path(item)) is not None:
-            out.invalid.append(Invalid(index, where or None, NUL_REASON, orjson.dumps(item)))
+            out.invalid.append(
+                Invalid(index, where or None, NUL_REASON, orjson.dumps(item), "nul_character")
+            )
             continue
         if all_small and kind is None and type(given) is str and given in _KINDS:
             positions.append(index)  # the common case, without a call per event
@@ -114,14 +126,17 @@ def convert(items: list[Any], request: Request, *, kind: str | None = None) -> C
         positions.append(index)
         candidates.append(item if kind is None or "type" in item else {**item, "type": kind})
     template = _template(request)
+    latest = request.received_at + request.max_ahead
     for index, call in _validate(items, positions, candidates, out.invalid):
-        built = _envelope(call, request, template)
+        built = _envelope(call, request, template, latest)
         if isinstance(built, Refused):
             out.invalid.append(
-                Invalid(index, built.field, built.reason, orjson.dumps(items[index]))
+                Invalid(index, built.field, built.reason, orjson.dumps(items[index]), built.cause)
             )
         else:
-            out.records.append(built)
+            key, value, ahead = built
+            out.records.append((key, value))
+            out.ahead += ahead
             call_type = call["type"]
             out.accepted[call_type] = out.accepted.get(call_type, 0) + 1
     if out.invalid:
@@ -167,14 +182,14 @@ def _precheck(
         raw = orjson.dumps(item)
         if len(raw) > max_event_bytes:
             reason = f"event is {len(raw)} bytes, limit {max_event_bytes}"
-            return Invalid(index, None, reason, raw, too_large=True)
+            return Invalid(index, None, reason, raw, "too_large")
     if not isinstance(item, dict):
         return Invalid(index, None, "event must be a JSON object", orjson.dumps(item))
     given = item.get("type")
     if kind is None and (not isinstance(given, str) or given not in CALL_TYPES):
-        return Invalid(index, "type", f"unknown type {given!r}", orjson.dumps(item))
+        return Invalid(index, "type", f"unknown type {given!r}", orjson.dumps(item), "bad_type")
     if kind is not None and given is not None and given != kind:
-        return Invalid(index, "type", f"type must be {kind!r} here", orjson.dumps(item))
+        return Invalid(index, "type", f"type must be {kind!r} here", orjson.dumps(item), "bad_type")
     return None
 
 
@@ -207,6 +222,7 @@ class Refused:
 
     field: str | None
     reason: str
+    cause: str = "invalid"
 
 
 _EMPTY: dict[str, Any] = {}
@@ -240,9 +256,10 @@ def _template(request: Request) -> dict[str, Any]:
 
 
 def _envelope(
-    call: dict[str, Any], request: Request, template: dict[str, Any]
-) -> tuple[bytes, bytes] | Refused:
-    """The (routing key, envelope JSON) of a validated call.
+    call: dict[str, Any], request: Request, template: dict[str, Any], latest: datetime
+) -> tuple[bytes, bytes, bool] | Refused:
+    """The routing key and envelope JSON of a validated call, and whether its time was moved
+    back from after ``latest``.
 
     The call's keys are the envelope's own names, so one dict merge over the request's template
     fills most of it; only what is derived or corrected is set one by one.
@@ -250,14 +267,14 @@ def _envelope(
     envelope = {**template, **call}
     key: str | None = envelope["user_id"] or envelope["anonymous_id"]
     if not key:
-        return Refused(None, "userId or anonymousId is required")
+        return Refused("userId", "userId or anonymousId is required", "missing_id")
     envelope["user_id"] = envelope["user_id"] or None
     envelope["anonymous_id"] = envelope["anonymous_id"] or None
     kind: str = envelope["type"]
     if kind in _ID_REQUIRED:
         name, alias = _ID_REQUIRED[kind]
         if not envelope[name]:
-            return Refused(alias, f"{alias} is required")
+            return Refused(alias, f"{alias} is required", "missing_id")
     context: dict[str, Any] = envelope["context"]
     if "externalIds" in context:
         try:
@@ -276,23 +293,31 @@ def _envelope(
     envelope["message_id"] = message_id
     envelope["event_id"] = derive_event_id(request.source_id, message_id)
     timestamp = envelope["timestamp"]
+    ahead = False
     if (
         timestamp is None
         or timestamp.tzinfo is None
         or "original_timestamp" in call
         or "sent_at" in call
+        or timestamp > latest
     ):
-        envelope["timestamp"], envelope["original_timestamp"], envelope["sent_at"] = _times(
-            call, request
-        )
-    return key.encode(), orjson.dumps(envelope, option=orjson.OPT_UTC_Z)
+        times = _times(call, request, latest)
+        envelope["timestamp"], envelope["original_timestamp"], envelope["sent_at"], ahead = times
+    return key.encode(), orjson.dumps(envelope, option=orjson.OPT_UTC_Z), ahead
 
 
 def _times(
-    call: dict[str, Any], request: Request
-) -> tuple[datetime, datetime | None, datetime | None]:
+    call: dict[str, Any], request: Request, latest: datetime
+) -> tuple[datetime, datetime | None, datetime | None, bool]:
     """The corrected ``timestamp``, ``originalTimestamp`` and ``sentAt`` (the event's, else the
-    batch's); naive ones are taken as UTC, as Segment does."""
+    batch's; naive ones are taken as UTC, as Segment does), and whether the time was ahead.
+
+    An explicit ``timestamp`` is kept as given (Segment's spec: when the event took place,
+    given to import the past), unless it is after ``latest``: an event cannot happen after it
+    arrives, so the client's clock is wrong. Scoring takes event time as the truth, and one
+    event dated in 2099 would hold a person's decay and deadlines there for good. Such a time
+    is corrected like an ``originalTimestamp`` (by ``sentAt``, and never past arrival) and the
+    client's value is kept as ``originalTimestamp``."""
     timestamp: datetime | None = call.get("timestamp")
     original: datetime | None = call.get("original_timestamp")
     sent_at: datetime | None = call.get("sent_at")
@@ -306,7 +331,12 @@ def _times(
         timestamp = correct_timestamp(None, original, sent_at, request.received_at)
     elif timestamp.tzinfo is None:
         timestamp = timestamp.replace(tzinfo=UTC)
-    return timestamp, original, sent_at
+    if timestamp <= latest:
+        return timestamp, original, sent_at, False
+    if "timestamp" in call:
+        original = original or timestamp
+        timestamp = correct_timestamp(None, timestamp, sent_at, request.received_at)
+    return min(timestamp, request.received_at), original, sent_at, True
 
 
 def _external_ids(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:

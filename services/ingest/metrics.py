@@ -8,13 +8,22 @@ from shared.metrics import LATENCY_BUCKETS, SIZE_BUCKETS
 
 EVENTS = Counter(
     "tierflow_ingest_events_total",
-    "Events received, by source, type and outcome (accepted, rejected, rate_limited).",
+    "Events received, by source, type and outcome (accepted, rejected, rate_limited, "
+    "unavailable: answered 503, the client retries).",
     ["source", "type", "outcome"],
 )
 REJECTED = Counter(
     "tierflow_ingest_rejected_total",
-    "Events or requests refused, by reason.",
+    "Refusals by reason: of one event each (too_large, missing_id, bad_type, nul_character, "
+    "invalid, rate_limited) or of a whole request (request_too_large, malformed_json, "
+    "bad_gzip, unauthorized, auth_unavailable, and invalid for a batch's shape).",
     ["reason"],
+)
+CLOCK_AHEAD = Counter(
+    "tierflow_ingest_clock_ahead_total",
+    "Accepted events dated after their arrival (by more than max_clock_ahead_s) whose time was "
+    "corrected back, by source: a client with a clock set ahead.",
+    ["source"],
 )
 PAYLOAD_BYTES = Histogram(
     "tierflow_ingest_request_bytes",
@@ -37,6 +46,12 @@ PRODUCE_FAILURES = Counter(
 def events(source: str, kind: str, outcome: str) -> Counter:
     """The ``EVENTS`` child for these labels: ``labels()`` hashes and locks on every call."""
     return EVENTS.labels(source, kind, outcome)
+
+
+@lru_cache(maxsize=4096)
+def clock_ahead(source: str) -> Counter:
+    """The ``CLOCK_AHEAD`` child for ``source``."""
+    return CLOCK_AHEAD.labels(source)
 
 
 @lru_cache(maxsize=64)

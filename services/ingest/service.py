@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -81,10 +82,18 @@ class Outcome:
 class Collector:
     """Takes a request's events from parsed JSON to acknowledged Kafka records."""
 
-    def __init__(self, acceptor: Acceptor, limiter: SourceLimiter, *, max_event_bytes: int) -> None:
+    def __init__(
+        self,
+        acceptor: Acceptor,
+        limiter: SourceLimiter,
+        *,
+        max_event_bytes: int,
+        max_clock_ahead: timedelta = timedelta(seconds=60),
+    ) -> None:
         self._acceptor = acceptor
         self._limiter = limiter
         self._max_event_bytes = max_event_bytes
+        self._max_clock_ahead = max_clock_ahead
 
     @property
     def acceptor(self) -> Acceptor:
@@ -109,24 +118,40 @@ class Collector:
                 metrics.events(source.name, label, "rate_limited").inc(count)
             raise
         received_at = datetime.now(UTC)
-        request = Request(source.source_id, received_at, self._max_event_bytes, sent_at, context)
+        request = Request(
+            source.source_id,
+            received_at,
+            self._max_event_bytes,
+            sent_at,
+            context,
+            self._max_clock_ahead,
+        )
         converted = convert(items, request, kind=kind)
         invalid = converted.invalid
         if invalid and kind is not None:
             bad = invalid[0]
-            metrics.rejected("too_large" if bad.too_large else "invalid").inc()
+            metrics.rejected(bad.cause).inc()
+            metrics.events(source.name, kind, "rejected").inc()
             error = PayloadTooLarge if bad.too_large else BadRequest
             raise error([{"field": bad.field, "reason": bad.reason}])
-        await self._acceptor.accept(
-            converted.records, [_dead_letter(bad, source, received_at) for bad in invalid]
-        )
+        try:
+            await self._acceptor.accept(
+                converted.records, [_dead_letter(bad, source, received_at) for bad in invalid]
+            )
+        except Unavailable:
+            for label, count in converted.accepted.items():
+                metrics.events(source.name, label, "unavailable").inc(count)
+            raise
         for label, count in converted.accepted.items():
             metrics.events(source.name, label, "accepted").inc(count)
+        if converted.ahead:
+            metrics.clock_ahead(source.name).inc(converted.ahead)
         if invalid:
             rejected = _kinds([items[bad.index] for bad in invalid], None)
             for label, count in rejected.items():
                 metrics.events(source.name, label, "rejected").inc(count)
-            metrics.rejected("invalid_in_batch").inc(len(invalid))
+            for cause, count in Counter(bad.cause for bad in invalid).items():
+                metrics.rejected(cause).inc(count)
         return Outcome(len(converted.records), invalid)
 
 

@@ -18,8 +18,18 @@ class IngestSettings(CommonSettings):
     )
     max_event_bytes: int = Field(default=32 * 1024, description="Largest accepted event.")
     max_request_bytes: int = Field(default=500 * 1024, description="Largest accepted request.")
+    max_clock_ahead_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How far after its arrival an event may be dated; a later time is the "
+        "client's clock being ahead and is corrected (the client's value is kept as "
+        "originalTimestamp).",
+    )
     produce_timeout_s: float = Field(
-        default=5.0, gt=0, description="Longest wait for Kafka's ack before answering 503."
+        default=5.0,
+        gt=0,
+        description="Longest wait for Kafka's ack, or for Postgres to check a write key not "
+        "cached, before answering 503.",
     )
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 503.")
     default_rate_limit_per_s: int = Field(

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import secrets
 import time
 from dataclasses import dataclass
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.ingest import repository
 from shared.db import unit_of_work
-from shared.errors import Unauthorized
+from shared.errors import Unauthorized, Unavailable
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_REMEMBERED = 10_000  # refused keys remembered at most (then forgotten all at once)
 
 
 def hash_key(write_key: str) -> str:
@@ -36,39 +43,77 @@ class SourceRef:
 class SourceDirectory:
     """Resolves write keys to sources, caching answers for ``ttl_s`` (the revocation lag).
 
-    The cache is keyed by the key itself, which this process holds anyway while it serves the
-    request, so a hit costs no hashing.
+    The caches are keyed by the key itself, which this process holds anyway while it serves the
+    request, so a hit costs no hashing. Valid and refused keys are cached apart: a flood of
+    random keys fills and clears only the second, never evicting a real source's key.
+
+    When Postgres cannot answer within ``timeout_s``, a key it accepted before keeps working
+    (its source does not go down with the database; a revocation waits for it to return),
+    and any other key is answered 503 with ``Retry-After``: it may be valid, so not 401. For
+    ``retry_after_s`` after a failed lookup no other is tried, so that requests do not each
+    wait ``timeout_s`` on a database that hangs.
     """
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, ttl_s: float) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        ttl_s: float,
+        timeout_s: float = 5.0,
+        retry_after_s: int = 5,
+    ) -> None:
         self._sessions = sessions
         self._ttl_s = ttl_s
-        self._cache: dict[str, tuple[float, SourceRef | None]] = {}
+        self._timeout_s = timeout_s
+        self._retry_after_s = retry_after_s
+        self._valid: dict[str, tuple[float, SourceRef]] = {}
+        self._refused: dict[str, float] = {}
+        self._down_until = 0.0
 
     async def authenticate(self, write_key: str | None) -> SourceRef:
-        """The source owning ``write_key``; Unauthorized when missing, unknown or revoked."""
+        """The source owning ``write_key``; Unauthorized when missing, unknown or revoked,
+        Unavailable when only the database could tell and it does not answer."""
         if not write_key:
             raise Unauthorized("a write key is required (HTTP Basic user name, or writeKey)")
         now = time.monotonic()
-        cached = self._cache.get(write_key)
-        if cached is not None and now - cached[0] < self._ttl_s:
-            ref = cached[1]
-        else:
-            async with unit_of_work(self._sessions) as session:
-                source = await repository.find_active_source(session, hash_key(write_key))
-            ref = (
-                SourceRef(source.source_id, source.name, source.rate_limit_per_s)
-                if source
-                else None
-            )
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[write_key] = (now, ref)
-        if ref is None:
-            raise Unauthorized(
-                "unknown or revoked write key; create one with `tierflow sources create NAME`"
-            )
-        return ref
+        valid = self._valid.get(write_key)
+        if valid is not None and now - valid[0] < self._ttl_s:
+            return valid[1]
+        refused = self._refused.get(write_key)
+        if refused is None or now - refused >= self._ttl_s:
+            try:
+                if now < self._down_until:
+                    raise TimeoutError("a lookup failed less than retry_after_s ago")
+                async with asyncio.timeout(self._timeout_s):
+                    source = await self._lookup(write_key)
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                if now >= self._down_until:
+                    log.warning("write keys cannot be checked: %r", exc)
+                    self._down_until = time.monotonic() + self._retry_after_s
+                if valid is not None:
+                    return valid[1]
+                raise Unavailable(
+                    "the write key cannot be checked now (database unavailable); retry",
+                    retry_after=self._retry_after_s,
+                ) from exc
+            if source is not None:
+                self._valid[write_key] = (now, source)
+                self._refused.pop(write_key, None)
+                return source
+            self._valid.pop(write_key, None)
+            if len(self._refused) >= UNKNOWN_REMEMBERED:
+                self._refused.clear()
+            self._refused[write_key] = now
+        raise Unauthorized(
+            "unknown or revoked write key; create one with `tierflow sources create NAME`"
+        )
+
+    async def _lookup(self, write_key: str) -> SourceRef | None:
+        async with unit_of_work(self._sessions) as session:
+            source = await repository.find_active_source(session, hash_key(write_key))
+        if source is None:
+            return None
+        return SourceRef(source.source_id, source.name, source.rate_limit_per_s)
 
 
 async def ensure_source(

@@ -248,10 +248,14 @@ async def test_a_mixed_batch_accepts_the_valid_and_dead_letters_the_invalid(
     assert [(r["index"], r["field"]) for r in body["rejected"]] == [
         (1, "event"),
         (3, "type"),
-        (4, None),
+        (4, "userId"),
         (5, None),
     ]
     assert all(r["reason"] for r in body["rejected"])
+    async with httpx.AsyncClient(base_url=ingest) as client:
+        exported = (await client.get("/metrics")).text
+    for cause in ("invalid", "bad_type", "missing_id"):  # counted by cause, as single calls are
+        assert f'tierflow_ingest_rejected_total{{reason="{cause}"}}' in exported, cause
 
     raw = await collect(settings.kafka_bootstrap, EVENTS_RAW.name, _envelopes_of(user), count=2)
     assert sorted(e["type"] for e in raw) == ["identify", "track"]
@@ -435,6 +439,22 @@ async def test_broker_outage_gives_503_then_recovers_and_loses_nothing(
             assert recovered is not None, "ingest did not recover after the broker came back"
             for n in range(100, 110):
                 assert (await send(n)).status_code == 200
+            # a broker that hangs (connections open, no answer) is 503 once the bound passes
+            proxy.stall()
+            started = asyncio.get_running_loop().time()
+            slow = await send(200)
+            waited = asyncio.get_running_loop().time() - started
+            assert slow.status_code == 503, slow.text
+            assert slow.headers["retry-after"] == "1"
+            assert 1.5 < waited < 8, f"answered after {waited:.1f} s with a 2 s bound"
+            proxy.resume()
+            for n in range(300, 340):
+                response = await send(n)
+                if response.status_code == 200:
+                    break
+                assert response.status_code == 503
+                await asyncio.sleep(0.5)
+            assert response.status_code == 200, "ingest did not recover after the broker answered"
 
         raw = await collect(
             bootstrap, EVENTS_RAW.name, lambda e: e.get("user_id") == "outage", count=len(accepted)
@@ -445,6 +465,65 @@ async def test_broker_outage_gives_503_then_recovers_and_loses_nothing(
             ingest_service.stop()
         await proxy.cut()
         broker.stop()
+
+
+async def test_a_database_outage_keeps_checked_keys_working_and_answers_503_for_others(
+    infra: Stack, settings: CommonSettings, tmp_path: Path
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    from tests.support.tcp_proxy import TcpProxy
+
+    await _ensure_site(settings)
+    url = make_url(settings.database_url)
+    assert url.port is not None
+    proxy = TcpProxy(free_port(), url.port)
+    await proxy.start()
+    proxied = url.set(port=proxy.listen_port).render_as_string(hide_password=False)
+    env = {
+        **infra.env,
+        "TIERFLOW_DATABASE_URL": proxied,
+        "TIERFLOW_DEV_WRITE_KEY": "",
+        "TIERFLOW_SOURCE_CACHE_TTL_S": "0.5",
+        "TIERFLOW_PRODUCE_TIMEOUT_S": "2",
+        "TIERFLOW_RETRY_AFTER_S": "1",
+    }
+    service = await start_service("ingest", env, tmp_path)
+    unknown = "wk_not_checked_yet"
+    try:
+        async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+
+            async def track(key: str, n: int) -> httpx.Response:
+                body = {"userId": "db-outage", "event": "x", "messageId": f"db-outage-{n}"}
+                return await client.post("/v1/track", json=body, auth=_auth(key))
+
+            assert (await track(WRITE_KEY, 0)).status_code == 200
+            await proxy.cut()
+            await asyncio.sleep(0.6)  # past the cache's TTL: the key must be checked again
+            for n in (1, 2):  # the first waits for the database to fail, the second does not
+                assert (await track(WRITE_KEY, n)).status_code == 200
+            refused = await track(unknown, 3)
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["retry-after"] == "1"
+            assert "database" in refused.json()["detail"]
+            assert (await client.get("/readyz")).status_code == 200
+            await proxy.restore()
+            for _ in range(40):
+                answered = await track(unknown, 4)
+                if answered.status_code != 503:
+                    break
+                await asyncio.sleep(0.25)
+            assert answered.status_code == 401, answered.text
+        raw = await collect(
+            infra.env["TIERFLOW_KAFKA_BOOTSTRAP"],
+            EVENTS_RAW.name,
+            lambda e: e.get("user_id") == "db-outage",
+            count=3,
+        )
+        assert {e["message_id"] for e in raw} == {f"db-outage-{n}" for n in range(3)}
+    finally:
+        service.stop()
+        await proxy.cut()
 
 
 async def test_shutdown_drains_in_flight_requests_and_loses_none(

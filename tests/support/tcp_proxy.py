@@ -1,4 +1,5 @@
-"""A TCP proxy in front of a real broker that a test can cut and restore (a network outage)."""
+"""A TCP proxy in front of a real server that a test can cut and restore (a network outage), or
+stall and resume (a server that hangs: connections stay open, nothing is answered)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import contextlib
 
 class TcpProxy:
     """Forwards ``listen_port`` to ``target_port``; ``cut()`` drops every connection and refuses new
-    ones until ``restore()``."""
+    ones until ``restore()``; ``stall()`` holds every byte in both directions until ``resume()``,
+    losing none."""
 
     def __init__(self, listen_port: int, target_port: int, host: str = "127.0.0.1") -> None:
         self.listen_port = listen_port
@@ -16,6 +18,8 @@ class TcpProxy:
         self.host = host
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> None:
         """Accept connections (again)."""
@@ -35,6 +39,14 @@ class TcpProxy:
         """Listen again after a cut."""
         await self.start()
 
+    def stall(self) -> None:
+        """Hold what either side sends, on open connections and new ones."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Deliver what was held, and forward again."""
+        self._flowing.set()
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(self.host, self.target_port)
@@ -48,6 +60,7 @@ class TcpProxy:
         try:
             with contextlib.suppress(ConnectionError, OSError):  # the other side went away
                 while chunk := await reader.read(65536):
+                    await self._flowing.wait()
                     writer.write(chunk)
                     await writer.drain()
         finally:

@@ -86,6 +86,42 @@ def test_explicit_timestamp_wins_over_correction() -> None:
     assert envelope.timestamp == explicit
 
 
+def test_a_timestamp_after_arrival_is_a_clock_ahead_and_is_corrected() -> None:
+    # the client's clock is an hour fast: its batch says sent at 13:00:10, we got it at 12:00
+    batch = [
+        {"type": "track", "userId": "u", "event": "e", "timestamp": "2026-11-23T13:00:00Z"},
+        {"type": "track", "userId": "u", "event": "e", "timestamp": "2099-01-01T00:00:00Z"},
+        {"type": "track", "userId": "u", "event": "e", "timestamp": "2026-11-23T12:00:59Z"},
+        {"type": "track", "userId": "u", "event": "e", "originalTimestamp": "2026-11-23T13:30"},
+    ]
+    converted = convert(batch, make_request(sent_at=RECEIVED + timedelta(hours=1, seconds=10)))
+    one_hour, far, within, original_ahead = envelopes(converted)
+    assert converted.ahead == 3
+    assert one_hour.timestamp == RECEIVED - timedelta(seconds=10)
+    assert one_hour.original_timestamp == RECEIVED + timedelta(hours=1)
+    # corrected by sentAt it is still after arrival: it is never later than arrival
+    assert far.timestamp == RECEIVED
+    assert far.original_timestamp == datetime(2099, 1, 1, tzinfo=UTC)
+    # within max_ahead (60 s by default) a time is the client's to give
+    assert within.timestamp == RECEIVED + timedelta(seconds=59)
+    assert within.original_timestamp is None
+    assert original_ahead.timestamp == RECEIVED
+    assert original_ahead.original_timestamp == datetime(2026, 11, 23, 13, 30, tzinfo=UTC)
+
+
+def test_a_timestamp_ahead_without_sent_at_becomes_the_arrival_time() -> None:
+    body = {"userId": "u", "event": "e", "timestamp": "2026-11-23T12:05:00Z"}
+    envelope = one("track", body, max_ahead=timedelta(minutes=1))
+    assert isinstance(envelope, EventEnvelope)
+    assert (envelope.timestamp, envelope.original_timestamp) == (
+        RECEIVED,
+        datetime(2026, 11, 23, 12, 5, tzinfo=UTC),
+    )
+    kept = one("track", body, max_ahead=timedelta(minutes=10))
+    assert isinstance(kept, EventEnvelope)
+    assert (kept.timestamp, kept.original_timestamp) == (RECEIVED + timedelta(minutes=5), None)
+
+
 def test_naive_timestamps_are_utc() -> None:
     envelope = one("track", {"userId": "u", "event": "e", "timestamp": "2026-11-20T08:00:00"})
     assert isinstance(envelope, EventEnvelope)
@@ -190,16 +226,22 @@ def test_a_batch_reports_each_bad_event_by_index_and_keeps_the_good_in_order() -
         {"type": "identify", "userId": "u2", "properties": "not an object"},
         {"type": "identify", "userId": "u3"},
         {"type": "track", "userId": "u4", "event": "big", "properties": {"b": "x" * 2000}},
+        {"type": "purchase", "userId": "u5"},
+        {"type": "track", "event": "nobody"},
+        {"type": "track", "userId": "u\x00", "event": "x"},
     ]
     converted = convert(batch, make_request(max_event_bytes=1000))
-    assert [(bad.index, bad.field) for bad in converted.invalid] == [
-        (1, "event"),
-        (2, None),
-        (3, "groupId"),
-        (4, "properties"),
-        (6, None),
+    assert [(bad.index, bad.field, bad.cause) for bad in converted.invalid] == [
+        (1, "event", "invalid"),
+        (2, None, "invalid"),
+        (3, "groupId", "missing_id"),
+        (4, "properties", "invalid"),
+        (6, None, "too_large"),
+        (7, "type", "bad_type"),
+        (8, "userId", "missing_id"),
+        (9, "userId", "nul_character"),
     ]
-    assert converted.invalid[-1].too_large
+    assert converted.invalid[4].too_large
     assert orjson.loads(converted.invalid[0].payload) == batch[1]
     assert [key for key, _ in converted.records] == [b"u1", b"u3"]
     assert converted.accepted == {"track": 1, "identify": 1}
