@@ -52,7 +52,8 @@ def _at(epoch: float) -> datetime:
 def score_event(
     state: State | None, resolved: ResolvedEvent | ScoredEvent, model: ScoringModel
 ) -> tuple[State, bool, TierChangeEvent | None]:
-    """Count the event (unless already counted) and re-decide the tier at the event's time.
+    """Count the event (unless already counted) and re-decide the tier at the event's time
+    (never before the previous evaluation: :func:`_evaluation_time`).
 
     Returns the new state, whether the event was counted, and the tier change if any. Event
     time, not wall-clock time, is used so a replay of the same events gives the same result.
@@ -73,7 +74,7 @@ def score_event(
     )
     if not counted:
         return current, False, None
-    now = current["engagement_at"]
+    now = _evaluation_time(current)
     move = scorer.evaluate(current, now, model)
     return current, True, _change(resolved.oneid, move, model, now, "event", event.event_id)
 
@@ -97,9 +98,20 @@ def fold_in(
         return state, False, None
     current = scorer.fold(state, absorbed, model)  # a new state; neither input changes
     scorer.remember(current, fold_id)
-    now = current["engagement_at"]
+    now = _evaluation_time(current)
     move = scorer.evaluate(current, now, model)
     return current, True, _change(oneid, move, model, now, "merge", fold_id)
+
+
+def _evaluation_time(state: State) -> float:
+    """When an event or a merge re-decides the tier: the latest event time seen, but never
+    before the person's previous evaluation. A timer evaluates at the clock's time, and an
+    event stamped before it but scored after must not take the person back in time: its
+    profile would be older than the one published (the read model keeps the newer, so it
+    would stay stale), and dwell would be measured from before the tier was entered."""
+    last = state["last"]
+    at: float = state["engagement_at"]
+    return max(at, last["at"]) if last is not None else at
 
 
 def _change(

@@ -326,6 +326,21 @@ def test_a_merge_keeps_the_recent_ids_of_both_people() -> None:
         assert not any(scorer.has_seen(merged, f"{side}{n}") for n in range(half))
 
 
+def test_an_event_scored_after_a_timer_but_stamped_before_it_does_not_go_back_in_time() -> None:
+    state, _, _ = score_event(None, make_resolved(event="Order Completed"), MODEL)
+    dropped, change = reevaluate("p-1", state, BASE + 31 * DAY, MODEL)
+    assert change is not None
+    assert change.data.to_tier == "at_risk"
+    published = profile_of("p-1", dropped, MODEL).updated_at
+    late = make_resolved(event="Page Viewed", timestamp=T0 + 31 * ONE_DAY - timedelta(seconds=1))
+    after, counted, _ = score_event(dropped, late, MODEL)
+    assert counted
+    # evaluated when the timer did, not a second earlier: the read model keeps the newer
+    # profile, and at_risk's dwell counts from the timer's move
+    assert profile_of("p-1", after, MODEL).updated_at == published
+    assert after["last"]["at"] == BASE + 31 * DAY
+
+
 def test_timer_drops_a_silent_person_to_at_risk() -> None:
     state, _, _ = score_event(None, make_resolved(event="Order Completed"), MODEL)
     # no revenue: R=5, F=1, M=1 -> (5*3 + 1*3 + 1*4) * 2 = 44 >= 40
