@@ -64,17 +64,34 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     encoding = _header(scope, b"content-encoding")
     if encoding is not None and encoding.lower() == b"gzip":
-        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        try:
-            body = inflater.decompress(body, limit + 1)
-        except zlib.error as exc:
-            metrics.rejected("bad_gzip").inc()
-            raise BadRequest(f"body is not valid gzip: {exc}") from exc
+        body = _gunzip(body, limit)
         if len(body) > limit:
             metrics.rejected("request_too_large").inc()
             raise PayloadTooLarge(f"request is over {limit} bytes")
     metrics.PAYLOAD_BYTES.observe(len(body))
     return body
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    """Every member of a gzip body (the format allows several), inflated to at most
+    ``limit + 1`` bytes (the caller refuses more). A stream that ends early is refused, not
+    taken for what it held so far: its checksum was never checked."""
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    try:
+        while rest and size <= limit:
+            inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            part = inflater.decompress(rest, limit + 1 - size)
+            parts.append(part)
+            size += len(part)
+            if size <= limit and not inflater.eof:
+                raise zlib.error("the stream ends before its end (truncated)")
+            rest = inflater.unused_data
+    except zlib.error as exc:
+        metrics.rejected("bad_gzip").inc()
+        raise BadRequest(f"body is not valid gzip: {exc}") from exc
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def parse_json(body: bytes) -> Any:
@@ -236,7 +253,9 @@ ERROR_RESPONSES = {
     "401": "Missing, unknown or revoked write key.",
     "413": "Over 32 KB for one event or 500 KB for the request (after gunzip).",
     "429": "The source is over its rate limit; retry after `Retry-After` seconds.",
-    "503": "Kafka did not acknowledge in time; nothing is accepted, retry after `Retry-After`.",
+    "503": "Kafka did not acknowledge in time, or Postgres could not check a write key this "
+    "replica has not seen: retry after `Retry-After` with the same messageIds (an event "
+    "answered 503 may still arrive; downstream counts it once).",
 }
 
 

@@ -317,7 +317,7 @@ def _times(
     arrives, so the client's clock is wrong. Scoring takes event time as the truth, and one
     event dated in 2099 would hold a person's decay and deadlines there for good. Such a time
     is corrected like an ``originalTimestamp`` (by ``sentAt``, and never past arrival) and the
-    client's value is kept as ``originalTimestamp``."""
+    client's value is kept as ``originalTimestamp`` (unless the client sent one)."""
     timestamp: datetime | None = call.get("timestamp")
     original: datetime | None = call.get("original_timestamp")
     sent_at: datetime | None = call.get("sent_at")

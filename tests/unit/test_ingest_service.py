@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import pytest
 from fastapi.openapi.utils import get_openapi
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from services.ingest.api import document
+from services.ingest.api import document, read_body
 from services.ingest.envelopes import (
     EVENT_ID_NAMESPACE,
     Converted,
@@ -24,6 +27,7 @@ from services.ingest.envelopes import (
 )
 from services.ingest.schemas import CALL_TYPES
 from shared.contracts import EventEnvelope, ExternalId, decode, encode
+from shared.errors import BadRequest, PayloadTooLarge
 
 RECEIVED = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -307,3 +311,26 @@ def test_the_openapi_document_describes_every_tracking_route_with_valid_examples
     batch = paths["/v1/batch"]["post"]["requestBody"]["content"]["application/json"]["example"]
     assert [e["type"] for e in batch["batch"]] == list(CALL_TYPES)
     assert doc["components"]["securitySchemes"]["writeKey"]["scheme"] == "basic"
+
+
+def _read(body: bytes, limit: int = 1000) -> bytes:
+    """``read_body`` of one gzip-encoded request carrying ``body``."""
+    scope = {"headers": [(b"content-encoding", b"gzip")]}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    return asyncio.run(read_body(scope, receive, limit))
+
+
+def test_a_gzip_body_is_inflated_whole_or_refused() -> None:
+    event = b'{"userId": "u", "event": "e"}'
+    assert _read(gzip.compress(event)) == event
+    # the format allows several members; each is inflated, none dropped
+    assert _read(gzip.compress(event[:10]) + gzip.compress(event[10:])) == event
+    for broken in (gzip.compress(event)[:-4], gzip.compress(event) + b"junk", b"not gzip"):
+        with pytest.raises(BadRequest, match="not valid gzip"):
+            _read(broken)
+    with pytest.raises(PayloadTooLarge):
+        _read(gzip.compress(b"x" * 2000))
