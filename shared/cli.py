@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ for sub, name in (
     app.add_typer(sub, name=name)
 
 console = Console()
+errors = Console(stderr=True)
 SCHEMAS_DIR = Path("docs/schemas")
 
 
@@ -219,20 +221,65 @@ RateOption = Annotated[
 ]
 
 
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""A source's name is its id (in metrics labels and dead letters): 1-64 plain characters."""
+
+
 @sources_app.command("create")
 def sources_create(name: str, rate_limit: RateOption = None) -> None:
-    """Create a source and print its write key (shown once; only its hash is stored)."""
-    from services.ingest.sources import ensure_source, new_write_key
+    """Create a source and print its write key (shown once; only its hash is stored). An
+    existing source is left alone: `tierflow sources rotate` gives it a new key."""
+    from services.ingest import repository
+    from services.ingest.sources import hash_key, new_write_key
+    from shared.db import unit_of_work
+
+    if not SOURCE_NAME.fullmatch(name):
+        errors.print(f"[red]{name!r}: a name is 1-64 letters, digits, '.', '_' or '-'[/]")
+        raise typer.Exit(2)
+    key = new_write_key()
+
+    async def create(sessions: object) -> None:
+        async with unit_of_work(sessions) as session:  # type: ignore[arg-type]
+            if not await repository.add_source(
+                session,
+                source_id=name,
+                name=name,
+                key_hash=hash_key(key),
+                rate_limit_per_s=rate_limit,
+            ):
+                errors.print(f"[red]source {name} exists; `tierflow sources rotate {name}`[/]")
+                raise typer.Exit(1)
+
+    asyncio.run(_with_sessions(create))
+    _print_key(name, key)
+
+
+@sources_app.command("rotate")
+def sources_rotate(source_id: str) -> None:
+    """Give a source a new write key and print it; the old key is refused within ingest's
+    cache TTL. A revoked source is active again; its rate limit stays."""
+    from services.ingest import repository
+    from services.ingest.sources import hash_key, new_write_key
+    from shared.db import unit_of_work
 
     key = new_write_key()
-    asyncio.run(
-        _with_sessions(
-            lambda s: ensure_source(
-                s, source_id=name, name=name, write_key=key, rate_limit_per_s=rate_limit
-            )
-        )
-    )
-    console.print(f"source {name}: write key [bold]{key}[/]")
+
+    async def rotate(sessions: object) -> None:
+        async with unit_of_work(sessions) as session:  # type: ignore[arg-type]
+            if not await repository.rekey_source(session, source_id, hash_key(key)):
+                errors.print(f"[red]no source {source_id}[/]")
+                raise typer.Exit(1)
+
+    asyncio.run(_with_sessions(rotate))
+    _print_key(source_id, key)
+
+
+def _print_key(source_id: str, key: str) -> None:
+    """The key alone on stdout when piped (for a script to capture), with words otherwise."""
+    if console.is_terminal:
+        console.print(f"source {source_id}: write key [bold]{key}[/]")
+    else:
+        print(key)
 
 
 @sources_app.command("limit")
@@ -244,7 +291,7 @@ def sources_limit(source_id: str, rate_limit: RateOption = None) -> None:
     async def change(sessions: object) -> None:
         async with unit_of_work(sessions) as session:  # type: ignore[arg-type]
             if not await repository.set_rate_limit(session, source_id, rate_limit):
-                console.print(f"[red]no source {source_id}[/]")
+                errors.print(f"[red]no source {source_id}[/]")
                 raise typer.Exit(1)
         console.print(f"{source_id}: {rate_limit or 'default'} events/s")
 
@@ -260,14 +307,22 @@ def sources_list() -> None:
     async def listing(sessions: object) -> None:
         async with unit_of_work(sessions) as session:  # type: ignore[arg-type]
             rows = await repository.list_sources(session)
-        table = Table("source", "events/s", "created", "revoked")
-        for row in rows:
-            table.add_row(
+        lines = [
+            (
                 row.source_id,
                 str(row.rate_limit_per_s or "default"),
-                str(row.created_at),
-                str(row.revoked_at or "-"),
+                f"{row.created_at:%Y-%m-%d %H:%M:%S%z}",
+                f"{row.revoked_at:%Y-%m-%d %H:%M:%S%z}" if row.revoked_at else "-",
             )
+            for row in rows
+        ]
+        if not console.is_terminal:  # a script's: one tab-separated line per source, uncut
+            for line in lines:
+                print("\t".join(line))
+            return
+        table = Table("source", "events/s", "created", "revoked")
+        for line in lines:
+            table.add_row(*line)
         console.print(table)
 
     asyncio.run(_with_sessions(listing))
@@ -282,7 +337,7 @@ def sources_revoke(source_id: str) -> None:
     async def revoke(sessions: object) -> None:
         async with unit_of_work(sessions) as session:  # type: ignore[arg-type]
             if not await repository.revoke_source(session, source_id):
-                console.print(f"[red]no active source {source_id}[/]")
+                errors.print(f"[red]no active source {source_id}[/]")
                 raise typer.Exit(1)
         console.print(f"revoked {source_id}")
 

@@ -44,6 +44,33 @@ async def upsert_source(
     )
 
 
+async def add_source(
+    session: AsyncSession,
+    *,
+    source_id: str,
+    name: str,
+    key_hash: str,
+    rate_limit_per_s: int | None = None,
+) -> bool:
+    """Create the source; False when one with that id or name exists (nothing changes)."""
+    statement = insert(Source).values(
+        source_id=source_id, name=name, key_hash=key_hash, rate_limit_per_s=rate_limit_per_s
+    )
+    result = await session.execute(statement.on_conflict_do_nothing())
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def rekey_source(session: AsyncSession, source_id: str, key_hash: str) -> bool:
+    """Give the source a new key (the old one stops working) and un-revoke it; its limit
+    stays. False when there is no such source."""
+    result = await session.execute(
+        update(Source)
+        .where(Source.source_id == source_id)
+        .values(key_hash=key_hash, revoked_at=None)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 async def set_rate_limit(
     session: AsyncSession, source_id: str, rate_limit_per_s: int | None
 ) -> bool:

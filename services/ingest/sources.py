@@ -124,7 +124,8 @@ async def ensure_source(
     write_key: str,
     rate_limit_per_s: int | None = None,
 ) -> None:
-    """Create or re-key a source (used for the development source and by ``tierflow sources``)."""
+    """Create or re-key and un-revoke a source (the development source at ingest start, tests
+    and benches; ``tierflow sources create`` never changes an existing one)."""
     async with unit_of_work(sessions) as session:
         await repository.upsert_source(
             session,

@@ -93,11 +93,11 @@ async def track(url: str, key: str, *users: str) -> list[httpx.Response]:
 
 
 def row(listing: Cli, name: str) -> list[str]:
-    """The cells of ``name``'s row in `sources list` (its first line, if a cell wraps)."""
+    """The cells of ``name``'s line in `sources list` (tab-separated when piped)."""
     assert listing.code == 0, listing.out
     for line in listing.out.splitlines():
-        cells = [cell.strip() for cell in line.split("│")[1:-1]]
-        if cells and cells[0] == name:
+        cells = line.split("\t")
+        if cells[0] == name:
             return cells
     raise AssertionError(f"{name} is not listed:\n{listing.out}")
 
@@ -115,7 +115,8 @@ async def test_a_created_key_is_accepted_and_tags_events_with_its_source(
     cells = row(listing, name)
     assert (cells[1], cells[-1]) == ("default", "-")  # default limit, not revoked
     assert "wk_" not in listing.out  # no write key is ever listed...
-    assert hash_key(key)[:8] not in listing.out  # ...nor its hash (a prefix: cells wrap at 80)
+    assert hash_key(key) not in listing.out  # ...nor its hash
+    assert len(cells) == 4  # whole lines: a script's output is never cut to 80 columns
 
     user = f"src-{uuid.uuid4().hex[:8]}"
     [response] = await track(ingest, key, user)
@@ -176,5 +177,37 @@ async def test_a_changed_rate_limit_is_enforced_after_the_cache_ttl(
     missing = await tierflow(
         cli_env, "limit", f"no-such-{uuid.uuid4().hex[:8]}", "--rate-limit", "5"
     )
+    assert missing.code == 1
+    assert "no source" in missing.out
+
+
+async def test_create_never_changes_an_existing_source_and_rotate_replaces_its_key(
+    ingest: str, cli_env: dict[str, str]
+) -> None:
+    name, key = await create_source(cli_env, "kept")
+    assert (await tierflow(cli_env, "limit", name, "--rate-limit", "7")).code == 0
+    again = await tierflow(cli_env, "create", name)
+    assert again.code == 1
+    assert "exists" in again.out
+    assert not WRITE_KEY.findall(again.out)
+    assert row(await tierflow(cli_env, "list"), name)[1] == "7"  # its limit untouched
+    [still] = await track(ingest, key, "after-create-again")
+    assert still.status_code == 200, still.text
+
+    rotated = await tierflow(cli_env, "rotate", name)
+    assert rotated.code == 0, rotated.out
+    [new_key] = WRITE_KEY.findall(rotated.out)
+    assert new_key != key
+    await asyncio.sleep(PAST_TTL_S)
+    [old_answer] = await track(ingest, key, "old-key")
+    [new_answer] = await track(ingest, new_key, "new-key")
+    assert (old_answer.status_code, new_answer.status_code) == (401, 200)
+    assert row(await tierflow(cli_env, "list"), name)[1] == "7"  # rotation keeps the limit
+
+    for bad in ("x" * 65, "no spaces", ".dot-first"):
+        refused = await tierflow(cli_env, "create", bad)
+        assert refused.code == 2, refused.out
+        assert "a name is" in refused.out
+    missing = await tierflow(cli_env, "rotate", f"no-such-{uuid.uuid4().hex[:8]}")
     assert missing.code == 1
     assert "no source" in missing.out
