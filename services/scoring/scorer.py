@@ -443,9 +443,10 @@ def decide(
 def next_deadline(
     state: Mapping[str, Any], now: float, model: ScoringModel, facts: Facts | None = None
 ) -> float:
-    """When time alone could next change this person's tier or stage: a silence or age
+    """When time alone could next change this person's tier, stage or tags: a silence or age
     threshold, a purchase leaving its window, a recency band, the end of a dwell, engagement
-    decaying below a threshold — and at the latest the periodic re-evaluation."""
+    decaying across a threshold (down, or up from below zero), an event leaving the count
+    window of a tested ``count.<rule>`` — and at the latest the periodic re-evaluation."""
     schedule = model.schedule
     last = state["last_event_at"] or state["first_seen_at"]
     first_seen = state["first_seen_at"]
@@ -456,18 +457,11 @@ def next_deadline(
     for offset in schedule.age:
         candidates.append(first_seen + offset)
     facts = facts or measure(state, now, model)
-    if facts.engagement > 0:
+    if facts.engagement:
         _decay_deadlines(candidates, facts, now, model)
-    for window in schedule.purchase_windows:
-        # purchases are sorted by time: the first still in the window leaves it first
-        for at, _ in state["purchases"]:
-            if at + window > now:
-                candidates.append(at + window)
-                break
-    last_purchase = state["last_purchase_at"]
-    if last_purchase is not None:
-        for offset in schedule.recency:
-            candidates.append(last_purchase + offset)
+    if model.counted:
+        _count_deadlines(candidates, state["days"], now, model)
+    _purchase_deadlines(candidates, state, now, model)
     tier = state["tier"]
     if tier is not None and tier in schedule.dwell:
         candidates.append(state["tier_since"] + schedule.dwell[tier])
@@ -480,22 +474,61 @@ def next_deadline(
     return soonest
 
 
+def _purchase_deadlines(
+    candidates: list[float], state: Mapping[str, Any], now: float, model: ScoringModel
+) -> None:
+    """Add when the oldest purchase in each window leaves it, and each recency band ends."""
+    schedule = model.schedule
+    for window in schedule.purchase_windows:
+        # purchases are sorted by time: the first still in the window leaves it first
+        for at, _ in state["purchases"]:
+            if at + window > now:
+                candidates.append(at + window)
+                break
+    last_purchase = state["last_purchase_at"]
+    if last_purchase is not None:
+        for offset in schedule.recency:
+            candidates.append(last_purchase + offset)
+
+
 def _decay_deadlines(
     candidates: list[float], facts: Facts, now: float, model: ScoringModel
 ) -> None:
-    """Add when the decaying engagement crosses each engagement or total threshold."""
+    """Add when the decaying engagement crosses each engagement or total threshold. It moves
+    toward zero from either side: negative points (a complaint) rise back."""
     engagement = facts.engagement
     schedule = model.schedule
     others = facts.value + facts.fit
-    for limit in schedule.engagement_limits:
-        if 0 < limit < engagement:
-            halvings = math.log2(engagement / limit)
-            candidates.append(now + halvings * model.half_life_days * DAY)
-    for limit in schedule.total_limits:
-        target = limit - others
-        if 0 < target < engagement:
+    targets = [*schedule.engagement_limits, *(limit - others for limit in schedule.total_limits)]
+    for target in targets:
+        # crossed when engagement * 2^(-t/h) == target: both of one sign, the target nearer 0
+        if 0 < target / engagement < 1:
             halvings = math.log2(engagement / target)
             candidates.append(now + halvings * model.half_life_days * DAY)
+
+
+def _count_deadlines(
+    candidates: list[float],
+    days: Mapping[str, Mapping[str, list[Any]]],
+    now: float,
+    model: ScoringModel,
+) -> None:
+    """Add when the oldest counted day of each tested ``count.<rule>`` leaves the window: the
+    count drops then (at the start of the first day past ``day + count_window_days``)."""
+    today = _day(now)
+    window = model.count_window_days
+    horizon = today - window
+    for rule in model.counted:
+        per_day = days.get(rule)
+        if not per_day:
+            continue
+        oldest = None
+        for day, entry in per_day.items():
+            number = int(day)
+            if horizon < number <= today and entry[0] and (oldest is None or number < oldest):
+                oldest = number
+        if oldest is not None:
+            candidates.append(math.ceil(oldest + window) * DAY)
 
 
 @dataclass(slots=True)

@@ -1,0 +1,108 @@
+"""The next deadline is the earliest moment time alone changes a person's tier, stage or tags:
+for any history, nothing the scorer decides changes between an evaluation and its deadline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.scoring import scorer
+from services.scoring.rules import load_model
+from services.scoring.scorer import DAY, State
+from tests.factories import T0
+
+MODEL = load_model()
+BASE = T0.timestamp()
+
+EVENTS: list[tuple[str, str | None, dict[str, Any]]] = [
+    ("page", None, {"path": "/pricing"}),
+    ("page", None, {"path": "/blog"}),
+    ("track", "Webinar Attended", {}),
+    ("track", "Coupon Applied", {}),
+    ("track", "Complaint Filed", {}),
+    ("track", "Trial Started", {}),
+    ("track", "Order Completed", {"revenue": 400}),
+    ("track", "Order Completed", {"revenue": 3000}),
+]
+
+histories = st.lists(
+    st.tuples(st.sampled_from(range(len(EVENTS))), st.floats(0, 120)), min_size=1, max_size=14
+)
+
+
+def lived(history: list[tuple[int, float]], later: float) -> tuple[State, float]:
+    """A person who did ``history`` (event, day) in time order, evaluated after each event and
+    again ``later`` days after the last, as the scoring loop would: the state and that time."""
+    state = scorer.new_state(BASE + min(day for _, day in history) * DAY)
+    for n, (which, day) in enumerate(sorted(history, key=lambda item: item[1])):
+        kind, name, properties = EVENTS[which]
+        at = BASE + day * DAY
+        scorer.apply_event(
+            state,
+            event_id=f"e{n}",
+            kind=kind,
+            name=name,
+            properties=properties,
+            traits={},
+            at=at,
+            model=MODEL,
+        )
+        scorer.evaluate(state, at, MODEL)
+    now = state["engagement_at"] + later * DAY
+    scorer.evaluate(state, now, MODEL)
+    return state, now
+
+
+def outcome(state: State, at: float) -> tuple[str, str, list[str]]:
+    decision = scorer.decide(state, at, MODEL)
+    return decision.tier, decision.stage, decision.tags
+
+
+@settings(max_examples=400, deadline=None)
+@given(history=histories, later=st.floats(0, 60))
+def test_nothing_changes_before_the_deadline(
+    history: list[tuple[int, float]], later: float
+) -> None:
+    state, now = lived(history, later)
+    deadline = state["deadline"]
+    assert now < deadline <= now + MODEL.reevaluate_after_days * DAY
+    held = outcome(state, now)
+    assert held[0] == state["tier"]
+    for k in range(1, 16):
+        at = now + (deadline - now) * k / 16
+        assert outcome(state, at) == held, (
+            f"changed at {(at - BASE) / DAY:.4f}, before the deadline"
+        )
+    assert outcome(state, deadline - 1) == held
+
+
+def test_a_webinar_leaving_the_count_window_is_a_deadline() -> None:
+    first_day = int(BASE // DAY)
+    # three webinars, the first on first_day: webinar_regular while all three are in the window
+    midday_89 = (first_day + 89.5) * DAY  # "now": half a day before the first one leaves
+    state, now = lived([(2, 0.0), (2, 1.0), (2, 2.0)], (midday_89 - BASE) / DAY - 2)
+    assert "webinar_regular" in outcome(state, now)[2]
+    # the first leaves the 90-day window when day first_day + 90 begins
+    assert state["deadline"] == (first_day + 90) * DAY
+    assert "webinar_regular" not in outcome(state, state["deadline"])[2]
+
+
+def test_negative_engagement_rising_back_across_a_threshold_is_a_deadline() -> None:
+    state, _ = lived([(6, 0.0)], 0)  # one order of 400: growth on its value alone
+    now = BASE + 0.25 * DAY
+    facts = scorer.measure(state, now, MODEL)
+    below = 40 - (facts.value + facts.fit)  # the engagement that puts the total at 40
+    assert below < 0
+    # a complaint's negative points, half a day of decay away from that
+    state.update(
+        engagement={"complaint_filed": below * 2 ** (0.5 / MODEL.half_life_days)},
+        engagement_at=now,
+        tier="prospect",
+        tier_since=BASE,
+    )
+    deadline = scorer.next_deadline(state, now, MODEL)
+    assert abs(deadline - (now + 0.5 * DAY)) < 1
+    assert scorer.decide(state, deadline - 60, MODEL).tier == "prospect"
+    assert scorer.decide(state, deadline + 60, MODEL).tier == "growth"
