@@ -362,27 +362,48 @@ def gaps(
     condition: Condition, facts: Facts, stage: str, tags: list[str], margin: float = 0.0
 ) -> list[str]:
     """The checks of ``condition`` that fail, in words (empty when it holds)."""
-    missing: list[str] = []
-    for metric, threshold in condition.at_least.items():
-        limit = threshold - (margin if metric in SCORES else 0.0)
-        if facts.metric(metric) < limit:
-            missing.append(f"{metric} >= {limit:g} (now {facts.metric(metric):.3f})")
-    for metric, threshold in condition.below.items():
-        limit = threshold + (margin if metric in SCORES else 0.0)
-        if facts.metric(metric) >= limit:
-            missing.append(f"{metric} < {limit:g} (now {facts.metric(metric):.3f})")
-    missing += [f"tag {t}" for t in condition.tags if t not in tags]
-    missing += [f"not tag {t}" for t in condition.not_tags if t in tags]
-    if condition.stages and stage not in condition.stages:
-        missing.append(f"stage in {condition.stages} (now {stage})")
-    for trait, allowed in condition.traits.items():
-        if facts.traits.get(trait) not in allowed:
-            missing.append(f"trait {trait} in {allowed} (now {facts.traits.get(trait)!r})")
+    missing = [
+        words for holds, words in _checks(condition, facts, stage, tags, margin) if not holds
+    ]
     if condition.any_of:
         options = [gaps(a, facts, stage, tags, margin) for a in condition.any_of]
         if all(options):
             missing.append("one of: " + " | ".join(" and ".join(o) for o in options))
     return missing
+
+
+def terms(
+    condition: Condition, facts: Facts, stage: str, tags: list[str], margin: float = 0.0
+) -> list[str]:
+    """Every check of ``condition``, in words with the value now, whether it holds or not."""
+    listed = [words for _, words in _checks(condition, facts, stage, tags, margin)]
+    if condition.any_of:
+        options = [terms(a, facts, stage, tags, margin) for a in condition.any_of]
+        listed.append("one of: " + " | ".join(" and ".join(o) for o in options))
+    return listed
+
+
+def _checks(
+    condition: Condition, facts: Facts, stage: str, tags: list[str], margin: float
+) -> list[tuple[bool, str]]:
+    """Each direct check of ``condition`` (not its alternatives): whether it holds, in words."""
+    checks: list[tuple[bool, str]] = []
+    for metric, threshold in condition.at_least.items():
+        limit = threshold - (margin if metric in SCORES else 0.0)
+        value = facts.metric(metric)
+        checks.append((value >= limit, f"{metric} >= {limit:g} (now {value:.3f})"))
+    for metric, threshold in condition.below.items():
+        limit = threshold + (margin if metric in SCORES else 0.0)
+        value = facts.metric(metric)
+        checks.append((value < limit, f"{metric} < {limit:g} (now {value:.3f})"))
+    checks += [(t in tags, f"tag {t}") for t in condition.tags]
+    checks += [(t not in tags, f"not tag {t}") for t in condition.not_tags]
+    if condition.stages:
+        checks.append((stage in condition.stages, f"stage in {condition.stages} (now {stage})"))
+    for trait, allowed in condition.traits.items():
+        held = facts.traits.get(trait)
+        checks.append((held in allowed, f"trait {trait} in {allowed} (now {held!r})"))
+    return checks
 
 
 def stage_of(facts: Facts, model: ScoringModel) -> str:

@@ -229,7 +229,14 @@ def explain(oneid: str, state: State, model: ScoringModel, now: float) -> dict[s
         margin = model.hysteresis if tier.name == current else 0.0
         missing = scorer.gaps(tier.when, facts, decision.stage, decision.tags, margin)
         tiers.append({"tier": tier.name, "holds": not missing, "missing": missing})
+    margin = model.hysteresis
     above = names[: names.index(current)] if current in names else names
+    held = next((t for t in model.tiers if t.name == current), None)
+    dwell_until = (
+        state["tier_since"] + model.schedule.dwell[current]
+        if held is not None and held.min_dwell_days
+        else None
+    )
     return {
         "profile": profile_of(oneid, state, model).model_dump(mode="json"),
         "now": {
@@ -255,6 +262,12 @@ def explain(oneid: str, state: State, model: ScoringModel, now: float) -> dict[s
         },
         "what_would_change_it": {
             "to_reach": {t["tier"]: t["missing"] for t in tiers if t["tier"] in above},
+            # the tier is kept while all of these hold (with the hysteresis margin); a move to
+            # a lower tier also waits for the dwell
+            "to_keep": scorer.terms(held.when, facts, decision.stage, decision.tags, margin)
+            if held is not None and held is not model.tiers[-1]
+            else [],
+            "dwell_until": _at(dwell_until).isoformat() if dwell_until is not None else None,
             "next_evaluation": _at(scorer.next_deadline(state, at, model)).isoformat(),
         },
     }

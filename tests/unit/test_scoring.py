@@ -407,6 +407,18 @@ def test_explain_says_why_and_what_would_change_it() -> None:
     assert webinars["decay_applied"] == pytest.approx(30 - now, abs=1e-3)
     assert report["why"]["tier"] == "prospect"
     assert report["what_would_change_it"]["to_reach"]["growth"] == [f"total >= 40 (now {now:.3f})"]
+    assert report["what_would_change_it"]["to_keep"] == []  # prospect is everyone's floor
+
+
+def test_explain_says_what_keeps_the_tier_and_until_when_a_drop_waits() -> None:
+    state, _, _ = score_event(None, make_resolved(event="Order Completed"), MODEL)
+    assert state["tier"] == "growth"  # R=5, F=1, M=1: 44 points
+    report = explain("p-1", state, MODEL, BASE + 1 * DAY)
+    changing = report["what_would_change_it"]
+    # kept while the total stays above 40 less the 5-point margin; silence first would drop it
+    assert changing["to_keep"] == ["total >= 35 (now 44.000)"]
+    assert changing["dwell_until"] == (T0 + 3 * ONE_DAY).isoformat()
+    assert set(changing["to_reach"]) == {"at_risk", "vip"}
 
 
 def test_invalid_models_are_refused_with_the_cause() -> None:
