@@ -304,10 +304,13 @@ class BatchLanes:
         await waiter.future
 
     async def _refresh_partitions(self, now: float) -> None:
-        """The topic's partitions from the producer's metadata, re-read once a second."""
+        """The topic's partitions from the producer's metadata, re-read once a second; a wait
+        for metadata the producer lacks is bounded by ``timeout_s`` like the acks (aiokafka's
+        own bound is longer)."""
         partitions = self._producer.client.cluster.partitions_for_topic(self._topic)
         if not partitions:
-            partitions = await self._producer.partitions_for(self._topic)
+            async with asyncio.timeout(self._timeout_s):
+                partitions = await self._producer.partitions_for(self._topic)
         known = sorted(partitions)
         if known != self._known:
             self._known = known
