@@ -30,13 +30,30 @@ ONEID_MAX = 64
 CHANGE_NAMESPACE = uuid.UUID("3f9a7c21-5d4e-4b8a-9e0f-71c2d6a8b4e5")
 
 
-def tier_change_id(oneid: str, sequence: int) -> str:
-    """The n-th tier change of a person always has the same id, however often it is computed:
-    ``str(uuid.uuid5(CHANGE_NAMESPACE, f"{oneid}\\x1f{sequence}"))``, formatted directly
-    (building the ``UUID`` object costs more than the hash)."""
+def tier_change_id(
+    oneid: str,
+    sequence: int,
+    *,
+    from_tier: str | None,
+    to_tier: str,
+    from_stage: str | None,
+    stage: str,
+) -> str:
+    """The id of a person's n-th change, which is that move: the UUIDv5 in ``CHANGE_NAMESPACE``
+    of oneid, n, from_tier, to_tier, from_stage and stage joined by ``\\x1f`` (None as empty),
+    formatted directly (building the ``UUID`` object costs more than the hash).
+
+    The same change recomputed after a crash has the same id. The move is part of it because
+    redoing work after a crash can meet events and commands (merges, the timer) in another
+    order than the first time: the n-th change can then be another move, and with the
+    sequence alone it would reuse the id of the move already published, so a consumer
+    deduplicating by id would drop it."""
     digest = bytearray(
         hashlib.sha1(
-            CHANGE_NAMESPACE.bytes + f"{oneid}\x1f{sequence}".encode(), usedforsecurity=False
+            CHANGE_NAMESPACE.bytes
+            + f"{oneid}\x1f{sequence}\x1f{from_tier or ''}\x1f{to_tier}\x1f{from_stage or ''}"
+            f"\x1f{stage}".encode(),
+            usedforsecurity=False,
         ).digest()[:16]
     )
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
@@ -126,7 +143,14 @@ def _change(
         return None
     changed_at = _at(now)
     return TierChangeEvent(
-        id=tier_change_id(oneid, move.sequence),
+        id=tier_change_id(
+            oneid,
+            move.sequence,
+            from_tier=move.from_tier,
+            to_tier=move.to_tier,
+            from_stage=move.from_stage,
+            stage=move.stage,
+        ),
         subject=oneid,
         time=changed_at,
         data=TierChanged(

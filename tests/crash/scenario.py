@@ -23,7 +23,7 @@ from aiokafka import ConsumerRecord
 from services.scoring.processor import Record, process
 from services.scoring.rules import load_model
 from services.scoring.scorer import State, each_seen, seen_token
-from services.scoring.service import profile_of, tier_change_id
+from services.scoring.service import profile_of
 from shared.contracts import ResolvedEvent, TierChangeEvent, decode, encode
 from shared.topics import EVENTS_RESOLVED, TIERS_CHANGES
 from tests.crash.scoring_worker import Worker, produce, read_until, worker_env
@@ -63,8 +63,11 @@ def make_stream(people: int, events: int, seed: int) -> list[ResolvedEvent]:
     return stream
 
 
-def replay(stream: list[ResolvedEvent]) -> tuple[dict[bytes, State], dict[str, int]]:
-    """The pure model over the same events (per person, in stream order)."""
+def replay(
+    stream: list[ResolvedEvent],
+) -> tuple[dict[bytes, State], dict[str, int], dict[str, str]]:
+    """The pure model over the same events (per person, in stream order): the final states,
+    each person's number of changes, and the id of every change it published (to its oneid)."""
     states: dict[bytes, State] = {}
     records = [
         Record(EVENTS_RESOLVED.name, 0, n, r.oneid.encode(), encode(r))
@@ -73,7 +76,13 @@ def replay(stream: list[ResolvedEvent]) -> tuple[dict[bytes, State], dict[str, i
     outcome = process(records, states.get, MODEL, 0.0)
     states.update(outcome.writes)
     changes = {key.decode(): state["changes"] for key, state in outcome.writes.items()}
-    return dict(outcome.writes), changes
+    ids = {
+        change["id"]: change["subject"]
+        for change in (
+            orjson.loads(s.value) for s in outcome.sends if s.topic == TIERS_CHANGES.name
+        )
+    }
+    return dict(outcome.writes), changes, ids
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,7 @@ class Replayed:
     stream: list[ResolvedEvent]
     expected: dict[bytes, State]
     changes: dict[str, int]
+    change_ids: dict[str, str]
     app_id: str
     env: dict[str, str]
 
@@ -103,7 +113,7 @@ def replayed(
 ) -> Replayed:
     """A :class:`Replayed` for a new app named ``name`` and a random suffix."""
     stream = make_stream(people, events, seed)
-    expected, changes = replay(stream)
+    expected, changes, change_ids = replay(stream)
     app_id = f"{name}-{uuid.uuid4().hex[:8]}"
     env = worker_env(
         bootstrap,
@@ -114,7 +124,7 @@ def replayed(
         clock=(T0 - timedelta(days=365)).timestamp(),
         **extra_env,
     )
-    return Replayed(stream, expected, changes, app_id, env)
+    return Replayed(stream, expected, changes, change_ids, app_id, env)
 
 
 async def produce_events(bootstrap: str, events: list[ResolvedEvent]) -> None:
@@ -216,7 +226,7 @@ async def run(
             keep=lambda r: (r.key or b"").startswith(b"crash-"),
             timeout=3,
         )
-        _check_changes(result, changes, change_counts)
+        _check_changes(result, changes, change_counts, setup.change_ids)
         # what the workers hold in memory (recovered at their restarts), then after one more
         # kill -9 of every worker and a fresh start; a worker restarted late may still be
         # starting when the other one has already written everything
@@ -325,7 +335,10 @@ def explains(oneid: str, state: State, answer: Any) -> bool:
 
 
 def _check_changes(
-    result: Result, records: list[ConsumerRecord[bytes, bytes]], counts: dict[str, int]
+    result: Result,
+    records: list[ConsumerRecord[bytes, bytes]],
+    counts: dict[str, int],
+    expected_ids: dict[str, str],
 ) -> None:
     by_id: dict[str, set[tuple[Any, ...]]] = defaultdict(set)
     copies: dict[str, int] = defaultdict(int)
@@ -336,11 +349,6 @@ def _check_changes(
         data = change.data
         by_id[change.id].add((change.subject, data.from_tier, data.to_tier, data.cause.event_id))
         copies[change.id] += 1
-    expected_ids = {
-        tier_change_id(oneid, n): oneid
-        for oneid, count in counts.items()
-        for n in range(1, count + 1)
-    }
     result.missing_changes = sorted(i for i in expected_ids if i not in by_id)
     result.unexpected_changes = sorted(i for i in by_id if i not in expected_ids)
     result.conflicting_changes = sorted(i for i, contents in by_id.items() if len(contents) > 1)

@@ -24,12 +24,25 @@ from services.scoring.service import (
     score_event,
     tier_change_id,
 )
-from shared.contracts import encode
+from shared.contracts import TierChangeEvent, encode
 from tests.factories import T0, make_resolved
 
 MODEL = load_model()
 BASE = T0.timestamp()
 ONE_DAY = timedelta(days=1)
+
+
+def nth_change_id(change: TierChangeEvent, sequence: int) -> str:
+    """The id the ``sequence``-th change of its person must have, for the move it carries."""
+    data = change.data
+    return tier_change_id(
+        change.subject,
+        sequence,
+        from_tier=data.from_tier,
+        to_tier=data.to_tier,
+        from_stage=data.from_stage,
+        stage=data.lifecycle_stage,
+    )
 
 
 def apply(state: State, event_id: str, day: float, **fields: Any) -> State:
@@ -240,7 +253,7 @@ def test_threshold_crossing_emits_deterministic_tier_changes_with_reasons() -> N
     expected = 15 * (2 ** (-2 / 14) + 2 ** (-1 / 14) + 1)
     growth = changes[1]
     assert growth.data.scores.total == pytest.approx(expected, abs=1e-3)
-    assert growth.id == tier_change_id("p-1", 2)
+    assert growth.id == nth_change_id(growth, 2)
     assert growth.data.cause.kind == "event"
     assert growth.data.cause.event_id == "w2"
     # the reason: what moved since the previous change (15 at day 0 -> ~43.9 at day 2)
@@ -350,7 +363,7 @@ def test_timer_drops_a_silent_person_to_at_risk() -> None:
     assert (change.data.from_tier, change.data.to_tier) == ("growth", "at_risk")
     assert change.data.cause.kind == "timer"
     assert change.data.cause.event_id is None
-    assert change.id == tier_change_id("p-1", 2)
+    assert change.id == nth_change_id(change, 2)
     assert moved["deadline"] > BASE + 31 * DAY
     _, again = reevaluate("p-1", moved, BASE + 32 * DAY, MODEL)
     assert again is None
@@ -446,7 +459,7 @@ def test_a_stage_change_within_the_tier_is_a_change_that_keeps_the_dwell() -> No
     data = change.data
     assert (data.from_tier, data.to_tier) == ("prospect", "prospect")
     assert (data.from_stage, data.lifecycle_stage) == ("new", "growing")
-    assert change.id == tier_change_id("p-1", 2)
+    assert change.id == nth_change_id(change, 2)
     assert data.cause.kind == "timer"
     assert [(c.rule, c.points) for c in data.contributions] == [
         ("engagement.webinar_attended", -7.5)  # 15 at the previous change, 7.5 now
@@ -458,13 +471,13 @@ def test_a_stage_change_within_the_tier_is_a_change_that_keeps_the_dwell() -> No
     assert declining is not None
     assert (declining.data.from_stage, declining.data.lifecycle_stage) == ("growing", "declining")
     assert declining.data.contributions[0].points == pytest.approx(-2.197, abs=1e-3)
-    assert declining.id == tier_change_id("p-1", 3)
+    assert declining.id == nth_change_id(declining, 3)
     # day 30: the tier moves too; the stage stays declining
     _, drop = reevaluate("p-1", later, BASE + 30 * DAY, MODEL)
     assert drop is not None
     assert (drop.data.from_tier, drop.data.to_tier) == ("prospect", "at_risk")
     assert (drop.data.from_stage, drop.data.lifecycle_stage) == ("declining", "declining")
-    assert drop.id == tier_change_id("p-1", 4)
+    assert drop.id == nth_change_id(drop, 4)
 
 
 def test_a_merge_into_nobody_is_a_first_evaluation() -> None:
@@ -472,7 +485,7 @@ def test_a_merge_into_nobody_is_a_first_evaluation() -> None:
     _, _, change = fold_in("p-2", None, absorbed, "merge:m", MODEL)
     assert change is not None
     assert (change.data.from_tier, change.data.from_stage) == (None, None)
-    assert change.id == tier_change_id("p-2", 1)
+    assert change.id == nth_change_id(change, 1)
 
 
 def test_the_fast_profile_is_byte_for_byte_the_encoded_profile() -> None:
@@ -498,7 +511,17 @@ def test_the_fast_profile_is_byte_for_byte_the_encoded_profile() -> None:
             profile_json(refused, state, MODEL)
 
 
-def test_tier_change_ids_are_uuid5_of_the_person_and_sequence() -> None:
+def test_tier_change_ids_are_uuid5_of_the_person_sequence_and_move() -> None:
+    move = {"from_tier": "prospect", "to_tier": "growth", "from_stage": None, "stage": "new"}
     for oneid, sequence in (("p-1", 1), ("p-\u00e9\u4e2d", 12), ("x" * 64, 10**6)):
-        expected = uuid.uuid5(CHANGE_NAMESPACE, f"{oneid}\x1f{sequence}")
-        assert tier_change_id(oneid, sequence) == str(expected)
+        expected = uuid.uuid5(
+            CHANGE_NAMESPACE, f"{oneid}\x1f{sequence}\x1fprospect\x1fgrowth\x1f\x1fnew"
+        )
+        assert tier_change_id(oneid, sequence, **move) == str(expected)
+    # another move as the same n-th change (work redone in another order) is another change
+    assert tier_change_id("p-1", 2, **move) != tier_change_id(
+        "p-1", 2, **{**move, "to_tier": "vip"}
+    )
+    assert tier_change_id("p-1", 2, **move) != tier_change_id(
+        "p-1", 2, **{**move, "stage": "mature"}
+    )
