@@ -44,6 +44,8 @@ class Acceptor:
         Events share batches with concurrent requests (``BatchLanes``, which also enforces the
         timeout); dead letters are rare and go in batches of their own.
         """
+        if not (records or rejected):
+            return  # nothing to wait for: not a produce, not in the latency histogram
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
