@@ -368,6 +368,11 @@ class ScoringModel(Strict):
         return RuleIndex([(r.match, r) for r in self.engagement])
 
     @cached_property
+    def rule_names(self) -> frozenset[str]:
+        """The engagement rules' names (what a state's points are kept under)."""
+        return frozenset(r.name for r in self.engagement)
+
+    @cached_property
     def counted(self) -> frozenset[str]:
         """The engagement rules whose ``count.<rule>`` a condition tests: the only counts an
         evaluation needs."""

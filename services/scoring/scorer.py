@@ -48,7 +48,24 @@ def new_state(first_seen: float) -> State:
         "at_change": {},
         "deadline": None,
         "last": None,
+        "model": None,
     }
+
+
+def adopt(state: State, model: ScoringModel) -> None:
+    """Make ``state`` one of ``model``'s (once per person per model version): the points,
+    earnings and daily counts of engagement rules the model no longer has are dropped, so a
+    rule removed (or renamed) from the model stops counting at the person's next evaluation
+    instead of decaying in their scores for months. Points of rules it keeps stay as earned:
+    without the events, a changed ``points`` value cannot be applied to the past."""
+    if state.get("model") == model.version:
+        return
+    rules = model.rule_names
+    for field_name in ("engagement", "earned", "days"):
+        held = state[field_name]
+        if any(rule not in rules for rule in held):
+            state[field_name] = {rule: v for rule, v in held.items() if rule in rules}
+    state["model"] = model.version
 
 
 def decay_factor(elapsed: float, half_life_days: float) -> float:
@@ -575,6 +592,7 @@ def evaluate(state: State, now: float, model: ScoringModel) -> Move | None:
     A stage change within the tier is a change of its own (automation triggers on stages) but
     leaves ``tier_since`` alone: dwell counts from entering the tier.
     """
+    adopt(state, model)
     decision = decide(state, now, model)
     facts = decision.facts
     previous = state["last"]
@@ -689,5 +707,6 @@ def fold(winner: State | None, absorbed: State, model: ScoringModel) -> State:
         purchases=sorted(purchases),
         last_purchase_at=max(last_purchases) if last_purchases else None,
         traits=traits,
+        model=None,  # the absorbed side may hold rules of another model: adopted again
     )
     return merged

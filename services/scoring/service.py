@@ -233,6 +233,8 @@ def _scores_json(value: float, engagement: float, fit: float) -> dict[str, float
 
 def explain(oneid: str, state: State, model: ScoringModel, now: float) -> dict[str, Any]:
     """Scores, every rule's contribution, the decay applied, why this tier, what would change it."""
+    state = dict(state)
+    scorer.adopt(state, model)  # as its next evaluation will see it
     at = max(now, state["engagement_at"])
     decision = scorer.decide(state, at, model, detail=True)
     facts = decision.facts

@@ -354,6 +354,25 @@ def test_an_event_scored_after_a_timer_but_stamped_before_it_does_not_go_back_in
     assert after["last"]["at"] == BASE + 31 * DAY
 
 
+def test_points_of_a_rule_the_model_no_longer_has_stop_counting() -> None:
+    state, _, _ = score_event(None, make_resolved(message_id="w0"), MODEL)  # a webinar: 15
+    assert state["model"] == MODEL.version
+    # scored by an older model that also had a rule since removed
+    state.update(
+        model="2025.01",
+        engagement={**state["engagement"], "retired_rule": 50.0},
+        earned={**state["earned"], "retired_rule": 50.0},
+        days={**state["days"], "retired_rule": {"20000": [1, 50.0]}},
+    )
+    report = explain("p-1", state, MODEL, BASE)
+    assert report["now"]["scores"]["engagement"] == 15
+    assert [e["rule"] for e in report["engagement"]] == ["webinar_attended"]
+    moved, _ = reevaluate("p-1", state, BASE + DAY, MODEL)
+    assert moved["model"] == MODEL.version
+    assert "retired_rule" not in {*moved["engagement"], *moved["earned"], *moved["days"]}
+    assert moved["engagement"]["webinar_attended"] == 15  # kept rules keep their points
+
+
 def test_timer_drops_a_silent_person_to_at_risk() -> None:
     state, _, _ = score_event(None, make_resolved(event="Order Completed"), MODEL)
     # no revenue: R=5, F=1, M=1 -> (5*3 + 1*3 + 1*4) * 2 = 44 >= 40
