@@ -234,7 +234,10 @@ def sources_create(name: str, rate_limit: RateOption = None) -> None:
     from shared.db import unit_of_work
 
     if not SOURCE_NAME.fullmatch(name):
-        errors.print(f"[red]{name!r}: a name is 1-64 letters, digits, '.', '_' or '-'[/]")
+        errors.print(
+            f"[red]{name!r}: a name is 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit[/]"
+        )
         raise typer.Exit(2)
     key = new_write_key()
 

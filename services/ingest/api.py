@@ -72,15 +72,22 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return body
 
 
+GZIP_MEMBERS = 64
+"""Members a gzip body may have: SDKs send one; each costs a copy of what follows it."""
+
+
 def _gunzip(body: bytes, limit: int) -> bytes:
-    """Every member of a gzip body (the format allows several), inflated to at most
-    ``limit + 1`` bytes (the caller refuses more). A stream that ends early is refused, not
-    taken for what it held so far: its checksum was never checked."""
+    """Every member of a gzip body (the format allows several; zero padding after the last is
+    ignored, as gzip does), inflated to at most ``limit + 1`` bytes (the caller refuses more).
+    A stream that ends early is refused, not taken for what it held so far: its checksum was
+    never checked."""
     parts: list[bytes] = []
     size = 0
     rest = body
     try:
-        while rest and size <= limit:
+        while rest.strip(b"\0") and size <= limit:
+            if len(parts) == GZIP_MEMBERS:
+                raise zlib.error(f"more than {GZIP_MEMBERS} members")
             inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
             part = inflater.decompress(rest, limit + 1 - size)
             parts.append(part)

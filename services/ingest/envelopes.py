@@ -333,7 +333,7 @@ def _times(
         timestamp = timestamp.replace(tzinfo=UTC)
     if timestamp <= latest:
         return timestamp, original, sent_at, False
-    if "timestamp" in call:
+    if call.get("timestamp") is not None:  # the client's own, not one corrected above
         original = original or timestamp
         timestamp = correct_timestamp(None, timestamp, sent_at, request.received_at)
     return min(timestamp, request.received_at), original, sent_at, True

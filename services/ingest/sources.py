@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -50,8 +51,8 @@ class SourceDirectory:
     When Postgres cannot answer within ``timeout_s``, a key it accepted before keeps working
     (its source does not go down with the database; a revocation waits for it to return),
     and any other key is answered 503 with ``Retry-After``: it may be valid, so not 401. For
-    ``retry_after_s`` after a failed lookup no other is tried, so that requests do not each
-    wait ``timeout_s`` on a database that hangs.
+    ``retry_after_s`` after a failed lookup no other is tried, and then one request at a time
+    probes the database, so that requests do not each wait ``timeout_s`` on one that hangs.
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class SourceDirectory:
         self._valid: dict[str, tuple[float, SourceRef]] = {}
         self._refused: dict[str, float] = {}
         self._down_until = 0.0
+        self._failing = False  # the last lookup failed: the next one is a probe
 
     async def authenticate(self, write_key: str | None) -> SourceRef:
         """The source owning ``write_key``; Unauthorized when missing, unknown or revoked,
@@ -81,21 +83,25 @@ class SourceDirectory:
             return valid[1]
         refused = self._refused.get(write_key)
         if refused is None or now - refused >= self._ttl_s:
+            if now < self._down_until:  # the database failed lately, or is being probed
+                return self._without_database(valid, None)
+            probing = self._failing
+            if probing:  # one request tries the failing database; the others do not wait
+                self._down_until = math.inf
             try:
-                if now < self._down_until:
-                    raise TimeoutError("a lookup failed less than retry_after_s ago")
                 async with asyncio.timeout(self._timeout_s):
                     source = await self._lookup(write_key)
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
-                if now >= self._down_until:
+                if not self._failing:
                     log.warning("write keys cannot be checked: %r", exc)
-                    self._down_until = time.monotonic() + self._retry_after_s
-                if valid is not None:
-                    return valid[1]
-                raise Unavailable(
-                    "the write key cannot be checked now (database unavailable); retry",
-                    retry_after=self._retry_after_s,
-                ) from exc
+                self._failing = True
+                self._down_until = time.monotonic() + self._retry_after_s
+                return self._without_database(valid, exc)
+            except BaseException:  # the client left, or a bug: let the next request probe
+                if probing and self._down_until == math.inf:
+                    self._down_until = 0.0
+                raise
+            self._failing, self._down_until = False, 0.0
             if source is not None:
                 self._valid[write_key] = (now, source)
                 self._refused.pop(write_key, None)
@@ -107,6 +113,17 @@ class SourceDirectory:
         raise Unauthorized(
             "unknown or revoked write key; create one with `tierflow sources create NAME`"
         )
+
+    def _without_database(
+        self, valid: tuple[float, SourceRef] | None, cause: Exception | None
+    ) -> SourceRef:
+        """A key checked before keeps working; any other may be valid, so 503, not 401."""
+        if valid is not None:
+            return valid[1]
+        raise Unavailable(
+            "the write key cannot be checked now (database unavailable); retry",
+            retry_after=self._retry_after_s,
+        ) from cause
 
     async def _lookup(self, write_key: str) -> SourceRef | None:
         async with unit_of_work(self._sessions) as session:

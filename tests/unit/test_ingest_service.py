@@ -113,6 +113,17 @@ def test_a_timestamp_after_arrival_is_a_clock_ahead_and_is_corrected() -> None:
     assert original_ahead.original_timestamp == datetime(2026, 11, 23, 13, 30, tzinfo=UTC)
 
 
+def test_a_null_timestamp_is_an_absent_one_even_when_the_clock_is_ahead() -> None:
+    # originalTimestamp 62 min ahead, sent 60 min ahead: corrected once, to 2 min after arrival,
+    # then capped at arrival (a null timestamp is not the client's own to correct again)
+    body = {"userId": "u", "event": "e", "originalTimestamp": "2026-11-23T13:02:00Z"}
+    for event in (body, {**body, "timestamp": None}):
+        envelope = one("track", event, sent_at=RECEIVED + timedelta(hours=1))
+        assert isinstance(envelope, EventEnvelope)
+        assert envelope.timestamp == RECEIVED
+        assert envelope.original_timestamp == datetime(2026, 11, 23, 13, 2, tzinfo=UTC)
+
+
 def test_a_timestamp_ahead_without_sent_at_becomes_the_arrival_time() -> None:
     body = {"userId": "u", "event": "e", "timestamp": "2026-11-23T12:05:00Z"}
     envelope = one("track", body, max_ahead=timedelta(minutes=1))
@@ -329,8 +340,12 @@ def test_a_gzip_body_is_inflated_whole_or_refused() -> None:
     assert _read(gzip.compress(event)) == event
     # the format allows several members; each is inflated, none dropped
     assert _read(gzip.compress(event[:10]) + gzip.compress(event[10:])) == event
+    assert _read(gzip.compress(event) + bytes(512)) == event  # zero padding, as gzip allows
     for broken in (gzip.compress(event)[:-4], gzip.compress(event) + b"junk", b"not gzip"):
         with pytest.raises(BadRequest, match="not valid gzip"):
             _read(broken)
+    many = b"".join(gzip.compress(b" ") for _ in range(64)) + gzip.compress(event)
+    with pytest.raises(BadRequest, match="more than 64 members"):
+        _read(many, limit=10_000)
     with pytest.raises(PayloadTooLarge):
         _read(gzip.compress(b"x" * 2000))
