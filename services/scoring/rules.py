@@ -401,7 +401,8 @@ class ScoringModel(Strict):
                 limit
                 for m, threshold in pairs
                 if m == metric
-                for limit in (threshold, threshold - self.hysteresis)
+                # a held tier's margin: at_least widens down, below widens up
+                for limit in (threshold, threshold - self.hysteresis, threshold + self.hysteresis)
             )
             for metric in ("engagement", "total")
         }

@@ -52,20 +52,19 @@ def new_state(first_seen: float) -> State:
     }
 
 
-def adopt(state: State, model: ScoringModel) -> None:
-    """Make ``state`` one of ``model``'s (once per person per model version): the points,
-    earnings and daily counts of engagement rules the model no longer has are dropped, so a
-    rule removed (or renamed) from the model stops counting at the person's next evaluation
-    instead of decaying in their scores for months. Points of rules it keeps stay as earned:
-    without the events, a changed ``points`` value cannot be applied to the past."""
+def engagement_points(state: Mapping[str, Any], model: ScoringModel) -> dict[str, float]:
+    """The person's engagement points (at ``engagement_at``) under ``model``'s rules.
+
+    Points a state holds for a rule the model does not have (removed or renamed since) are not
+    counted, but kept: during a rolling deploy two model versions share the partitions, and
+    a rollback goes back; dropping them would lose the newer version's points for good. A
+    state stamped with the model's version holds no other rules (:func:`evaluate` stamps it
+    only then), so the common case is the dict itself."""
+    held: dict[str, float] = state["engagement"]
     if state.get("model") == model.version:
-        return
+        return held
     rules = model.rule_names
-    for field_name in ("engagement", "earned", "days"):
-        held = state[field_name]
-        if any(rule not in rules for rule in held):
-            state[field_name] = {rule: v for rule, v in held.items() if rule in rules}
-    state["model"] = model.version
+    return {rule: points for rule, points in held.items() if rule in rules}
 
 
 def decay_factor(elapsed: float, half_life_days: float) -> float:
@@ -272,7 +271,7 @@ def measure(
     adds every rule's count and contribution (for explanations, not every event).
     """
     factor = decay_factor(now - state["engagement_at"], model.half_life_days)
-    engagement = sum(state["engagement"].values()) * factor
+    engagement = sum(engagement_points(state, model).values()) * factor
     rfm = model.rfm
     frequency_window, monetary_window = model.schedule.purchase_windows
     purchases, revenue = 0, 0
@@ -355,7 +354,8 @@ def contributions(
 ) -> dict[str, float]:
     """Every rule's share of the scores in ``facts`` (measured at ``now``)."""
     factor = decay_factor(now - state["engagement_at"], model.half_life_days)
-    shares = {f"engagement.{r}": p * factor for r, p in state["engagement"].items()}
+    points = engagement_points(state, model)
+    shares = {f"engagement.{r}": p * factor for r, p in points.items()}
     if facts.rfm:
         weights = model.rfm.weights
         unit = model.rfm_unit
@@ -592,7 +592,8 @@ def evaluate(state: State, now: float, model: ScoringModel) -> Move | None:
     A stage change within the tier is a change of its own (automation triggers on stages) but
     leaves ``tier_since`` alone: dwell counts from entering the tier.
     """
-    adopt(state, model)
+    if state.get("model") != model.version and state["engagement"].keys() <= model.rule_names:
+        state["model"] = model.version  # see engagement_points
     decision = decide(state, now, model)
     facts = decision.facts
     previous = state["last"]
@@ -707,6 +708,6 @@ def fold(winner: State | None, absorbed: State, model: ScoringModel) -> State:
         purchases=sorted(purchases),
         last_purchase_at=max(last_purchases) if last_purchases else None,
         traits=traits,
-        model=None,  # the absorbed side may hold rules of another model: adopted again
+        model=None,  # the absorbed side may hold rules of another model: stamped again
     )
     return merged

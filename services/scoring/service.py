@@ -101,7 +101,7 @@ def reevaluate(
 ) -> tuple[State, TierChangeEvent | None]:
     """The inactivity timer: re-decide the tier at ``now`` with no event."""
     current = dict(state)
-    at = max(now, current["engagement_at"])
+    at = max(now, _evaluation_time(current))  # a worker whose clock is behind: not back in time
     move = scorer.evaluate(current, at, model)
     return current, _change(oneid, move, model, at, "timer")
 
@@ -233,8 +233,6 @@ def _scores_json(value: float, engagement: float, fit: float) -> dict[str, float
 
 def explain(oneid: str, state: State, model: ScoringModel, now: float) -> dict[str, Any]:
     """Scores, every rule's contribution, the decay applied, why this tier, what would change it."""
-    state = dict(state)
-    scorer.adopt(state, model)  # as its next evaluation will see it
     at = max(now, state["engagement_at"])
     decision = scorer.decide(state, at, model, detail=True)
     facts = decision.facts
@@ -246,7 +244,7 @@ def explain(oneid: str, state: State, model: ScoringModel, now: float) -> dict[s
             "now": round(points * factor, 3),
             "decay_applied": round(state["earned"].get(rule, 0.0) - points * factor, 3),
         }
-        for rule, points in sorted(state["engagement"].items())
+        for rule, points in sorted(scorer.engagement_points(state, model).items())
     ]
     current = state["tier"]
     names = [t.name for t in model.tiers]
@@ -263,6 +261,8 @@ def explain(oneid: str, state: State, model: ScoringModel, now: float) -> dict[s
         if held is not None and held.min_dwell_days
         else None
     )
+    if dwell_until is not None and dwell_until <= at:
+        dwell_until = None  # over: a drop would not wait
     return {
         "profile": profile_of(oneid, state, model).model_dump(mode="json"),
         "now": {

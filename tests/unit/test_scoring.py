@@ -354,23 +354,25 @@ def test_an_event_scored_after_a_timer_but_stamped_before_it_does_not_go_back_in
     assert after["last"]["at"] == BASE + 31 * DAY
 
 
-def test_points_of_a_rule_the_model_no_longer_has_stop_counting() -> None:
+def test_points_of_a_rule_the_model_does_not_have_count_nothing_but_are_kept() -> None:
     state, _, _ = score_event(None, make_resolved(message_id="w0"), MODEL)  # a webinar: 15
     assert state["model"] == MODEL.version
-    # scored by an older model that also had a rule since removed
+    # written by another version of the model, with a rule this one does not have
     state.update(
-        model="2025.01",
-        engagement={**state["engagement"], "retired_rule": 50.0},
-        earned={**state["earned"], "retired_rule": 50.0},
-        days={**state["days"], "retired_rule": {"20000": [1, 50.0]}},
+        model="2027.01",
+        engagement={**state["engagement"], "newer_rule": 50.0},
+        earned={**state["earned"], "newer_rule": 50.0},
     )
     report = explain("p-1", state, MODEL, BASE)
     assert report["now"]["scores"]["engagement"] == 15
     assert [e["rule"] for e in report["engagement"]] == ["webinar_attended"]
     moved, _ = reevaluate("p-1", state, BASE + DAY, MODEL)
-    assert moved["model"] == MODEL.version
-    assert "retired_rule" not in {*moved["engagement"], *moved["earned"], *moved["days"]}
-    assert moved["engagement"]["webinar_attended"] == 15  # kept rules keep their points
+    assert moved["last"]["engagement"] == pytest.approx(15 * 2 ** (-1 / 14))
+    # kept for the version that knows the rule (a rolling deploy, a rollback) and not stamped
+    assert moved["engagement"]["newer_rule"] == 50
+    assert moved["model"] == "2027.01"
+    newer = MODEL.model_copy(update={"version": "2027.01"})
+    assert scorer.measure(moved, BASE + DAY, newer).engagement > 50
 
 
 def test_timer_drops_a_silent_person_to_at_risk() -> None:
@@ -450,6 +452,8 @@ def test_explain_says_what_keeps_the_tier_and_until_when_a_drop_waits() -> None:
     # kept while the total stays above 40 less the 5-point margin; silence first would drop it
     assert changing["to_keep"] == ["total >= 35 (now 44.000)"]
     assert changing["dwell_until"] == (T0 + 3 * ONE_DAY).isoformat()
+    later = explain("p-1", state, MODEL, BASE + 4 * DAY)["what_would_change_it"]
+    assert later["dwell_until"] is None  # over
     assert set(changing["to_reach"]) == {"at_risk", "vip"}
 
 
