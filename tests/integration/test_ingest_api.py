@@ -22,7 +22,13 @@ from shared.settings import CommonSettings
 from shared.stack.launcher import Stack
 from shared.topics import DEADLETTER, EVENTS_RAW, EVENTS_RESOLVED
 from tests.factories import free_port
-from tests.support.services import Service, collect, service_env, start_service
+from tests.support.services import (
+    Service,
+    collect,
+    proxied_broker,
+    service_env,
+    start_service,
+)
 
 WRITE_KEY = "wk_ingest_tests"
 LIMITED_KEY = "wk_ingest_limited"
@@ -376,21 +382,14 @@ async def test_broker_outage_gives_503_then_recovers_and_loses_nothing(
     tmp_path: Path, settings: CommonSettings
 ) -> None:
     from shared.kafka import create_topics
-    from shared.stack.broker import start_broker
-    from tests.support.tcp_proxy import TcpProxy
 
-    broker_port, proxy_port = free_port(), free_port()
-    broker = start_broker(broker_port, tmp_path, advertised_port=proxy_port)
-    proxy = TcpProxy(proxy_port, broker_port)
-    await proxy.start()
-    bootstrap = f"127.0.0.1:{proxy_port}"
-    ingest_service: Service | None = None
     engine = build_engine(settings, application_name="ingest-outage")
     await ensure_source(
         build_sessionmaker(engine), source_id="site", name="site", write_key=WRITE_KEY
     )
     await engine.dispose()
-    try:
+    async with proxied_broker(tmp_path) as proxy:
+        bootstrap = f"127.0.0.1:{proxy.listen_port}"
         await create_topics(
             CommonSettings(
                 kafka_bootstrap=bootstrap, database_url=settings.database_url, topic_partitions=2
@@ -405,66 +404,70 @@ async def test_broker_outage_gives_503_then_recovers_and_loses_nothing(
             "TIERFLOW_RETRY_AFTER_S": "1",
         }
         ingest_service = await start_service("ingest", env, tmp_path)
-        accepted: list[str] = []
-        async with httpx.AsyncClient(
-            base_url=ingest_service.url, auth=_auth(), timeout=10
-        ) as client:
+        try:
+            accepted: list[str] = []
+            async with httpx.AsyncClient(
+                base_url=ingest_service.url, auth=_auth(), timeout=10
+            ) as client:
 
-            async def send(n: int) -> httpx.Response:
-                message_id = f"outage-{n}"
-                response = await client.post(
-                    "/v1/track", json={"userId": "outage", "event": "x", "messageId": message_id}
+                async def send(n: int) -> httpx.Response:
+                    message_id = f"outage-{n}"
+                    response = await client.post(
+                        "/v1/track",
+                        json={"userId": "outage", "event": "x", "messageId": message_id},
+                    )
+                    if response.status_code == 200:
+                        accepted.append(message_id)
+                    return response
+
+                assert (await send(0)).status_code == 200
+                await proxy.cut()
+                down = await send(1)
+                assert down.status_code == 503
+                assert down.headers["retry-after"] == "1"
+                assert "retry" in down.json()["detail"]
+                ready = await client.get("/readyz")
+                assert ready.status_code == 503
+                await proxy.restore()
+                recovered = None
+                for n in range(2, 40):
+                    response = await send(n)
+                    if response.status_code == 200:
+                        recovered = n
+                        break
+                    assert response.status_code == 503
+                    await asyncio.sleep(float(response.headers["retry-after"]) / 2)
+                assert recovered is not None, "ingest did not recover after the broker came back"
+                for n in range(100, 110):
+                    assert (await send(n)).status_code == 200
+                # a broker that hangs (connections open, no answer) is 503 once the bound passes
+                proxy.stall()
+                started = asyncio.get_running_loop().time()
+                slow = await send(200)
+                waited = asyncio.get_running_loop().time() - started
+                assert slow.status_code == 503, slow.text
+                assert slow.headers["retry-after"] == "1"
+                assert 1.5 < waited < 8, f"answered after {waited:.1f} s with a 2 s bound"
+                proxy.resume()
+                for n in range(300, 340):
+                    response = await send(n)
+                    if response.status_code == 200:
+                        break
+                    assert response.status_code == 503
+                    await asyncio.sleep(0.5)
+                assert response.status_code == 200, (
+                    "ingest did not recover after the broker answered"
                 )
-                if response.status_code == 200:
-                    accepted.append(message_id)
-                return response
 
-            assert (await send(0)).status_code == 200
-            await proxy.cut()
-            down = await send(1)
-            assert down.status_code == 503
-            assert down.headers["retry-after"] == "1"
-            assert "retry" in down.json()["detail"]
-            ready = await client.get("/readyz")
-            assert ready.status_code == 503
-            await proxy.restore()
-            recovered = None
-            for n in range(2, 40):
-                response = await send(n)
-                if response.status_code == 200:
-                    recovered = n
-                    break
-                assert response.status_code == 503
-                await asyncio.sleep(float(response.headers["retry-after"]) / 2)
-            assert recovered is not None, "ingest did not recover after the broker came back"
-            for n in range(100, 110):
-                assert (await send(n)).status_code == 200
-            # a broker that hangs (connections open, no answer) is 503 once the bound passes
-            proxy.stall()
-            started = asyncio.get_running_loop().time()
-            slow = await send(200)
-            waited = asyncio.get_running_loop().time() - started
-            assert slow.status_code == 503, slow.text
-            assert slow.headers["retry-after"] == "1"
-            assert 1.5 < waited < 8, f"answered after {waited:.1f} s with a 2 s bound"
-            proxy.resume()
-            for n in range(300, 340):
-                response = await send(n)
-                if response.status_code == 200:
-                    break
-                assert response.status_code == 503
-                await asyncio.sleep(0.5)
-            assert response.status_code == 200, "ingest did not recover after the broker answered"
-
-        raw = await collect(
-            bootstrap, EVENTS_RAW.name, lambda e: e.get("user_id") == "outage", count=len(accepted)
-        )
-        assert set(accepted) <= {e["message_id"] for e in raw}  # every 2xx is on the topic
-    finally:
-        if ingest_service is not None:
+            raw = await collect(
+                bootstrap,
+                EVENTS_RAW.name,
+                lambda e: e.get("user_id") == "outage",
+                count=len(accepted),
+            )
+            assert set(accepted) <= {e["message_id"] for e in raw}  # every 2xx is on the topic
+        finally:
             ingest_service.stop()
-        await proxy.cut()
-        broker.stop()
 
 
 async def test_a_database_outage_keeps_checked_keys_working_and_answers_503_for_others(

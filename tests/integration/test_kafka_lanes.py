@@ -11,14 +11,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.kafka import PARTITIONER, BatchLanes, build_producer, create_topics
 from shared.settings import CommonSettings
-from shared.stack.broker import start_broker
 from shared.topics import TopicSpec
-from tests.factories import free_port
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.services import proxied_broker, reading_from_start
 
 CALLERS = 20
 RECORDS_PER_CALL = 50
@@ -29,24 +26,13 @@ async def _read_all(
     settings: CommonSettings, topic: str, count: int
 ) -> list[tuple[int, bytes, bytes]]:
     """(partition, key, value) of the first ``count`` records, each partition in its order."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
+    async with reading_from_start(settings.kafka_bootstrap, topic) as consumer:
         seen: list[tuple[int, bytes, bytes]] = []
         deadline = time.monotonic() + 30
         while len(seen) < count and time.monotonic() < deadline:
             for tp, records in (await consumer.getmany(timeout_ms=200)).items():
                 seen += [(tp.partition, r.key or b"", r.value or b"") for r in records]
         return seen
-    finally:
-        await consumer.stop()
 
 
 async def test_concurrent_calls_share_batches_and_keep_each_calls_order(
@@ -85,20 +71,16 @@ async def test_a_topic_without_metadata_fails_within_the_bound(
     settings: CommonSettings, tmp_path: Path
 ) -> None:
     # a broker the producer reaches only through a proxy, cut before it learns of the topic
-    broker_port, proxy_port = free_port(), free_port()
-    broker = start_broker(broker_port, tmp_path, advertised_port=proxy_port)
-    proxy = TcpProxy(proxy_port, broker_port)
-    await proxy.start()
-    bootstrap = f"127.0.0.1:{proxy_port}"
-    producer = build_producer(settings.model_copy(update={"kafka_bootstrap": bootstrap}))
-    await producer.start()
-    try:
-        await proxy.cut()
-        lanes = BatchLanes(producer, f"unknown-{uuid.uuid4().hex[:8]}", timeout_s=1.0)
-        started = time.monotonic()
-        with pytest.raises(TimeoutError):
-            await lanes.publish([(b"k", b"v")])
-        assert time.monotonic() - started < 3.0  # aiokafka's own wait is the 10 s request timeout
-    finally:
-        await producer.stop()
-        broker.stop()
+    async with proxied_broker(tmp_path) as proxy:
+        bootstrap = f"127.0.0.1:{proxy.listen_port}"
+        producer = build_producer(settings.model_copy(update={"kafka_bootstrap": bootstrap}))
+        await producer.start()
+        try:
+            await proxy.cut()
+            lanes = BatchLanes(producer, f"unknown-{uuid.uuid4().hex[:8]}", timeout_s=1.0)
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await lanes.publish([(b"k", b"v")])
+            assert time.monotonic() - started < 3.0  # aiokafka's own wait: the 10 s request timeout
+        finally:
+            await producer.stop()

@@ -7,7 +7,7 @@ import contextlib
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,10 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from shared.stack.broker import start_broker
 from shared.stack.processes import Child, spawn, tail
 from tests.factories import free_port
+from tests.support.tcp_proxy import TcpProxy
 
 
 @dataclass
@@ -99,16 +101,7 @@ async def collect(
     Reads until ``count`` matched, then ``linger`` seconds more so extra copies would be seen.
     End offsets are not trusted (the embedded broker under-counts batched records).
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
+    async with reading_from_start(bootstrap, topic) as consumer:
         found: list[dict[str, Any]] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -123,5 +116,36 @@ async def collect(
             if stop_at is None and len(found) >= count:
                 stop_at = loop.time() + linger
         return found
+
+
+@contextlib.asynccontextmanager
+async def reading_from_start(bootstrap: str, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer of every partition of ``topic`` from its beginning (no group, no commits)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        yield consumer
     finally:
         await consumer.stop()
+
+
+@contextlib.asynccontextmanager
+async def proxied_broker(log_dir: Path) -> AsyncIterator[TcpProxy]:
+    """A broker of its own that clients reach only through a proxy (it advertises the proxy's
+    port, so they reconnect there too): cutting or stalling the proxy is a broker outage."""
+    broker_port, proxy_port = free_port(), free_port()
+    broker = start_broker(broker_port, log_dir, advertised_port=proxy_port)
+    proxy = TcpProxy(proxy_port, broker_port)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.cut()
+        broker.stop()
