@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.scoring_throughput import KINDS
 from services.ingest.envelopes import derive_event_id
+from services.scoring.app import people_changelog
 from services.scoring.rules import load_model
 from services.scoring.scorer import State
 from services.scoring.service import score_event
@@ -150,7 +151,7 @@ async def main() -> None:
         states = real_states(HISTORIES, args.events_per_person)
         started = time.perf_counter()
         size = await write_changelog(
-            bootstrap, f"{app_id}-people-changelog", prefix, states, args.profiles
+            bootstrap, people_changelog(app_id), prefix, states, args.profiles
         )
         print(
             f"changelog: {args.profiles:,} records of ~{size:.0f} bytes written in "

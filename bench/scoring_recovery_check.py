@@ -19,6 +19,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.scoring_throughput import events, scored, until_scored
+from services.scoring.app import people_changelog
 from shared.stack.launcher import Stack, StackSettings, prepare, start_infrastructure
 from tests.crash.scenario import produce_events
 from tests.crash.scoring_worker import Worker, worker_env
@@ -83,7 +84,7 @@ async def main() -> None:
             await asyncio.sleep(2)  # the changelog is flushed at the next commit
             worker.kill()
             running.remove(worker)
-        changelog = f"scoring-recovery-{prefix}-people-changelog"
+        changelog = people_changelog(f"scoring-recovery-{prefix}")
         print("changelog partitions (reported end, readable):", await ends(bootstrap, changelog, 4))
         fresh = Worker("final", env, work_dir, module)
         running.append(fresh)

@@ -36,6 +36,15 @@ from shared.topics import EVENTS_RESOLVED, IDENTITY_MERGES, SCORING_COMMANDS
 EXPLAIN_RETRY_AFTER_SECONDS = 2  # the owner is back once the group has rebalanced
 
 
+PEOPLE_TABLE = "people"
+"""The table of every person's state (one value per OneID)."""
+
+
+def people_changelog(app_id: str) -> str:
+    """The compacted topic Faust keeps the people table in, for the app ``app_id``."""
+    return f"{app_id}-{PEOPLE_TABLE}-changelog"
+
+
 def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> faust.App:
     """Build the Faust app with its topics, table, scoring loop, timer, read-model writer and
     pages."""
@@ -84,7 +93,7 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
     # Changelog records are partitioned by key like every input, not by "the current event"
     # (a batch holds events of several partitions).
     people = app.Table(
-        "people",
+        PEOPLE_TABLE,
         default=None,
         partitions=settings.topic_partitions,
         key_type=bytes,
@@ -137,7 +146,7 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
-        metrics.TABLE_SIZE.labels("people").set(loop.entries)
+        metrics.TABLE_SIZE.labels(PEOPLE_TABLE).set(loop.entries)
         metrics.TABLE_SIZE.labels("deadlines").set(len(loop.deadlines))
         metrics.TIER_POPULATION.clear()  # a tier no longer held must not keep its old count
         for tier, count in loop.population.items():

@@ -20,6 +20,7 @@ import httpx
 import orjson
 from aiokafka import ConsumerRecord
 
+from services.scoring.app import people_changelog
 from services.scoring.processor import Record, process
 from services.scoring.rules import load_model
 from services.scoring.scorer import State, each_seen, seen_token
@@ -290,7 +291,7 @@ async def changelog_states(
         read = len(records)
         return all(latest.get(k, {}).get("events") == v["events"] for k, v in expected.items())
 
-    await read_until(bootstrap, f"{app_id}-people-changelog", converged, timeout=timeout)
+    await read_until(bootstrap, people_changelog(app_id), converged, timeout=timeout)
     return latest
 
 

@@ -111,12 +111,24 @@ class Worker:
         self.child.stop()
 
 
-async def produce(bootstrap: str, topic: str, items: Sequence[tuple[bytes, bytes]]) -> None:
-    """Send (key, value) pairs in order and wait for every acknowledgement."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+async def produce(
+    bootstrap: str,
+    topic: str,
+    items: Sequence[tuple[bytes, bytes]],
+    *,
+    pace_s: float = 0.0,
+    hurry: asyncio.Event | None = None,
+) -> None:
+    """Send (key, value) pairs in order and wait for every acknowledgement; ``pace_s`` apart
+    (the rest at once when ``hurry`` is set)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
     await producer.start()
     try:
-        futures = [await producer.send(topic, value, key=key) for key, value in items]
+        futures = []
+        for key, value in items:
+            futures.append(await producer.send(topic, value, key=key))
+            if pace_s and not (hurry is not None and hurry.is_set()):
+                await asyncio.sleep(pace_s)
         await asyncio.gather(*futures)
     finally:
         await producer.stop()

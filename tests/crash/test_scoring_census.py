@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import ConsumerRecord
 
+from services.scoring.app import people_changelog
 from services.scoring.census import deadline_of, tier_of
 from services.scoring.processor import MERGED
 from services.scoring.scorer import State
@@ -118,7 +119,7 @@ async def test_a_census_rebuilt_while_events_arrive_counts_the_table_and_times_e
 async def _merge_markers(settings: CommonSettings, app_id: str, count: int) -> None:
     """``count`` people merged away, on the people changelog before any worker starts (which
     then finds the topic there), so that every worker recovers them into its table."""
-    changelog = f"{app_id}-people-changelog"
+    changelog = people_changelog(app_id)
     spec = TopicSpec(
         changelog, "oneid", "the people table's changelog", {"cleanup.policy": "compact"}
     )
@@ -142,21 +143,10 @@ async def _rebuilt(worker: Worker, change: Awaitable[object]) -> None:
 
 
 async def _trickle(bootstrap: str, events: list[ResolvedEvent], enough: asyncio.Event) -> None:
-    """``events`` at ~100 a second from one producer (the rest at once when ``enough`` is
-    set), so that a worker whose rebuild begins after its loop resumed finds polls waiting at
-    the yields of its scan."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
-    await producer.start()
-    try:
-        sent = []
-        for event in events:
-            key = event.oneid.encode()
-            sent.append(await producer.send(EVENTS_RESOLVED.name, encode(event), key=key))
-            if not enough.is_set():
-                await asyncio.sleep(0.01)
-        await asyncio.gather(*sent)
-    finally:
-        await producer.stop()
+    """``events`` at ~100 a second (the rest at once when ``enough`` is set), so that a worker
+    whose rebuild begins after its loop resumed finds polls waiting at the yields of its scan."""
+    items = [(event.oneid.encode(), encode(event)) for event in events]
+    await produce(bootstrap, EVENTS_RESOLVED.name, items, pace_s=0.01, hurry=enough)
 
 
 async def _census_matches_the_table(workers: list[Worker], bootstrap: str, app_id: str) -> None:
@@ -207,7 +197,7 @@ async def _changelog_until(
         read = len(records)
         return bool(wanted) and all(latest.get(k) == v for k, v in wanted.items())
 
-    await read_until(bootstrap, f"{app_id}-people-changelog", converged, timeout=timeout)
+    await read_until(bootstrap, people_changelog(app_id), converged, timeout=timeout)
     return latest
 
 

@@ -16,6 +16,7 @@ import pytest
 from faust.serializers import codecs
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.scoring.app import people_changelog
 from services.scoring.repository import delete_profiles, upsert_profiles
 from services.scoring.rules import load_model
 from services.scoring.service import profile_of, score_event
@@ -249,7 +250,7 @@ async def test_changelog_and_profile_records_are_what_faust_and_the_model_would_
     key, expected = oneid.encode(), codecs.dumps("json", state)
     changelog = await read_until(
         settings.kafka_bootstrap,
-        f"{env['TIERFLOW_SCORING_APP_ID']}-people-changelog",
+        people_changelog(env["TIERFLOW_SCORING_APP_ID"]),
         lambda kept: bool(kept) and kept[-1].value == expected,
         keep=lambda r: r.key == key,
     )
