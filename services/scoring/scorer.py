@@ -254,6 +254,8 @@ class Facts:
     rfm: tuple[int, int, int] | None
     counts: dict[str, int]
     traits: dict[str, Any]
+    oldest_counted: dict[str, int] = field(default_factory=dict)
+    """Per counted rule, the oldest day of the count window holding one of its events."""
     contributions: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -271,7 +273,10 @@ def measure(
     adds every rule's count and contribution (for explanations, not every event).
     """
     factor = decay_factor(now - state["engagement_at"], model.half_life_days)
-    engagement = sum(engagement_points(state, model).values()) * factor
+    held = state["engagement"]  # see engagement_points: a stamped state needs no filtering
+    if state.get("model") != model.version:
+        held = engagement_points(state, model)
+    engagement = sum(held.values()) * factor
     rfm = model.rfm
     frequency_window, monetary_window = model.schedule.purchase_windows
     purchases, revenue = 0, 0
@@ -298,7 +303,7 @@ def measure(
         for rule in model.fit:
             if rule.trait in traits:
                 fit += rule.weight * rule.points.get(str(traits[rule.trait]), 0.0)
-    counts = _counts(state["days"], now, model, every=detail)
+    counts, oldest = _counts(state["days"], now, model, every=detail)
     last = state["last_event_at"] or state["first_seen_at"]
     silent, age = max(0.0, now - last) / DAY, max(0.0, now - state["first_seen_at"]) / DAY
     metrics = {
@@ -324,6 +329,7 @@ def measure(
         rfm=bands,
         counts=counts,
         traits=traits,
+        oldest_counted=oldest,
         metrics=metrics,
     )
     if detail:
@@ -333,20 +339,28 @@ def measure(
 
 def _counts(
     days: Mapping[str, Mapping[str, list[Any]]], now: float, model: ScoringModel, *, every: bool
-) -> dict[str, int]:
-    """Events per rule in the count window ending today: every rule's, or those tested."""
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Events per rule in the count window ending today (every rule's, or those tested), and
+    per rule the oldest day of the window holding one (when the count next drops)."""
     today = _day(now)
     horizon = today - model.count_window_days
     counted = model.counted
     counts: dict[str, int] = {}
+    oldest: dict[str, int] = {}
     for rule, per_day in days.items():
         if every or rule in counted:
             count = 0
+            first = None
             for day, entry in per_day.items():
-                if horizon < int(day) <= today:
+                number = int(day)
+                if horizon < number <= today and entry[0]:
                     count += entry[0]
+                    if first is None or number < first:
+                        first = number
             counts[rule] = count
-    return counts
+            if first is not None:
+                oldest[rule] = first
+    return counts, oldest
 
 
 def contributions(
@@ -497,9 +511,10 @@ def next_deadline(
     facts = facts or measure(state, now, model)
     if facts.engagement:
         _decay_deadlines(candidates, facts, now, model)
-    if model.counted:
-        _count_deadlines(candidates, state["days"], now, model)
-    _purchase_deadlines(candidates, state, now, model)
+    if facts.oldest_counted:
+        _count_deadlines(candidates, facts, model)
+    if state["last_purchase_at"] is not None:  # set by the first purchase
+        _purchase_deadlines(candidates, state, now, model)
     tier = state["tier"]
     if tier is not None and tier in schedule.dwell:
         candidates.append(state["tier_since"] + schedule.dwell[tier])
@@ -533,40 +548,31 @@ def _decay_deadlines(
     candidates: list[float], facts: Facts, now: float, model: ScoringModel
 ) -> None:
     """Add when the decaying engagement crosses each engagement or total threshold. It moves
-    toward zero from either side: negative points (a complaint) rise back."""
+    toward zero from either side (negative points, a complaint, rise back): a target is
+    crossed when engagement * 2^(-t/h) equals it, so when both are of one sign and the target
+    is nearer zero (0 < target / engagement < 1), after -log2(target / engagement) halvings."""
     engagement = facts.engagement
     schedule = model.schedule
+    half_life = model.half_life_days * DAY
+    for limit in schedule.engagement_limits:
+        ratio = limit / engagement
+        if 0.0 < ratio < 1.0:
+            candidates.append(now - math.log2(ratio) * half_life)
     others = facts.value + facts.fit
-    targets = [*schedule.engagement_limits, *(limit - others for limit in schedule.total_limits)]
-    for target in targets:
-        # crossed when engagement * 2^(-t/h) == target: both of one sign, the target nearer 0
-        if 0 < target / engagement < 1:
-            halvings = math.log2(engagement / target)
-            candidates.append(now + halvings * model.half_life_days * DAY)
+    for limit in schedule.total_limits:
+        ratio = (limit - others) / engagement
+        if 0.0 < ratio < 1.0:
+            candidates.append(now - math.log2(ratio) * half_life)
 
 
-def _count_deadlines(
-    candidates: list[float],
-    days: Mapping[str, Mapping[str, list[Any]]],
-    now: float,
-    model: ScoringModel,
-) -> None:
+def _count_deadlines(candidates: list[float], facts: Facts, model: ScoringModel) -> None:
     """Add when the oldest counted day of each tested ``count.<rule>`` leaves the window: the
     count drops then (at the start of the first day past ``day + count_window_days``)."""
-    today = _day(now)
     window = model.count_window_days
-    horizon = today - window
-    for rule in model.counted:
-        per_day = days.get(rule)
-        if not per_day:
-            continue
-        oldest = None
-        for day, entry in per_day.items():
-            number = int(day)
-            if horizon < number <= today and entry[0] and (oldest is None or number < oldest):
-                oldest = number
-        if oldest is not None:
-            candidates.append(math.ceil(oldest + window) * DAY)
+    counted = model.counted
+    for rule, day in facts.oldest_counted.items():
+        if rule in counted:
+            candidates.append(math.ceil(day + window) * DAY)
 
 
 @dataclass(slots=True)
