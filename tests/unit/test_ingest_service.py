@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -324,7 +323,7 @@ def test_the_openapi_document_describes_every_tracking_route_with_valid_examples
     assert doc["components"]["securitySchemes"]["writeKey"]["scheme"] == "basic"
 
 
-def _read(body: bytes, limit: int = 1000) -> bytes:
+async def _read(body: bytes, limit: int = 1000) -> bytes:
     """``read_body`` of one gzip-encoded request carrying ``body``."""
     scope = {"headers": [(b"content-encoding", b"gzip")]}
     messages = [{"type": "http.request", "body": body, "more_body": False}]
@@ -332,20 +331,20 @@ def _read(body: bytes, limit: int = 1000) -> bytes:
     async def receive() -> dict[str, Any]:
         return messages.pop(0)
 
-    return asyncio.run(read_body(scope, receive, limit))
+    return await read_body(scope, receive, limit)
 
 
-def test_a_gzip_body_is_inflated_whole_or_refused() -> None:
+async def test_a_gzip_body_is_inflated_whole_or_refused() -> None:
     event = b'{"userId": "u", "event": "e"}'
-    assert _read(gzip.compress(event)) == event
+    assert await _read(gzip.compress(event)) == event
     # the format allows several members; each is inflated, none dropped
-    assert _read(gzip.compress(event[:10]) + gzip.compress(event[10:])) == event
-    assert _read(gzip.compress(event) + bytes(512)) == event  # zero padding, as gzip allows
+    assert await _read(gzip.compress(event[:10]) + gzip.compress(event[10:])) == event
+    assert await _read(gzip.compress(event) + bytes(512)) == event  # zero padding, as gzip allows
     for broken in (gzip.compress(event)[:-4], gzip.compress(event) + b"junk", b"not gzip"):
         with pytest.raises(BadRequest, match="not valid gzip"):
-            _read(broken)
+            await _read(broken)
     many = b"".join(gzip.compress(b" ") for _ in range(64)) + gzip.compress(event)
     with pytest.raises(BadRequest, match="more than 64 members"):
-        _read(many, limit=10_000)
+        await _read(many, limit=10_000)
     with pytest.raises(PayloadTooLarge):
-        _read(gzip.compress(b"x" * 2000))
+        await _read(gzip.compress(b"x" * 2000))
