@@ -60,7 +60,6 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
         read_offset = self._read_offset
         acks_enabled_for = app.topics.acks_enabled_for
         commit_every = self._commit_every
-        poll_wait = app.fetch_max_wait_ms / 1000
         fed_topics = app.fed_topics
         continuity = app.continuity
         try:
@@ -68,7 +67,7 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
                 generation = app.consumer_generation_id
                 fed: list[Message] = []
                 other: list[Message] = []
-                async for tp, message in self.getmany(timeout=poll_wait):
+                async for tp, message in self.getmany(timeout=1.0):
                     if not (fed or other):
                         # read once the fetch returned, as Faust's getmany does: a fetch can
                         # wait through a whole rebalance and return records from after its seek
@@ -95,20 +94,6 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
         except asyncio.CancelledError:
             if not self.transport.app.should_stop:
                 raise
-
-    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
-        """Faust's wait for the next records, idling ``timeout`` instead of a whole second
-        while no partition is active (this worker holds none yet, or all are paused).
-
-        Together with the short wait passed by :meth:`_drain_messages` this is how soon a
-        worker scores after a rebalance. A poll waits on the partitions that were active when
-        it began, and resumed partitions are not among them: with Faust's 1 s for both, the
-        first batch came 0.2-0.6 s after "Worker ready" (``tests/crash/test_scoring_rebalance.py``,
-        3 rebalances); with the fetch wait (100 ms), 2-81 ms in 6."""
-        if self.flow_active and not self.app.client_only and not self._get_active_partitions():
-            await self.sleep(timeout)
-            return {}, set()
-        return await super()._wait_next_records(timeout)
 
     async def _hand_on(self, poll: Poll, other: list[Message]) -> None:
         """Changelog records to Faust, the poll to the scoring loop; dropped at a rebalance."""
