@@ -60,8 +60,8 @@ async def test_a_census_rebuilt_while_events_arrive_counts_the_table_and_times_e
         seed=5,
         TIERFLOW_SCORING_STORE="rocksdb://",
         TIERFLOW_SCORING_REBUILD_SLICE_SECONDS="0",
-        # a worker's rebuild begins at the first tick after a rebalance: ticks 1.5 s apart
-        # begin many rebuilds after its loop resumed (within 0.1 s of "Worker ready")
+        # a worker's loop resumes 0.2-1 s after a rebalance and its rebuild begins at the next
+        # tick: ticks 1.5 s apart begin many rebuilds after the loop resumed
         TIERFLOW_SCORING_TIMER_INTERVAL="1.5",
     )
     stream, expected, app_id, env = setup.stream, setup.expected, setup.app_id, setup.env
