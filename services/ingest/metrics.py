@@ -25,6 +25,12 @@ CLOCK_AHEAD = Counter(
     "corrected back, by source: a client with a clock set ahead.",
     ["source"],
 )
+STALE_KEYS = Counter(
+    "tierflow_ingest_stale_keys_total",
+    "Requests whose write key Postgres could not check, accepted from the expired cache (keys "
+    "it could not check and had not cached are rejected_total{reason=auth_unavailable}). "
+    "Rising means ingest runs without its database and revocations wait for it.",
+)
 PAYLOAD_BYTES = Histogram(
     "tierflow_ingest_request_bytes",
     "Request body sizes after decompression.",

@@ -90,7 +90,7 @@ class Collector:
         limiter: SourceLimiter,
         *,
         max_event_bytes: int,
-        max_clock_ahead: timedelta = timedelta(seconds=60),
+        max_clock_ahead: timedelta,
     ) -> None:
         self._acceptor = acceptor
         self._limiter = limiter

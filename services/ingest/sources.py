@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.ingest import repository
+from services.ingest import metrics, repository
 from shared.db import unit_of_work
 from shared.errors import Unauthorized, Unavailable
 
@@ -119,6 +119,7 @@ class SourceDirectory:
     ) -> SourceRef:
         """A key checked before keeps working; any other may be valid, so 503, not 401."""
         if valid is not None:
+            metrics.STALE_KEYS.inc()
             return valid[1]
         raise Unavailable(
             "the write key cannot be checked now (database unavailable); retry",

@@ -510,6 +510,8 @@ async def test_a_database_outage_keeps_checked_keys_working_and_answers_503_for_
             assert refused.headers["retry-after"] == "1"
             assert "database" in refused.json()["detail"]
             assert (await client.get("/readyz")).status_code == 200
+            exported = (await client.get("/metrics")).text
+            assert "tierflow_ingest_stale_keys_total 2.0" in exported  # the two on the cached key
             await proxy.restore()
             for _ in range(40):
                 answered = await track(unknown, 4)
