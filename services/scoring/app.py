@@ -109,6 +109,7 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         flush_interval,
         rebuild_slice=settings.scoring_rebuild_slice_seconds,
     )
+    app.resumes_at = loop.resumes_at
 
     @app.task  # type: ignore[untyped-decorator]
     async def score() -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import cast
 
 from services.scoring.deadlines import Deadlines
+from services.scoring.positions import is_position
 from services.scoring.processor import is_live
 from services.scoring.scorer import State
 
@@ -53,11 +54,12 @@ class Census:
         return self.deadlines, self.population, len(self._tiers)
 
     def _count(self, key: bytes, state: State | None) -> None:
-        """Count ``key`` as ``state`` (None: not at all), in place of how it was counted."""
+        """Count ``key`` as ``state`` (None, or a position marker: not at all), in place of how
+        it was counted."""
         before = self._tiers.pop(key, None)
         if before is not None:
             self.population[before] -= 1
-        if state is None:
+        if state is None or is_position(state):
             self.deadlines.set(key, None)
             return
         tier = tier_of(state)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -119,6 +119,11 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
         the restart-at-once crash test lost updates the same way. ``earliest`` is where such
         a partition starts on a fresh assignment too.
 
+        A partition whose position marker (:mod:`services.scoring.positions`) is past its
+        committed offset resumes from the marker: Tansu loses committed offsets at rebalances,
+        and from the beginning every event older than a person's last 256 would count again.
+        The returned offsets include it, so Faust's read and committed offsets start there too.
+
         aiokafka resets such a partition's position in the background;
         :meth:`verify_event_path` keeps Faust's livelock check away from it meanwhile.
         (Seeking to the beginning offsets directly instead stalled workers for good in 1 of 4
@@ -132,11 +137,20 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
             for tp, offset in committed.items()
             if tp.topic in app.fed_topics
         }
+        marked = {tp: app.resumes_at(tp) for tp in positions}
+        ahead = {tp: marked[tp] for tp, offset in positions.items() if marked[tp] > offset}
+        if ahead:
+            log.info("resuming past the committed offsets by position markers: %s", ahead)
+            consumer = self._thread._ensure_consumer()
+            for tp, offset in ahead.items():
+                tp_ = TopicPartition(tp.topic, tp.partition)
+                await self._thread.call_thread(consumer.seek, tp_, offset)
+        positions.update(ahead)
         app.continuity.restart(positions)
         uncommitted = [tp for tp, offset in positions.items() if offset == 0]
         if uncommitted:
             await self._thread.seek_to_beginning(*uncommitted)
-        return committed
+        return {**committed, **ahead}
 
     async def seek_back(self, tp: TP, offset: int) -> None:
         """Fetch ``tp`` again from ``offset``.
@@ -211,6 +225,9 @@ class ScoringApp(faust.App):  # type: ignore[misc,unused-ignore]  # faust is unt
     """Topics whose polls go to :attr:`feed` (the rest take Faust's per-message path)."""
     fetch_max_wait_ms: int = 1500
     """How long the consumer's fetches wait for records (Faust's own value by default)."""
+    resumes_at: Callable[[TP], int] = staticmethod(lambda tp: 0)
+    """Where a fed partition resumes by the table's position marker (0: unknown); set by the
+    scoring loop, which owns the table."""
 
     @property
     def feed(self) -> FlowControlQueue[Poll]:

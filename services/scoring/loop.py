@@ -26,6 +26,7 @@ from services.scoring.census import Census, deadline_of, tier_of
 from services.scoring.clock import Clock
 from services.scoring.deadlines import Deadlines
 from services.scoring.feed import ScoringApp
+from services.scoring.positions import advanced, position_key, resumes_at
 from services.scoring.processor import Outcome, Record, process
 from services.scoring.rules import ScoringModel
 from services.scoring.schemas import Reevaluate
@@ -91,7 +92,7 @@ class ScoringLoop:
         self.partitions = partitions
         self.deadlines = Deadlines()
         self.population: Counter[str] = Counter()
-        self.entries = 0  # table entries (people and markers) of the partitions held
+        self.entries = 0  # people, merge and erasure markers of the partitions held
         self.flush_interval = flush_interval
         self.rebuild_slice = rebuild_slice
         self.publisher = Publisher(app)
@@ -193,6 +194,7 @@ class ScoringLoop:
         if not self._valid():
             self._rollback()
             return
+        self._advance_positions()
         changelog = self.people.changelog_topic
         name, serializer = changelog.get_topic_name(), self.people.value_serializer
         self._flushing_encoded = {
@@ -202,6 +204,28 @@ class ScoringLoop:
         sends = [(name, key, value) for key, value in self._flushing_encoded.items()]
         self._flushing = (await self.publisher.send(sends), self._held, self._generation)
         self._flushing_states, self._pending, self._held = self._pending, {}, []
+
+    def _advance_positions(self) -> None:
+        """Move the position marker of every held partition still assigned past its held
+        messages; written after the states (a changelog partition keeps their order)."""
+        last: dict[TP, int] = {}
+        for message in self._held:  # in offset order per partition, redeliveries aside
+            if message.offset > last.get(message.tp, -1):
+                last[message.tp] = message.offset
+        owned = self.app.consumer.assignment()
+        consumed: dict[int, list[tuple[str, int]]] = {}
+        for tp, offset in last.items():
+            if tp in owned:
+                consumed.setdefault(tp.partition, []).append((tp.topic, offset))
+        for partition, offsets in consumed.items():
+            key = position_key(partition, self.partitions)
+            marker = advanced(self.state_of(key), offsets)
+            if marker is not None:
+                self._pending[key] = marker
+
+    def resumes_at(self, tp: TP) -> int:
+        """Where ``tp`` (a fed topic's partition) resumes by its position marker (0: unknown)."""
+        return resumes_at(self.state_of(position_key(tp.partition, self.partitions)), tp.topic)
 
     async def _settle(self) -> None:
         """Wait for the last flush's changelog acks, store its states, then ack its messages

@@ -44,7 +44,8 @@ BATCH_SECONDS = Histogram(
 )
 TABLE_SIZE = Gauge(
     "tierflow_scoring_table_entries",
-    "Entries in this worker's table partitions (people and markers), and scheduled deadlines.",
+    "Entries in this worker's table partitions (people, merge and erasure markers), and "
+    "scheduled deadlines.",
     ["table"],
 )
 REBUILD_SECONDS = Histogram(

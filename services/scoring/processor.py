@@ -16,6 +16,7 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from services.scoring import service
+from services.scoring.positions import POSITION
 from services.scoring.rules import ScoringModel
 from services.scoring.schemas import COMMAND, Erase, Fold, Reevaluate, ScoredEvent
 from services.scoring.scorer import State
@@ -77,8 +78,10 @@ class Outcome:
 
 
 def is_live(state: State | None) -> bool:
-    """True for a scored person (not absent, merged away or erased)."""
-    return state is not None and MERGED not in state and ERASED not in state
+    """True for a scored person (not absent, merged away or erased, nor a position marker)."""
+    return (
+        state is not None and MERGED not in state and ERASED not in state and POSITION not in state
+    )
 
 
 class _Batch:

@@ -1,0 +1,141 @@
+"""A group whose committed offsets are gone resumes from the table's position markers, so events
+older than the ids a person remembers (the last 256) are not counted a second time.
+
+Tansu drops committed offsets at rebalances and Kafka expires them after
+``offsets.retention.minutes``; here they are rewound to 0 while no worker runs, which is what a
+worker finding none does (it starts from the beginning).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.structs import OffsetAndMetadata
+
+from services.scoring.app import people_changelog
+from services.scoring.positions import POSITION, resumes_at
+from services.scoring.recovery import true_ends
+from shared.settings import CommonSettings
+from shared.topics import EVENTS_RESOLVED
+from tests.crash.scenario import (
+    Replayed,
+    changelog_states,
+    divergence,
+    mismatched,
+    produce_events,
+    replay,
+)
+from tests.crash.scoring_worker import Worker, read_until
+from tests.factories import T0, make_resolved
+
+SETTLE = 90.0
+
+
+async def test_lost_committed_offsets_count_no_event_twice(
+    settings: CommonSettings, tmp_path: Path, fresh_app: Callable[..., Replayed]
+) -> None:
+    bootstrap, partitions = settings.kafka_bootstrap, settings.topic_partitions
+    setup = fresh_app("scoring-positions", people=2, events=640)  # ~320 events each
+    stream, expected, app_id, env = setup.stream, setup.expected, setup.app_id, setup.env
+    assert min(state["events"] for state in expected.values()) > 256
+    first = Worker("a", env, tmp_path)
+    try:
+        await first.ready()
+        await produce_events(bootstrap, stream)
+        latest = await changelog_states(bootstrap, app_id, expected, timeout=SETTLE)
+        assert not mismatched(latest, expected)
+        # everything read so far (other tests' events too) is covered by a marker
+        await _until_marked(bootstrap, app_id, await _ends(bootstrap, partitions))
+    finally:
+        first.stop()
+
+    await _rewind(bootstrap, app_id, partitions)
+    late = make_resolved(
+        stream[0].oneid, message_id=f"{app_id}-late", timestamp=T0 + timedelta(days=91)
+    )
+    everything = [*stream, late]
+    want = replay(everything)[0]
+    second = Worker("b", env, tmp_path)
+    try:
+        await second.ready()
+        await produce_events(bootstrap, [late])
+        latest = await changelog_states(bootstrap, app_id, want, timeout=SETTLE)
+        positions = {e.event.event_id: n for n, e in enumerate(everything)}
+        wrong = mismatched(latest, want)
+        assert not wrong, [
+            divergence(o, latest.get(o.encode()), want[o.encode()], positions, len(stream))
+            for o in wrong
+        ]
+        # it resumed where the first worker stopped: nothing was read again
+        events = "tierflow_scoring_events_total"
+        assert await second.metric(events, outcome="duplicate") == 0
+        assert await second.metric(events, outcome="scored") == 1
+    finally:
+        second.stop()
+
+
+async def _until_marked(bootstrap: str, app_id: str, ends: dict[int, int]) -> None:
+    """Until the changelog's position markers reach ``ends`` (events.resolved, by partition)."""
+    marked: dict[int, int] = {}
+    read = 0
+
+    def reached(records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+        nonlocal read
+        for record in records[read:]:
+            if record.value is not None and POSITION.encode() in record.value:
+                marker = orjson.loads(record.value)
+                marked[record.partition] = resumes_at(marker, EVENTS_RESOLVED.name)
+        read = len(records)
+        return all(marked.get(n, 0) >= end for n, end in ends.items())
+
+    await read_until(bootstrap, people_changelog(app_id), reached, timeout=SETTLE)
+    assert all(marked.get(n, 0) >= end for n, end in ends.items()), (marked, ends)
+
+
+async def _ends(bootstrap: str, partitions: int) -> dict[int, int]:
+    """The end offset of each partition of events.resolved (read, not as Tansu reports it)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(EVENTS_RESOLVED.name, n) for n in range(partitions)]
+        reported = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    return {tp.partition: end for tp, end in (await true_ends(bootstrap, reported)).items()}
+
+
+class _AsFaust(RoundRobinPartitionAssignor):
+    """Round robin under the name of Faust's assignor."""
+
+    name = "faust"
+
+
+async def _rewind(bootstrap: str, group: str, partitions: int) -> None:
+    """Commit offset 0 on every partition of events.resolved for ``group``, as its only member
+    (the broker takes commits from members only)."""
+    consumer = AIOKafkaConsumer(
+        EVENTS_RESOLVED.name,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        rebalance_timeout_ms=3000,
+        partition_assignment_strategy=(_AsFaust,),  # the group keeps its members' protocol
+    )
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + SETTLE
+        while len(consumer.assignment()) < partitions and time.monotonic() < deadline:
+            await consumer.getmany(timeout_ms=200)
+        tps = sorted(consumer.assignment())
+        assert len(tps) == partitions, tps
+        await consumer.commit({tp: OffsetAndMetadata(0, "") for tp in tps})
+        assert [await consumer.committed(tp) for tp in tps] == [0] * partitions
+    finally:
+        await consumer.stop()
