@@ -26,7 +26,12 @@ from services.scoring.census import Census, deadline_of, tier_of
 from services.scoring.clock import Clock
 from services.scoring.deadlines import Deadlines
 from services.scoring.feed import ScoringApp
-from services.scoring.positions import advanced, position_key, resumes_at
+from services.scoring.positions import (
+    advanced,
+    consumed_by_partition,
+    position_key,
+    resumes_at,
+)
 from services.scoring.processor import Outcome, Record, process
 from services.scoring.rules import ScoringModel
 from services.scoring.schemas import Reevaluate
@@ -208,15 +213,8 @@ class ScoringLoop:
     def _advance_positions(self) -> None:
         """Move the position marker of every held partition still assigned past its held
         messages; written after the states (a changelog partition keeps their order)."""
-        last: dict[TP, int] = {}
-        for message in self._held:  # in offset order per partition, redeliveries aside
-            if message.offset > last.get(message.tp, -1):
-                last[message.tp] = message.offset
-        owned = self.app.consumer.assignment()
-        consumed: dict[int, list[tuple[str, int]]] = {}
-        for tp, offset in last.items():
-            if tp in owned:
-                consumed.setdefault(tp.partition, []).append((tp.topic, offset))
+        held = ((message.tp, message.offset) for message in self._held)
+        consumed = consumed_by_partition(held, self.app.consumer.assignment())
         for partition, offsets in consumed.items():
             key = position_key(partition, self.partitions)
             marker = advanced(self.state_of(key), offsets)

@@ -19,8 +19,10 @@ resumes from the later of the committed offset and the marker.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from functools import cache
+
+from faust.types import TP
 
 from services.scoring.scorer import State
 from shared.kafka import partition_of
@@ -62,3 +64,20 @@ def advanced(marker: State | None, consumed: Iterable[tuple[str, int]]) -> State
         if offset + 1 > moved.get(topic, 0):
             moved[topic] = offset + 1
     return {POSITION: moved} if moved != known else None
+
+
+def consumed_by_partition(
+    messages: Iterable[tuple[TP, int]], owned: Container[TP]
+) -> dict[int, list[tuple[str, int]]]:
+    """The last offset of each fed topic among ``messages`` (``(tp, offset)``, redeliveries
+    included), by partition, for the partitions in ``owned`` only: another worker writes the
+    marker of a partition this one no longer holds."""
+    last: dict[TP, int] = {}
+    for tp, offset in messages:
+        if offset > last.get(tp, -1):
+            last[tp] = offset
+    consumed: dict[int, list[tuple[str, int]]] = {}
+    for tp, offset in last.items():
+        if tp in owned:
+            consumed.setdefault(tp.partition, []).append((tp.topic, offset))
+    return consumed

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from faust.types import TP
 
 from services.scoring.census import Census
-from services.scoring.positions import POSITION, advanced, is_position, position_key, resumes_at
+from services.scoring.positions import (
+    POSITION,
+    advanced,
+    consumed_by_partition,
+    is_position,
+    position_key,
+    resumes_at,
+)
 from services.scoring.processor import is_live
 from shared.kafka import partition_of
 
@@ -43,3 +51,19 @@ def test_a_marker_is_not_a_person_and_is_not_counted() -> None:
     census.scanned(b"tierflow:position:0:0", marker)
     deadlines, population, entries = census.finish(lambda key: None)
     assert (len(deadlines), sum(population.values()), entries) == (0, 0, 0)
+
+
+def test_a_flush_marks_the_last_offset_of_each_owned_partition() -> None:
+    e0, e1, merges = TP("events", 0), TP("events", 1), TP("merges", 0)
+    held = [(e0, 5), (e1, 2), (e0, 6), (merges, 3), (e0, 4), (e1, 3)]  # (e0, 4): a redelivery
+    assert consumed_by_partition(held, {e0, merges}) == {0: [("events", 6), ("merges", 3)]}
+    assert consumed_by_partition(held, set()) == {}
+
+
+def test_a_marker_the_loop_holds_is_not_counted_either() -> None:
+    census = Census([b"tierflow:position:0:0", b"person"])
+    marker, person = {POSITION: {"events": 10}}, {"tier": "vip", "deadline": 5.0}
+    deadlines, population, entries = census.finish(
+        {b"tierflow:position:0:0": marker, b"person": person}.get
+    )
+    assert (len(deadlines), dict(population), entries) == (1, {"vip": 1}, 1)
