@@ -144,6 +144,8 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
             log.info("resuming past the committed offsets by position markers: %s", ahead)
             consumer = self._thread._ensure_consumer()
             for tp, offset in ahead.items():
+                committed_at = "missing" if positions[tp] == 0 else "behind"
+                metrics.RESUMED_BY_MARKER.labels(tp.topic, committed_at).inc()
                 tp_ = TopicPartition(tp.topic, tp.partition)
                 await self._thread.call_thread(consumer.seek, tp_, offset)
         positions.update(ahead)

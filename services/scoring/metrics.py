@@ -66,6 +66,13 @@ PROFILES_WRITTEN = Counter(
     "Profiles upserted (or deleted) in the Postgres read model.",
     ["operation"],
 )
+RESUMED_BY_MARKER = Counter(
+    "tierflow_scoring_resumed_by_marker_total",
+    "Fed partitions a worker resumed from the table's position marker, past the group's "
+    "committed offset: 'behind' (commits lag the flushes, normal after a crash) or 'missing' "
+    "(no committed offset: expired or lost; without the marker all would be read again).",
+    ["topic", "committed"],
+)
 REFETCHES = Counter(
     "tierflow_scoring_refetches_total",
     "Fed partitions fetched again because a record had been skipped before the scoring loop "

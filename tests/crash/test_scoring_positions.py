@@ -77,6 +77,8 @@ async def test_lost_committed_offsets_count_no_event_twice(
         events = "tierflow_scoring_events_total"
         assert await second.metric(events, outcome="duplicate") == 0
         assert await second.metric(events, outcome="scored") == 1
+        resumed = "tierflow_scoring_resumed_by_marker_total"
+        assert await second.metric(resumed, committed="missing") >= 1
     finally:
         second.stop()
 
