@@ -4,6 +4,8 @@ Starts its own embedded broker and Postgres, runs the scenario of ``tests/crash`
 restart at once, one or two workers) ``--runs`` times and prints one line per run. When a run
 diverges or fails, the work directory (worker logs, broker and database) is kept for a post-mortem.
 ``--unsafe`` runs workers with Faust's own recovery (no end-offset probe) for comparison.
+``--notices`` runs the scenario with merges, erasures and late events after the stream
+(``tests/crash/notices_scenario.py``; its kills are fixed per phase, ``--kills`` is ignored).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 from shared.stack.launcher import Stack, StackSettings, prepare, start_infrastructure
-from tests.crash.scenario import run
+from tests.crash import notices_scenario
+from tests.crash.scenario import Result, run
 from tests.factories import free_port
 
 
@@ -30,6 +33,7 @@ async def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--unsafe", action="store_true")
     parser.add_argument("--max-batch-size", type=int, default=None)
+    parser.add_argument("--notices", action="store_true")
     args = parser.parse_args()
     work_dir = Path(tempfile.mkdtemp(prefix="scoring-crash-"))
     (work_dir / "logs").mkdir()
@@ -49,26 +53,46 @@ async def main() -> None:
                 seed = random.randrange(1 << 30)
                 run_dir = work_dir / f"run-{n}-{workers}"
                 run_dir.mkdir()
-                result = await run(
-                    stack.env["TIERFLOW_KAFKA_BOOTSTRAP"],
-                    stack.env["TIERFLOW_DATABASE_URL"],
-                    run_dir,
-                    people=args.people,
-                    events=args.events,
-                    kills=args.kills,
-                    workers=workers,
-                    partitions=args.partitions,
-                    seed=seed,
-                    settle=180,
-                    extra_env=extra,
-                    module=module,
-                )
+                bootstrap = stack.env["TIERFLOW_KAFKA_BOOTSTRAP"]
+                database_url = stack.env["TIERFLOW_DATABASE_URL"]
+                result: Result
+                if args.notices:
+                    result = await notices_scenario.run(
+                        bootstrap,
+                        database_url,
+                        run_dir,
+                        people=args.people,
+                        events=args.events,
+                        workers=workers,
+                        partitions=args.partitions,
+                        seed=seed,
+                    )
+                else:
+                    result = await run(
+                        bootstrap,
+                        database_url,
+                        run_dir,
+                        people=args.people,
+                        events=args.events,
+                        kills=args.kills,
+                        workers=workers,
+                        partitions=args.partitions,
+                        seed=seed,
+                        settle=180,
+                        extra_env=extra,
+                        module=module,
+                    )
                 print(
                     f"{workers} {result.events} {result.people} {result.kills} "
                     f"{result.seconds:.1f} {result.ok} {len(result.mismatched)} "
                     f"{len(result.stale_in_memory)} "
                     f"{len(result.missing_changes)} {len(result.conflicting_changes)} "
-                    f"{result.duplicate_deliveries} seed={seed}",
+                    f"{result.duplicate_deliveries} seed={seed}"
+                    + (
+                        f" refolds={result.refolds}"
+                        if isinstance(result, notices_scenario.NoticesResult)
+                        else ""
+                    ),
                     flush=True,
                 )
                 for line in result.divergence if not result.ok else []:
