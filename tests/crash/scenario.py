@@ -21,7 +21,7 @@ import orjson
 from aiokafka import ConsumerRecord
 
 from services.scoring.app import people_changelog
-from services.scoring.processor import Record, process
+from services.scoring.processor import Record, is_live, process
 from services.scoring.rules import load_model
 from services.scoring.scorer import State, each_seen, seen_token
 from services.scoring.service import profile_of
@@ -228,16 +228,9 @@ async def run(
             timeout=3,
         )
         _check_changes(result, changes, change_counts, setup.change_ids)
-        # what the workers hold in memory (recovered at their restarts), then after one more
-        # kill -9 of every worker and a fresh start; a worker restarted late may still be
-        # starting when the other one has already written everything
-        await asyncio.gather(*(w.ready(timeout=settle) for w in running))
-        result.stale_in_memory += await stale_people(running[0], expected)
-        for worker in running:
-            worker.kill()
-        running[:] = [Worker("final", env, work_dir, module)]
-        await running[0].ready(timeout=settle)  # recovers every changelog partition
-        result.stale_in_memory += await stale_people(running[0], expected)
+        result.stale_in_memory = await stale_across_restart(
+            running, env, work_dir, expected, settle=settle, module=module
+        )
         return result
     finally:
         for worker in running:
@@ -316,15 +309,57 @@ async def explained(client: httpx.AsyncClient, worker: Worker, oneid: str) -> An
         await asyncio.sleep(0.5)
 
 
+async def stale_across_restart(
+    running: list[Worker],
+    env: dict[str, str],
+    work_dir: Path,
+    expected: dict[bytes, State],
+    *,
+    settle: float,
+    module: str = "services.scoring",
+) -> list[str]:
+    """People stale in what the ``running`` workers hold (recovered at their restarts), then
+    after one more kill -9 of every one and a fresh start (``running`` then holds it), each
+    with where and what was held."""
+    # a worker restarted late may still be starting when the other has written everything
+    await asyncio.gather(*(w.ready(timeout=settle) for w in running))
+    before = await stale_answers(running[0], expected)
+    for worker in running:
+        worker.kill()
+    running[:] = [Worker("final", env, work_dir, module)]
+    await running[0].ready(timeout=settle)  # recovers every changelog partition
+    after = await stale_answers(running[0], expected)
+    return [
+        f"{oneid} {where}: {_held(answer)}"
+        for where, answers in (("in the running workers", before), ("after a restart", after))
+        for oneid, answer in answers.items()
+    ]
+
+
 async def stale_people(worker: Worker, expected: dict[bytes, State]) -> list[str]:
-    """People whose state in the workers' memory differs from the replay (via /explain)."""
-    stale = []
+    """People whose state in the workers' memory differs from the replay (via /explain): a
+    live person's profile, or an answer other than 404 for someone merged away or erased."""
+    return list(await stale_answers(worker, expected))
+
+
+async def stale_answers(worker: Worker, expected: dict[bytes, State]) -> dict[str, Any]:
+    """The /explain answers of :func:`stale_people`, by oneid."""
+    stale = {}
     async with httpx.AsyncClient(timeout=10) as client:
         for key, state in expected.items():
             oneid = key.decode()
-            if not explains(oneid, state, await explained(client, worker, oneid)):
-                stale.append(oneid)
+            answer = await explained(client, worker, oneid)
+            fresh = explains(oneid, state, answer) if is_live(state) else "profile" not in answer
+            if not fresh:
+                stale[oneid] = answer
     return stale
+
+
+def _held(answer: Any) -> str:
+    profile = answer.get("profile")
+    if profile is None:
+        return f"no profile ({answer.get('title') or answer.get('detail') or answer})"
+    return f"{profile.get('events_counted')} events, tier {profile.get('tier')}"
 
 
 def explains(oneid: str, state: State, answer: Any) -> bool:

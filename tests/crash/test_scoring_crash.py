@@ -40,4 +40,4 @@ async def test_killed_workers_lose_and_duplicate_nothing(
         seed=seed,
         extra_env=volume if store == "rocksdb" else None,
     )
-    assert result.ok, (seed, result)
+    assert result.ok, f"seed {seed}: {result}"  # a string: pytest cuts a repr at 240 characters

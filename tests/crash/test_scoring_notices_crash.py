@@ -27,5 +27,5 @@ async def test_killed_workers_fold_and_erase_once(settings: CommonSettings, tmp_
         partitions=settings.topic_partitions,
         seed=seed,
     )
-    assert result.ok, (seed, result)
+    assert result.ok, f"seed {seed}: {result}"  # a string: pytest cuts a repr at 240 characters
     assert result.kills == 2 + 4 * 2  # two in the stream, both workers in each later phase
