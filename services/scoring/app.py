@@ -26,7 +26,7 @@ from services.scoring.loop import ScoringLoop
 from services.scoring.pages import add_read_model_pages, error_page
 from services.scoring.processor import is_live
 from services.scoring.profiles import run_read_model
-from services.scoring.recovery import ProbedTableManager
+from services.scoring.recovery import ProbedRecovery, ProbedTableManager
 from services.scoring.rules import ScoringModel, load_model
 from services.scoring.settings import ScoringSettings
 from services.scoring.store import PeopleTable
@@ -128,6 +128,10 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
 
     add_read_model_pages(app, model, settings)
 
+    def recovered() -> bool:
+        """The current assignment's table partitions are recovered."""
+        return cast(ProbedRecovery, cast(Any, app.tables).recovery).current()
+
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         return web.json({"status": "ok"})
@@ -137,7 +141,7 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         consumer = app.consumer if app.consumer is not None else None
         checks = {
             "consumer": bool(consumer and consumer.assignment()),
-            "tables_recovered": cast(Any, app.tables).recovery.completed.is_set(),
+            "tables_recovered": recovered(),
         }
         ready = all(checks.values())
         return web.json(
@@ -148,6 +152,13 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
         metrics.TABLE_SIZE.labels(PEOPLE_TABLE).set(loop.entries)
+        changelog = people.changelog_topic.get_topic_name()
+        assignor = app.assignor
+        for role, tps in (
+            ("active", assignor.assigned_actives()),
+            ("standby", assignor.assigned_standbys()),
+        ):
+            metrics.PARTITIONS.labels(role).set(sum(tp.topic == changelog for tp in tps))
         metrics.TABLE_SIZE.labels("deadlines").set(len(loop.deadlines))
         metrics.TIER_POPULATION.clear()  # a tier no longer held must not keep its old count
         for tier, count in loop.population.items():
@@ -160,9 +171,10 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         forwards the request to it. While no owner is known or the owner cannot be reached (a
         rebalance; a member that died and has not left the group yet), 503 and Retry-After
         (Faust's own table route answered 500 to a refused connection). Nor does a worker
-        answer while it rebalances: Faust's rebalance lasts until the new assignment's recovery
-        is done, and until then the table may not hold the person's latest state."""
-        if app.rebalancing:
+        answer while it rebalances or until the current assignment's recovery is done
+        (:meth:`ProbedRecovery.current`): until then the table may not hold the person's
+        latest state, or the person at all."""
+        if app.rebalancing or not recovered():
             taking_over = "this worker is taking over partitions (rebalance or recovery); retry"
             return error_page(
                 web, Unavailable(taking_over, retry_after=EXPLAIN_RETRY_AFTER_SECONDS)

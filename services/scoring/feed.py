@@ -120,9 +120,9 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
         a partition starts on a fresh assignment too.
 
         A partition whose position marker (:mod:`services.scoring.positions`) is past its
-        committed offset resumes from the marker: committed offsets went missing at rebalances
-        on Tansu, and read from the beginning every event older than a person's last 256 ids
-        counted again.
+        committed offset resumes from the marker: committed offsets can be missing or behind
+        (expired on Kafka, lagging the flushes after a crash), and read from the beginning
+        every event older than a person's last 256 ids counted again.
         The returned offsets include it, so Faust's read and committed offsets start there too.
 
         aiokafka resets such a partition's position in the background;

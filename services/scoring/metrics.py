@@ -48,6 +48,12 @@ TABLE_SIZE = Gauge(
     "scheduled deadlines.",
     ["table"],
 )
+PARTITIONS = Gauge(
+    "tierflow_scoring_partitions",
+    "Partitions of the people table this worker holds (as of the last /metrics scrape): "
+    "active, scored here, or standby, its changelog followed so that a failover starts warm.",
+    ["role"],
+)
 REBUILD_SECONDS = Histogram(
     "tierflow_scoring_rebuild_duration_seconds",
     "Time to rebuild the deadline heap, tier population and entry count from the table after "

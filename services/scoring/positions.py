@@ -5,9 +5,11 @@ the beginning. The scoring loop then meets every event again, and a person remem
 last 256 event ids (the dedup): every older event counted again, and counting it pushed newer
 ids out, so a person ended with every event counted twice
 (``tests/crash/test_scoring_positions.py`` on the code before this module). Committed offsets
-do go missing: on Tansu, 60 of 78 seeks after a rebalance in 30 crash runs found none for 1 to
-4 of 4 partitions committed before (the cause is not established), and a Kafka cluster expires
-a group's offsets once the group stays away longer than ``offsets.retention.minutes``.
+do go missing: a Kafka cluster expires a group's offsets once the group stays away longer than
+``offsets.retention.minutes``. On Tansu one session's logs counted seeks after a rebalance that
+found none for partitions committed before; a later probe that logged every commit and seek
+found each seek at the last acknowledged commit, but once saw workers commit nothing for 40 s
+(``docs/benchmarks.md``).
 
 So every flush also writes one position marker per input partition it scored: for each fed
 topic, the offset after the last message whose effect the flushed states hold. The marker of a

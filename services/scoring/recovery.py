@@ -6,6 +6,9 @@ first in the last batch is not replayed (measured: ``python -m bench.scoring_off
 worker then continues from a state missing those writes, and the next write to those people
 overwrites the newer state in the changelog: a lost update. Here the reported end is only a
 starting point: the tail is read until the broker returns nothing more.
+
+It also tells whether the table holds the current assignment yet, which Faust's own flags do
+not always say (:meth:`ProbedRecovery.current`).
 """
 
 from __future__ import annotations
@@ -53,8 +56,9 @@ async def true_ends(
 
 
 class ProbedRecovery(Recovery):  # type: ignore[misc,unused-ignore]  # faust is untyped
-    """Faust's recovery with highwaters corrected by :func:`true_ends`, and without the cyclic
-    garbage collector while it replays.
+    """Faust's recovery with highwaters corrected by :func:`true_ends`, without the cyclic
+    garbage collector while it replays, and knowing which generation it recovered
+    (:meth:`current`).
 
     Every recovered state is a tree of dicts and lists that the collector would traverse again
     at each full collection while the table grows (measured: decoding a state took 35 µs with
@@ -62,6 +66,33 @@ class ProbedRecovery(Recovery):  # type: ignore[misc,unused-ignore]  # faust is 
     recovered states are frozen out of later collections, so a large table does not make every
     later full collection walk a million people.
     """
+
+    recovered_generation = -1
+
+    def current(self) -> bool:
+        """True once the recovery of the current generation's assignment has completed.
+
+        Faust's ``completed`` stays set from the first recovery on, and its ``rebalancing``
+        flag can be cleared by the previous recovery's end after the next rebalance began
+        (Faust then logs "Missing sensor state for rebalance #2"). Measured: a restarted
+        worker that went through two generations in quick succession (it joined while killed
+        members were still in the group) answered /explain from its table while the second
+        recovery replayed, 404 for every person of the partitions it took over: 3 of 10
+        two-worker crash runs failed so, all three through two generations, none of the others.
+        """
+        return self.recovered_generation == self.app.consumer_generation_id
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        await super().on_recovery_completed(generation_id)
+        self._recovered(generation_id)
+
+    async def _resume_streams(self, generation_id: int = 0) -> None:
+        await super()._resume_streams(generation_id)  # an assignment with nothing to replay
+        self._recovered(generation_id)
+
+    def _recovered(self, generation_id: int) -> None:
+        if generation_id == self.app.consumer_generation_id:  # else Faust gave up on it
+            self.recovered_generation = generation_id
 
     def _set_recovery_started(self) -> None:
         gc.disable()

@@ -1,10 +1,10 @@
 """A group whose committed offsets are gone resumes from the table's position markers, so events
 older than the ids a person remembers (the last 256) are not counted a second time.
 
-Committed offsets went missing at rebalances on Tansu (``docs/benchmarks.md``), and Kafka expires
-them after ``offsets.retention.minutes``; here they are rewound to 0 while no worker runs, which
-is what a worker finding none does (it starts from the beginning). On the code before the
-markers each person ended with every event counted twice.
+Kafka expires committed offsets after ``offsets.retention.minutes`` (and on Tansu they were
+seen missing or not written, ``docs/benchmarks.md``); here they are rewound to 0 while no worker
+runs, which is what a worker finding none does (it starts from the beginning). On the code
+before the markers each person ended with every event counted twice.
 """
 
 from __future__ import annotations

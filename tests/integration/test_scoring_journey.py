@@ -156,6 +156,12 @@ async def test_journey_ends_at_risk_by_the_timer_with_no_event(
     assert populations["at_risk"] >= 1
     assert min(populations.values()) >= 0
     assert sum(populations.values()) == entries
+    # the only worker holds every partition of the table, and none as a standby
+    partitions = {
+        role: await scoring.metric("tierflow_scoring_partitions", role=role)
+        for role in ("active", "standby")
+    }
+    assert partitions == {"active": settings.topic_partitions, "standby": 0}
 
 
 async def test_merge_equals_one_person_and_erasure_forgets_both(
