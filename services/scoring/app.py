@@ -152,6 +152,7 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
         metrics.TABLE_SIZE.labels(PEOPLE_TABLE).set(loop.entries)
+        metrics.TABLE_SIZE.labels("deadlines").set(len(loop.deadlines))
         changelog = people.changelog_topic.get_topic_name()
         assignor = app.assignor
         for role, tps in (
@@ -159,7 +160,6 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
             ("standby", assignor.assigned_standbys()),
         ):
             metrics.PARTITIONS.labels(role).set(sum(tp.topic == changelog for tp in tps))
-        metrics.TABLE_SIZE.labels("deadlines").set(len(loop.deadlines))
         metrics.TIER_POPULATION.clear()  # a tier no longer held must not keep its old count
         for tier, count in loop.population.items():
             metrics.TIER_POPULATION.labels(tier).set(count)
