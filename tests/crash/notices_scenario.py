@@ -28,7 +28,6 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.scoring.app import people_changelog
 from services.scoring.models import ProfileRow
 from services.scoring.processor import Record, is_live, process
 from services.scoring.schemas import COMMAND, Fold, Reevaluate
@@ -54,6 +53,7 @@ from tests.crash.scenario import (
     WEIGHTS,
     Result,
     _check_changes,
+    changelog_states,
     make_stream,
     mismatched,
     stale_across_restart,
@@ -286,7 +286,7 @@ async def run(
                         running[victim].kill()
                         running[victim] = Worker(f"w{victim}-{phase.name}-{chunk}", env, work_dir)
                         result.kills += 1
-            latest = await settled_changelog(bootstrap, app_id, expected, timeout=settle)
+            latest = await changelog_states(bootstrap, app_id, expected, timeout=settle, whole=True)
             result.mismatched = mismatched(latest, expected)
             if result.mismatched:
                 result.phase = phase.name
@@ -320,29 +320,6 @@ async def run(
     finally:
         for worker in running:
             worker.stop()
-
-
-async def settled_changelog(
-    bootstrap: str, app_id: str, expected: dict[bytes, State], *, timeout: float
-) -> dict[bytes, Any]:
-    """Each person's last state in the people changelog of ``app_id``, read until every
-    expected person's state is the replay's or ``timeout`` passes (not until the event counts
-    match, as :func:`tests.crash.scenario.changelog_states` does: the timer and a merged away
-    person's marker change states without changing counts)."""
-    latest: dict[bytes, Any] = {}
-    want = {key: orjson.loads(orjson.dumps(state)) for key, state in expected.items()}
-    read = 0
-
-    def converged(records: list[Any]) -> bool:
-        nonlocal read
-        for record in records[read:]:
-            if record.key is not None and record.value is not None:
-                latest[record.key] = orjson.loads(record.value)
-        read = len(records)
-        return all(latest.get(key) == state for key, state in want.items())
-
-    await read_until(bootstrap, people_changelog(app_id), converged, timeout=timeout)
-    return latest
 
 
 async def refolds(bootstrap: str, people: list[str], replayed: Counter[str]) -> int:

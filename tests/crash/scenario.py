@@ -269,11 +269,19 @@ def divergence(oneid: str, got: Any, want: State, positions: dict[str, int], chu
 
 
 async def changelog_states(
-    bootstrap: str, app_id: str, expected: dict[bytes, State], *, timeout: float
+    bootstrap: str,
+    app_id: str,
+    expected: dict[bytes, State],
+    *,
+    timeout: float,
+    whole: bool = False,
 ) -> dict[bytes, Any]:
     """Each person's last state in the people changelog of ``app_id``, read until every
-    expected person's event count is there or ``timeout`` passes."""
+    expected person's event count is there (``whole``: their whole state, for what changes
+    states without changing counts: the timer, a merged away person's marker) or ``timeout``
+    passes."""
     latest: dict[bytes, Any] = {}
+    want = {key: _json(state) for key, state in expected.items()} if whole else {}
     read = 0
 
     def converged(records: list[ConsumerRecord[bytes, bytes]]) -> bool:
@@ -282,6 +290,8 @@ async def changelog_states(
             if record.key is not None and record.value is not None:
                 latest[record.key] = orjson.loads(record.value)
         read = len(records)
+        if whole:
+            return all(latest.get(key) == state for key, state in want.items())
         return all(latest.get(k, {}).get("events") == v["events"] for k, v in expected.items())
 
     await read_until(bootstrap, people_changelog(app_id), converged, timeout=timeout)
