@@ -41,14 +41,19 @@ def worker_env(
     }
     if clock is not None:
         clock_file = work_dir / f"{app_id}.clock"
-        clock_file.write_text(str(clock))
         env["TIERFLOW_SCORING_CLOCK_FILE"] = str(clock_file)
+        set_clock(env, clock)
     return env
 
 
 def set_clock(env: dict[str, str], now: float) -> None:
-    """Move the workers' clock (they re-read the file on every look at the time)."""
-    Path(env["TIERFLOW_SCORING_CLOCK_FILE"]).write_text(str(now))
+    """Move the workers' clock (they re-read the file on every look at the time). The file is
+    replaced, never rewritten in place: a worker that read it between the truncation and the
+    write crashed on an empty file (a CI run of the journey test)."""
+    clock_file = Path(env["TIERFLOW_SCORING_CLOCK_FILE"])
+    written = clock_file.with_name(f"{clock_file.name}.new")
+    written.write_text(str(now))
+    written.replace(clock_file)
 
 
 class Worker:
