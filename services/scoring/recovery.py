@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -24,35 +26,61 @@ from faust.tables.recovery import Recovery
 
 log = logging.getLogger(__name__)
 
-PROBE_TIMEOUT_MS = 300
+PROBE_WAIT_MS = 100  # how long the broker holds a fetch that finds nothing
+PROBE_PATIENCE_S = 60.0  # a partition unanswered this long fails the recovery
 
 
 async def true_ends(
-    bootstrap: str, reported: dict[TopicPartition, int]
+    bootstrap: str, reported: Mapping[TopicPartition, int]
 ) -> dict[TopicPartition, int]:
     """The end offset of each partition, found by reading from the reported end's last record.
 
     A fetch returns whole record batches, so reading from ``reported - 1`` yields the rest of
-    the batch the broker's count stopped in, and any batch after it.
+    the batch the broker's count stopped in, and any batch after it. A partition is at its end
+    once the broker answered a fetch at the position after everything read with no records
+    (aiokafka fetches a partition again only once its buffered records are taken, and stamps
+    each answer). Time without records is not an answer: the probe that took 300 ms of it for
+    the end stopped short behind a broker 0.5 s slow to answer
+    (``tests/integration/test_scoring_recovery.py``), and a worker's event loop blocked by a
+    scoring batch or a collection looks the same.
     """
     ends = dict(reported)
     probed = [tp for tp, end in reported.items() if end > 0]
     if not probed:
         return ends
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=PROBE_WAIT_MS
+    )
     try:  # stopped even when a rebalance cancels the probe while it starts
         await consumer.start()
         consumer.assign(probed)
         for tp in probed:
             consumer.seek(tp, reported[tp] - 1)
-        while True:
-            fetched = await consumer.getmany(timeout_ms=PROBE_TIMEOUT_MS, max_records=10_000)
-            if not fetched:
-                return ends
+        moved_at = dict.fromkeys(probed, _now_ms())  # when each position last moved
+        open_ = set(probed)
+        deadline = time.monotonic() + PROBE_PATIENCE_S
+        while open_:
+            # stamps read before taking records: an answer stamped after the position moved
+            # was a fetch at that position, and its records (if any) are taken just below
+            answered = {
+                tp for tp in open_ if (consumer.last_poll_timestamp(tp) or 0) > moved_at[tp]
+            }
+            wait_ms = 0 if answered else PROBE_WAIT_MS  # an answer's records are in already
+            fetched = await consumer.getmany(*open_, timeout_ms=wait_ms, max_records=10_000)
             for tp, records in fetched.items():
                 ends[tp] = max(ends[tp], records[-1].offset + 1)
+                moved_at[tp] = _now_ms()
+            open_ -= answered - fetched.keys()
+            if open_ and time.monotonic() > deadline:
+                raise TimeoutError(f"no fetch answered within {PROBE_PATIENCE_S} s: {open_}")
+        return ends
     finally:
         await consumer.stop()
+
+
+def _now_ms() -> int:
+    """The clock aiokafka stamps fetch answers with."""
+    return int(1000 * time.time())
 
 
 class ProbedRecovery(Recovery):  # type: ignore[misc,unused-ignore]  # faust is untyped

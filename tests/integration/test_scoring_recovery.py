@@ -4,37 +4,72 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from services.scoring.recovery import true_ends
 from shared.settings import CommonSettings
+from tests.support.services import proxied_broker
 
 
 async def test_probe_finds_records_the_reported_end_offset_leaves_out(
     settings: CommonSettings,
 ) -> None:
+    bootstrap = settings.kafka_bootstrap
+    topic = await _topic(bootstrap, partitions=2)
+    await _write_batches(bootstrap, topic, partition=0, batches=3)  # nothing in partition 1
+    tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+    reported = await _reported(bootstrap, tps)
+    # Tansu counts the last batch as one record: 21, where 30 records are readable
+    assert reported[tps[0]] < 30
+    assert await true_ends(bootstrap, reported) == {tps[0]: 30, tps[1]: 0}
+
+
+async def test_probe_waits_for_a_slow_broker_to_answer(tmp_path: Path) -> None:
+    """A fetch answered late is not the end of the partition: with every response 0.5 s late
+    the probe must still find all 30 records (the probe that took 300 ms without records for
+    the end returned the reported 21)."""
+    async with proxied_broker(tmp_path) as proxy:
+        bootstrap = f"127.0.0.1:{proxy.listen_port}"
+        topic = await _topic(bootstrap, partitions=1)
+        await _write_batches(bootstrap, topic, partition=0, batches=3)
+        tp = TopicPartition(topic, 0)
+        reported = await _reported(bootstrap, [tp])
+        assert reported[tp] < 30
+        proxy.slow(0.5)
+        assert await true_ends(bootstrap, reported) == {tp: 30}
+
+
+async def _topic(bootstrap: str, partitions: int) -> str:
     topic = f"scoring-probe-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
-    await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-    await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=50)
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+    return topic
+
+
+async def _write_batches(bootstrap: str, topic: str, partition: int, batches: int) -> None:
+    """``batches`` record batches of 10 records each into ``partition``."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50)
     await producer.start()
     try:
-        for _ in range(3):  # three batches of 10 records into partition 0, nothing in 1
-            sent = [await producer.send(topic, b"v", key=b"k", partition=0) for _ in range(10)]
+        for _ in range(batches):
+            sent = [await producer.send(topic, b"v", partition=partition) for _ in range(10)]
             await asyncio.gather(*sent)
     finally:
         await producer.stop()
-    tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+
+
+async def _reported(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The end offsets as the broker reports them (ListOffsets)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        reported = await consumer.end_offsets(tps)
+        return dict(await consumer.end_offsets(tps))
     finally:
         await consumer.stop()
-    # Tansu counts the last batch as one record: 21, where 30 records are readable
-    assert reported[tps[0]] < 30
-    assert await true_ends(settings.kafka_bootstrap, dict(reported)) == {tps[0]: 30, tps[1]: 0}

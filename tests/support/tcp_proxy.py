@@ -1,5 +1,6 @@
-"""A TCP proxy in front of a real server that a test can cut and restore (a network outage), or
-stall and resume (a server that hangs: connections stay open, nothing is answered)."""
+"""A TCP proxy in front of a real server that a test can cut and restore (a network outage),
+stall and resume (a server that hangs: connections stay open, nothing is answered), or slow
+down (every chunk held a while: a loaded server or a long link)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import contextlib
 class TcpProxy:
     """Forwards ``listen_port`` to ``target_port``; ``cut()`` drops every connection and refuses new
     ones until ``restore()``; ``stall()`` holds every byte in both directions until ``resume()``,
-    losing none."""
+    losing none; ``slow(seconds)`` holds every chunk that long before forwarding it."""
 
     def __init__(self, listen_port: int, target_port: int, host: str = "127.0.0.1") -> None:
         self.listen_port = listen_port
@@ -20,6 +21,7 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._latency = 0.0
 
     async def start(self) -> None:
         """Accept connections (again)."""
@@ -47,6 +49,10 @@ class TcpProxy:
         """Deliver what was held, and forward again."""
         self._flowing.set()
 
+    def slow(self, seconds: float) -> None:
+        """Hold each chunk ``seconds`` before forwarding it (0: no delay)."""
+        self._latency = seconds
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(self.host, self.target_port)
@@ -61,6 +67,8 @@ class TcpProxy:
             with contextlib.suppress(ConnectionError, OSError):  # the other side went away
                 while chunk := await reader.read(65536):
                     await self._flowing.wait()
+                    if self._latency:
+                        await asyncio.sleep(self._latency)
                     writer.write(chunk)
                     await writer.drain()
         finally:
