@@ -27,11 +27,10 @@ from faust.tables.recovery import Recovery
 log = logging.getLogger(__name__)
 
 PROBE_WAIT_MS = 100  # how long the broker holds a fetch that finds nothing
-PROBE_PATIENCE_S = 60.0  # a partition unanswered this long fails the recovery
 
 
 async def true_ends(
-    bootstrap: str, reported: Mapping[TopicPartition, int]
+    bootstrap: str, reported: Mapping[TopicPartition, int], *, patience_s: float = 15.0
 ) -> dict[TopicPartition, int]:
     """The end offset of each partition, found by reading from the reported end's last record.
 
@@ -42,7 +41,8 @@ async def true_ends(
     each answer). Time without records is not an answer: the probe that took 300 ms of it for
     the end stopped short behind a broker 0.5 s slow to answer
     (``tests/integration/test_scoring_recovery.py``), and a worker's event loop blocked by a
-    scoring batch or a collection looks the same.
+    scoring batch or a collection looks the same. A partition left unanswered for
+    ``patience_s`` raises TimeoutError: better a failed recovery than one that ends short.
     """
     ends = dict(reported)
     probed = [tp for tp, end in reported.items() if end > 0]
@@ -58,7 +58,7 @@ async def true_ends(
             consumer.seek(tp, reported[tp] - 1)
         moved_at = dict.fromkeys(probed, _now_ms())  # when each position last moved
         open_ = set(probed)
-        deadline = time.monotonic() + PROBE_PATIENCE_S
+        deadline = time.monotonic() + patience_s
         while open_:
             # stamps read before taking records: an answer stamped after the position moved
             # was a fetch at that position, and its records (if any) are taken just below
@@ -72,7 +72,7 @@ async def true_ends(
                 moved_at[tp] = _now_ms()
             open_ -= answered - fetched.keys()
             if open_ and time.monotonic() > deadline:
-                raise TimeoutError(f"no fetch answered within {PROBE_PATIENCE_S} s: {open_}")
+                raise TimeoutError(f"no fetch answered within {patience_s} s: {open_}")
         return ends
     finally:
         await consumer.stop()
@@ -152,7 +152,9 @@ class ProbedRecovery(Recovery):  # type: ignore[misc,unused-ignore]  # faust is 
             return
         bootstrap = ",".join(f"{url.host}:{url.port}" for url in self.app.conf.broker)
         reported = {TopicPartition(tp.topic, tp.partition): destination[tp] + 1 for tp in tps}
-        ends = await true_ends(bootstrap, reported)
+        # within Faust's own bound on this step: past it Faust ends the recovery task quietly
+        patience = float(self.app.conf.broker_request_timeout) / 2
+        ends = await true_ends(bootstrap, reported, patience_s=patience)
         for tp in tps:
             end = ends[TopicPartition(tp.topic, tp.partition)]
             if end - 1 != destination[tp]:
