@@ -6,8 +6,9 @@ from shared.metrics import LATENCY_BUCKETS, PIPELINE_BUCKETS
 
 EVENTS = Counter(
     "tierflow_scoring_events_total",
-    "Records seen by the scoring loop, by outcome (scored, duplicate, invalid, failed, "
-    "forwarded, merge, folded, erased, reevaluated, ...).",
+    "Records seen by the scoring loop, by outcome (scored, duplicate: an event counted "
+    "before, invalid, failed, forwarded, merge, folded, refold: a fold applied before, "
+    "erased, reevaluated, ...).",
     ["outcome"],
 )
 TIER_CHANGES = Counter(

@@ -191,7 +191,7 @@ class _Batch:
             if folded:
                 self.out.writes[key] = state
                 self.changed(change)
-            self.out.outcomes["folded" if folded else "duplicate"] += 1
+            self.out.outcomes["folded" if folded else "refold"] += 1
         elif isinstance(command, Reevaluate):
             if not is_live(current) or current is None or current["deadline"] is None:
                 return

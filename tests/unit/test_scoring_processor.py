@@ -113,8 +113,10 @@ def test_merge_folds_through_a_command_and_late_events_follow() -> None:
     assert table.states[b"w"]["events"] == 2
     late = event("x", 2, message_id="x2")
     table.run([late, late])  # a late event of the absorbed id, redelivered
-    table.run(table.commands())
+    folds = table.run(table.commands())
     assert table.states[b"w"]["events"] == 3
+    assert (folds.outcomes["folded"], folds.outcomes["refold"]) == (1, 1)
+    assert folds.outcomes["duplicate"] == 0  # an event's outcome, not a command's
     assert table.states[b"x"] == {MERGED: "w"}
 
 
