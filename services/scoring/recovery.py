@@ -40,8 +40,7 @@ async def true_ends(
     (aiokafka fetches a partition again only once its buffered records are taken, and stamps
     each answer). Time without records is not an answer: the earlier probe, which took 300 ms
     of it for the end, stopped short behind a broker 0.5 s slow to answer
-    (``tests/integration/test_scoring_recovery.py``), and a worker's event loop blocked by a
-    scoring batch or a collection looks the same. A partition left unanswered for
+    (``tests/integration/test_scoring_recovery.py``). A partition left unanswered for
     ``patience_s`` raises TimeoutError: better a failed recovery than one that ends short.
     """
     ends = dict(reported)
