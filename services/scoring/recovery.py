@@ -13,6 +13,7 @@ not always say (:meth:`ProbedRecovery.current`).
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -50,29 +51,34 @@ async def true_ends(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=PROBE_WAIT_MS
     )
+    open_ = set(probed)  # partitions whose end is not known yet
     try:  # stopped even when a rebalance cancels the probe while it starts
-        await consumer.start()
-        consumer.assign(probed)
-        for tp in probed:
-            consumer.seek(tp, reported[tp] - 1)
-        moved_at = dict.fromkeys(probed, _now_ms())  # when each position last moved
-        open_ = set(probed)
-        deadline = time.monotonic() + patience_s
-        while open_:
-            # stamps read before taking records: an answer stamped after the position moved
-            # was a fetch at that position, and its records (if any) are taken just below
-            answered = {
-                tp for tp in open_ if (consumer.last_poll_timestamp(tp) or 0) > moved_at[tp]
-            }
-            wait_ms = 0 if answered else PROBE_WAIT_MS  # an answer's records are in already
-            fetched = await consumer.getmany(*open_, timeout_ms=wait_ms, max_records=10_000)
-            for tp, records in fetched.items():
-                ends[tp] = max(ends[tp], records[-1].offset + 1)
-                moved_at[tp] = _now_ms()
-            open_ -= answered - fetched.keys()
-            if open_ and time.monotonic() > deadline:
-                raise TimeoutError(f"no fetch answered within {patience_s} s: {open_}")
+        async with asyncio.timeout(patience_s):  # the start too: it waits on the broker
+            await consumer.start()
+            consumer.assign(probed)
+            for tp in probed:
+                consumer.seek(tp, reported[tp] - 1)
+            moved_at = dict.fromkeys(probed, _now_ms())  # when each position last moved
+            while open_:
+                # stamps read before taking records: an answer stamped after the position
+                # moved was a fetch at that position, and its records (if any) are taken below
+                answered = {
+                    tp for tp in open_ if (consumer.last_poll_timestamp(tp) or 0) > moved_at[tp]
+                }
+                wait_ms = 0 if answered else PROBE_WAIT_MS  # an answer's records are in already
+                fetched = await consumer.getmany(*open_, timeout_ms=wait_ms, max_records=10_000)
+                for tp, records in fetched.items():
+                    ends[tp] = max(ends[tp], records[-1].offset + 1)
+                    moved_at[tp] = _now_ms()
+                open_ -= answered - fetched.keys()
         return ends
+    except TimeoutError as timeout:
+        unanswered = ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in open_))
+        raise TimeoutError(
+            f"the broker answered no fetch of {unanswered} within {patience_s:.0f} s, so their "
+            "end is unknown; recovery stops rather than resume from a state that may miss the "
+            "latest writes (check the broker's load and reachability)"
+        ) from timeout
     finally:
         await consumer.stop()
 

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -40,6 +41,25 @@ async def test_probe_waits_for_a_slow_broker_to_answer(tmp_path: Path) -> None:
         assert reported[tp] < 30
         proxy.slow(0.5)
         assert await true_ends(bootstrap, reported) == {tp: 30}
+
+
+async def test_probe_fails_rather_than_guess_when_the_broker_does_not_answer(
+    tmp_path: Path,
+) -> None:
+    """A broker that takes connections and answers nothing: the probe raises within its
+    patience, naming the partitions, instead of returning the reported end."""
+    async with proxied_broker(tmp_path) as proxy:
+        bootstrap = f"127.0.0.1:{proxy.listen_port}"
+        topic = await _topic(bootstrap, partitions=1)
+        await _write_batches(bootstrap, topic, partition=0, batches=3)
+        tp = TopicPartition(topic, 0)
+        reported = await _reported(bootstrap, [tp])
+        proxy.stall()
+        try:
+            with pytest.raises(TimeoutError, match=rf"no fetch of {topic}\[0\] within 2 s"):
+                await true_ends(bootstrap, reported, patience_s=2.0)
+        finally:
+            proxy.resume()
 
 
 async def _topic(bootstrap: str, partitions: int) -> str:
