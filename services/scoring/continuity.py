@@ -14,7 +14,11 @@ batch) and pass: the loop deduplicates them. A dropped poll at the end of a part
 later record to show the hole, so the fetcher also notes how far it read each partition, and
 hands each poll on with a :class:`Mark` of that: once the loop took a poll, everything its mark
 says was read has reached the loop or was dropped (polls are taken in order), even while other
-partitions stay busy. An idle feed compares what was read since the last poll too.
+partitions stay busy. An idle feed compares what was read since the last poll too. A read is
+noted where aiokafka hands a fetch's records over, before Faust's getmany, which drops records
+of its own (when the flow stops, the generation changes or a partition is paused mid-poll);
+noted any later, such a drop at the end of a partition went unseen and left its last records
+unscored for good (``docs/scoring.md``, "Records drained and never handed on").
 
 Offsets of Tierflow's topics are dense: no topic the loop reads is compacted and no producer
 writes transactions (Tansu has none; the services' producers are idempotent at most), so a hole
@@ -74,8 +78,10 @@ class Continuity:
         self._epoch += 1
 
     def read(self, tp: TP, offset: int) -> None:
-        """The fetcher read the record at ``offset`` of ``tp`` (to hand it on)."""
-        self._read[tp] = offset + 1
+        """The fetcher read the records of ``tp`` up to ``offset`` (to hand them on); a fetch
+        answered after a seek back may hold records before what was read."""
+        if offset >= self._read.get(tp, 0):
+            self._read[tp] = offset + 1
 
     def mark(self) -> Mark:
         """How far every partition was read now (taken as a poll is handed on)."""

@@ -78,7 +78,6 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
                     if message.topic in fed_topics:
                         # no gap marked as done here: a skipped offset is a hole, fetched again
                         fed.append(message)
-                        continuity.read(tp, offset)
                     else:
                         if last and offset - last > 1 and acks_enabled_for(message.topic):
                             await self._add_gap(tp, last + 1, offset)
@@ -94,6 +93,17 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
         except asyncio.CancelledError:
             if not self.transport.app.should_stop:
                 raise
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        """aiokafka's records of one fetch, each fed partition noted as read up to its last
+        record before Faust's getmany can drop any (:mod:`services.scoring.continuity`)."""
+        records = await super()._getmany(active_partitions, timeout)
+        app = cast(ScoringApp, self.app)
+        fed_topics, continuity = app.fed_topics, app.continuity
+        for tp, batch in records.items():
+            if batch and tp.topic in fed_topics:
+                continuity.read(tp, batch[-1].offset)
+        return records
 
     async def _hand_on(self, poll: Poll, other: list[Message]) -> None:
         """Changelog records to Faust, the poll to the scoring loop; dropped at a rebalance."""

@@ -1,7 +1,8 @@
 """Polls lost between the fetcher and the scoring loop, with no seek after them, are fetched
 again: every person still ends equal to a pure replay. Without the hole check the same fault
 loses their events (the second case shows the fault is real). A lost last poll of a partition
-is fetched again while other partitions stay busy, not only once the feed idles."""
+is fetched again while other partitions stay busy, not only once the feed idles, and so are
+records Faust drops inside its getmany after aiokafka handed them over."""
 
 from __future__ import annotations
 
@@ -107,4 +108,29 @@ async def test_a_lost_last_poll_is_fetched_again_while_other_partitions_stay_bus
         assert await worker.metric("tierflow_scoring_refetches_total") >= 1
     finally:
         traffic_ends.set()
+        worker.stop()
+
+
+async def test_records_dropped_inside_faust_getmany_are_fetched_again(
+    settings: CommonSettings, tmp_path: Path, fresh_app: Callable[..., Replayed]
+) -> None:
+    """aiokafka hands a fetch's records to Faust's getmany, which stops yielding them when the
+    flow stops or the generation changes and counts on a seek back to the committed offsets.
+    Here the person's only poll is dropped there and no seek follows: with reads noted only as
+    records reached the feed, nothing showed the loss and the person stayed unscored."""
+    setup = fresh_app("scoring-getmany", people=1, events=40)
+    stream, expected, env = setup.stream, setup.expected, setup.env
+    env["TIERFLOW_TEST_LOSE_KEYS"] = stream[0].oneid
+    env["TIERFLOW_TEST_LOSE_POLLS"] = "0"
+    env["TIERFLOW_TEST_LOSE_IN"] = "getmany"
+    worker = Worker("getmany", env, tmp_path, module="tests.crash.lossy_worker")
+    try:
+        await worker.ready()
+        await produce_events(settings.kafka_bootstrap, stream)  # nothing of it follows
+        latest = await changelog_states(
+            settings.kafka_bootstrap, setup.app_id, expected, timeout=20
+        )
+        assert not mismatched(latest, expected), latest.get(stream[0].oneid.encode())
+        assert await worker.metric("tierflow_scoring_refetches_total") >= 1
+    finally:
         worker.stop()
