@@ -16,9 +16,10 @@ hands each poll on with a :class:`Mark` of that: once the loop took a poll, ever
 says was read has reached the loop or was dropped (polls are taken in order), even while other
 partitions stay busy. An idle feed compares what was read since the last poll too. A read is
 noted where aiokafka hands a fetch's records over, before Faust's getmany, which drops records
-of its own (when the flow stops, the generation changes or a partition is paused mid-poll);
-noted any later, such a drop at the end of a partition went unseen and left its last records
-unscored for good (``docs/scoring.md``, "Records drained and never handed on").
+of its own (when the flow stops or the generation changes mid-poll) and counts on a later
+seek: noted any later, such a drop at the end of a partition would go unseen. A restart
+forgets what was read, so the feed seeks every partition again after one (``docs/scoring.md``,
+"Records fetched during the seek after a rebalance were lost").
 
 Offsets of Tierflow's topics are dense: no topic the loop reads is compacted and no producer
 writes transactions (Tansu has none; the services' producers are idempotent at most), so a hole

@@ -139,6 +139,13 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
         :meth:`verify_event_path` keeps Faust's livelock check away from it meanwhile.
         (Seeking to the beginning offsets directly instead stalled workers for good in 1 of 4
         runs: their positions read 0 and nothing was fetched again.)
+
+        Every fed partition is sought once more after the continuity check restarts from
+        these positions. The fetch goes on during this seek (Faust resumes the partitions
+        first), so records fetched from Faust's seek above were noted as read before the
+        restart forgot it, and the poll holding them is dropped when the flow resumes: at the
+        end of a partition nothing showed the loss (2 of 7 one-worker notices crash runs
+        left records unscored for good, ``docs/scoring.md``).
         """
         committed: Mapping[TP, int] = await super().seek_to_committed()  # None: no commit
         app = cast(ScoringApp, self.app)
@@ -152,14 +159,19 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
         ahead = {tp: marked[tp] for tp, offset in positions.items() if marked[tp] > offset}
         if ahead:
             log.info("resuming past the committed offsets by position markers: %s", ahead)
-            consumer = self._thread._ensure_consumer()
-            for tp, offset in ahead.items():
+            for tp in ahead:
                 committed_at = "missing" if positions[tp] == 0 else "behind"
                 metrics.RESUMED_BY_MARKER.labels(tp.topic, committed_at).inc()
-                tp_ = TopicPartition(tp.topic, tp.partition)
-                await self._thread.call_thread(consumer.seek, tp_, offset)
         positions.update(ahead)
         app.continuity.restart(positions)
+        consumer = self._thread._ensure_consumer()
+        for tp, offset in positions.items():
+            if offset > 0:
+                tp_ = TopicPartition(tp.topic, tp.partition)
+                try:
+                    await self._thread.call_thread(consumer.seek, tp_, offset)
+                except IllegalStateError:  # revoked meanwhile: its next owner seeks it
+                    log.info("%s[%d] was revoked before its seek", tp.topic, tp.partition)
         uncommitted = [tp for tp, offset in positions.items() if offset == 0]
         if uncommitted:
             await self._thread.seek_to_beginning(*uncommitted)
