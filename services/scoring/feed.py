@@ -143,9 +143,9 @@ class FeedConsumer(kafka_driver.Consumer):  # type: ignore[misc,unused-ignore]  
         Every fed partition is sought once more after the continuity check restarts from
         these positions. The fetch goes on during this seek (Faust resumes the partitions
         first), so records fetched from Faust's seek above were noted as read before the
-        restart forgot it, and the poll holding them is dropped when the flow resumes: at the
-        end of a partition nothing showed the loss (2 of 7 one-worker notices crash runs
-        left records unscored for good, ``docs/scoring.md``).
+        restart forgot it, and the poll holding them did not reach the loop: at the end of a
+        partition nothing showed the loss (2 of 7 one-worker notices crash runs left records
+        unscored for good, ``docs/scoring.md``).
         """
         committed: Mapping[TP, int] = await super().seek_to_committed()  # None: no commit
         app = cast(ScoringApp, self.app)
