@@ -36,6 +36,8 @@ from shared.topics import EVENTS_RESOLVED, IDENTITY_MERGES, SCORING_COMMANDS
 EXPLAIN_RETRY_AFTER_SECONDS = 2  # the owner is back once the group has rebalanced
 
 
+FED_TOPICS = (EVENTS_RESOLVED.name, IDENTITY_MERGES.name, SCORING_COMMANDS.name)
+"""What the scoring loop consumes (each partitioned by OneID like the people table)."""
 PEOPLE_TABLE = "people"
 """The table of every person's state (one value per OneID)."""
 
@@ -86,7 +88,7 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         "key_serializer": "raw",
         "value_serializer": "raw",
     }
-    inputs = app.topic(EVENTS_RESOLVED.name, IDENTITY_MERGES.name, SCORING_COMMANDS.name, **raw)
+    inputs = app.topic(*FED_TOPICS, **raw)
     app.topics.add(inputs)  # subscribed and acked; polls reach score() through app.feed
     app.fed_topics = frozenset(inputs.topics)
     app.fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms

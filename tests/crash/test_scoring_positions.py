@@ -19,11 +19,11 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.structs import OffsetAndMetadata
 
-from services.scoring.app import people_changelog
+from services.scoring.app import FED_TOPICS, people_changelog
 from services.scoring.positions import POSITION, resumes_at
 from services.scoring.recovery import true_ends
 from shared.settings import CommonSettings
-from shared.topics import EVENTS_RESOLVED, IDENTITY_MERGES, SCORING_COMMANDS
+from shared.topics import EVENTS_RESOLVED
 from tests.crash.scenario import (
     Replayed,
     changelog_states,
@@ -36,7 +36,6 @@ from tests.crash.scoring_worker import Worker, read_until
 from tests.factories import T0, make_resolved
 
 SETTLE = 90.0
-FED = (EVENTS_RESOLVED.name, IDENTITY_MERGES.name, SCORING_COMMANDS.name)
 OUTCOMES = ("duplicate", "scored", "refold", "folded", "forwarded", "merge", "erased")
 
 
@@ -126,7 +125,7 @@ async def _until_marked(
         for record in records[read:]:
             if record.value is not None and POSITION.encode() in record.value:
                 marker = orjson.loads(record.value)
-                for topic in FED:
+                for topic in FED_TOPICS:
                     marked[topic, record.partition] = resumes_at(marker, topic)
         read = len(records)
         return covered()
@@ -140,7 +139,7 @@ async def _ends(bootstrap: str, partitions: int) -> dict[tuple[str, int], int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, n) for topic in FED for n in range(partitions)]
+        tps = [TopicPartition(topic, n) for topic in FED_TOPICS for n in range(partitions)]
         reported = await consumer.end_offsets(tps)
     finally:
         await consumer.stop()

@@ -33,11 +33,7 @@ async def test_probe_waits_for_a_slow_broker_to_answer(tmp_path: Path) -> None:
     the probe must still find all 30 records (the probe that took 300 ms without records for
     the end returned the reported 21)."""
     async with proxied_broker(tmp_path) as proxy:
-        bootstrap = f"127.0.0.1:{proxy.listen_port}"
-        topic = await _topic(bootstrap, partitions=1)
-        await _write_batches(bootstrap, topic, partition=0, batches=3)
-        tp = TopicPartition(topic, 0)
-        reported = await _reported(bootstrap, [tp])
+        bootstrap, tp, reported = await _thirty_records(proxy.listen_port)
         assert reported[tp] < 30
         proxy.slow(0.5)
         assert await true_ends(bootstrap, reported) == {tp: 30}
@@ -49,17 +45,25 @@ async def test_probe_fails_rather_than_guess_when_the_broker_does_not_answer(
     """A broker that takes connections and answers nothing: the probe raises within its
     patience, naming the partitions, instead of returning the reported end."""
     async with proxied_broker(tmp_path) as proxy:
-        bootstrap = f"127.0.0.1:{proxy.listen_port}"
-        topic = await _topic(bootstrap, partitions=1)
-        await _write_batches(bootstrap, topic, partition=0, batches=3)
-        tp = TopicPartition(topic, 0)
-        reported = await _reported(bootstrap, [tp])
+        bootstrap, tp, reported = await _thirty_records(proxy.listen_port)
         proxy.stall()
         try:
-            with pytest.raises(TimeoutError, match=rf"no fetch of {topic}\[0\] within 2 s"):
+            with pytest.raises(TimeoutError, match=rf"no fetch of {tp.topic}\[0\] within 2 s"):
                 await true_ends(bootstrap, reported, patience_s=2.0)
         finally:
             proxy.resume()
+
+
+async def _thirty_records(
+    port: int,
+) -> tuple[str, TopicPartition, dict[TopicPartition, int]]:
+    """A one-partition topic of 3 batches of 10 records through the broker at ``port``: its
+    bootstrap, partition and the end offset the broker reports."""
+    bootstrap = f"127.0.0.1:{port}"
+    topic = await _topic(bootstrap, partitions=1)
+    await _write_batches(bootstrap, topic, partition=0, batches=3)
+    tp = TopicPartition(topic, 0)
+    return bootstrap, tp, await _reported(bootstrap, [tp])
 
 
 async def _topic(bootstrap: str, partitions: int) -> str:
