@@ -57,6 +57,13 @@ class PayloadTooLarge(TierflowError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(TierflowError):
+    """The body comes in an encoding the service does not read."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
 class RateLimited(TierflowError):
     """The caller exceeded its rate; retry after ``retry_after`` seconds."""
 

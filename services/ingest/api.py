@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import zlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -32,9 +33,27 @@ from services.ingest.schemas import (
 from services.ingest.service import Collector, Outcome
 from services.ingest.settings import IngestSettings
 from services.ingest.sources import SourceDirectory, SourceRef
-from shared.errors import BadRequest, PayloadTooLarge, TierflowError, Unauthorized, Unavailable
+from shared.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    TierflowError,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+)
 
-JSON_HEADERS = [(b"content-type", b"application/json")]
+JSON_HEADERS = [(b"content-type", b"application/json"), (b"access-control-allow-origin", b"*")]
+"""Every tracking answer may be read by any page: analytics.js posts from the customer's own
+site, and a browser that cannot read the answer takes the call as failed and sends it again."""
+PREFLIGHT_HEADERS = [
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-allow-methods", b"POST, OPTIONS"),
+    (b"access-control-allow-headers", b"authorization, content-type, content-encoding"),
+    (b"access-control-max-age", b"86400"),
+    (b"content-length", b"0"),
+]
+GZIP_CODINGS = frozenset({b"gzip", b"x-gzip"})
+"""``x-gzip`` is the older name HTTP/1.1 still asks servers to accept as ``gzip``."""
 
 
 class Disconnected(Exception):
@@ -63,11 +82,23 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             break
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     encoding = _header(scope, b"content-encoding")
-    if encoding is not None and encoding.lower() == b"gzip":
+    coding = encoding.strip().lower() if encoding is not None else b"identity"
+    if coding in GZIP_CODINGS:
         body = _gunzip(body, limit)
         if len(body) > limit:
             metrics.rejected("request_too_large").inc()
             raise PayloadTooLarge(f"request is over {limit} bytes")
+    elif coding != b"identity":
+        metrics.rejected("bad_encoding").inc()
+        raise UnsupportedMediaType(
+            [
+                {
+                    "field": "Content-Encoding",
+                    "reason": f"{coding.decode(errors='replace')!r} is not supported; "
+                    "send gzip or no encoding",
+                }
+            ]
+        )
     metrics.PAYLOAD_BYTES.observe(len(body))
     return body
 
@@ -102,12 +133,38 @@ def _gunzip(body: bytes, limit: int) -> bytes:
 
 
 def parse_json(body: bytes) -> Any:
-    """The body as JSON, 400 when malformed."""
+    """The body as JSON, 400 when malformed.
+
+    orjson refuses a lone UTF-16 surrogate escape (``"\\ud83d"``), which JSON's grammar allows
+    and browsers send when a page cuts an emoji in half; refusing it would refuse every other
+    event of the batch. Such a body is parsed again by the standard library and each lone
+    surrogate becomes U+FFFD (the only case that parser takes on: no NaN or Infinity).
+    """
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if "surrogate" in str(exc):
+            try:
+                return _without_lone_surrogates(json.loads(body, parse_constant=_no_constant))
+            except ValueError:
+                pass
         metrics.rejected("malformed_json").inc()
         raise BadRequest(f"malformed JSON: {exc}") from exc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings (keys included) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_lone_surrogates(inner) for inner in value]
+    return value
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -177,6 +234,13 @@ async def respond(
     await send({"type": "http.response.body", "body": body})
 
 
+async def preflight(send: Send) -> None:
+    """The answer to a browser's CORS preflight (``OPTIONS``) on a tracking path: a page that
+    sends the write key in an ``Authorization`` header asks first."""
+    await send({"type": "http.response.start", "status": 204, "headers": PREFLIGHT_HEADERS})
+    await send({"type": "http.response.body", "body": b""})
+
+
 async def respond_error(send: Send, error: TierflowError) -> None:
     """The shared ``{"error", "detail"}`` shape, with ``Retry-After`` when the error has one."""
     headers = [(name.lower().encode(), value.encode()) for name, value in error.headers().items()]
@@ -216,6 +280,12 @@ class BatchEndpoint:
             metrics.rejected("invalid").inc()
             raise BadRequest([{"field": "batch", "reason": "batch must be a list of events"}])
         context = body.get("context") if isinstance(body.get("context"), dict) else None
+        integrations = body.get("integrations")
+        if not isinstance(integrations, dict):
+            integrations = None
+        elif (where := nul_path(integrations, "integrations")) is not None:
+            metrics.rejected("invalid").inc()
+            raise BadRequest([{"field": where, "reason": NUL_REASON}])
         if context is not None:
             try:
                 check_external_ids(context)
@@ -227,7 +297,11 @@ class BatchEndpoint:
                 raise BadRequest([{"field": where, "reason": NUL_REASON}])
         collector: Collector = scope["app"].state.collector
         outcome = await collector.collect(
-            source, body["batch"], sent_at=_parse_sent_at(body.get("sentAt")), context=context
+            source,
+            body["batch"],
+            sent_at=_parse_sent_at(body.get("sentAt")),
+            context=context,
+            integrations=integrations,
         )
         await respond(send, 200, _answer(outcome))
 
@@ -248,6 +322,10 @@ Endpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
 TRACKING: dict[str, Endpoint] = {f"/v1/{kind}": CallEndpoint(kind) for kind in CALL_TYPES}
 """What serves each tracking path (POST only)."""
 TRACKING["/v1/batch"] = TRACKING["/v1/import"] = BatchEndpoint()
+TRACKING.update({f"/v1/{kind[0]}": TRACKING[f"/v1/{kind}"] for kind in CALL_TYPES})
+TRACKING["/v1/b"] = TRACKING["/v1/batch"]
+"""The one-letter paths are the ones analytics.js posts each call to (``/v1/t``, ``/v1/p``…) and
+its batching mode and the mobile SDKs post batches to (``/v1/b``)."""
 
 
 def tracking_routes() -> list[Route]:

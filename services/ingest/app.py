@@ -19,6 +19,7 @@ from services.ingest.api import (
     TRACKING,
     Disconnected,
     document,
+    preflight,
     respond_error,
     tracking_routes,
 )
@@ -60,6 +61,9 @@ class IngestApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = TRACKING.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is not None and scope["method"] == "OPTIONS":
+            await preflight(send)
+            return
         if endpoint is None or scope["method"] != "POST":
             await super().__call__(scope, receive, send)
             return

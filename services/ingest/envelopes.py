@@ -9,6 +9,7 @@ The bytes decode to ``shared.contracts.EventEnvelope`` exactly like ``encode(env
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,21 +41,12 @@ def derive_event_id(source_id: str, message_id: str) -> str:
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
-def correct_timestamp(
-    timestamp: datetime | None,
-    original_timestamp: datetime | None,
-    sent_at: datetime | None,
-    received_at: datetime,
-) -> datetime:
-    """Segment's skew correction: ``receivedAt - (sentAt - originalTimestamp)``.
+def correct_timestamp(device: datetime, sent_at: datetime, received_at: datetime) -> datetime:
+    """Segment's skew correction of a device's time: ``receivedAt - (sentAt - device)``.
 
-    An explicit ``timestamp`` wins; without ``sentAt`` the client clock cannot be corrected.
-    """
-    if timestamp is not None:
-        return timestamp
-    if original_timestamp is not None and sent_at is not None:
-        return received_at - (sent_at - original_timestamp)
-    return original_timestamp or received_at
+    Both device times come from the same clock, so their difference is right even when the
+    clock is not; receivedAt is ingest's clock."""
+    return received_at - (sent_at - device)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +89,7 @@ class Request:
     context: dict[str, Any] | None = None
     max_ahead: timedelta = timedelta(seconds=60)
     """How far after its arrival an event may be dated before its clock is taken to be wrong."""
+    integrations: dict[str, Any] | None = None
 
 
 def convert(items: list[Any], request: Request, *, kind: str | None = None) -> Converted:
@@ -105,21 +98,22 @@ def convert(items: list[Any], request: Request, *, kind: str | None = None) -> C
     out = Converted()
     positions: list[int] = []
     candidates: list[dict[str, Any]] = []
-    dumped = orjson.dumps(items)
-    all_small = len(dumped) <= request.max_event_bytes
-    maybe_nul = NUL_ESCAPE in dumped  # rare: only then is every string looked at
+    shared = _shared_bytes(request)
+    try:
+        dumped: bytes | None = orjson.dumps(items)
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: found item by item
+        dumped = None
+    all_small = dumped is not None and len(dumped) + shared <= request.max_event_bytes
+    maybe_nul = dumped is None or NUL_ESCAPE in dumped  # rare: only then is each string read
     for index, item in enumerate(items):
         given = item.get("type") if type(item) is dict else None
-        if maybe_nul and (where := nul_path(item)) is not None:
-            out.invalid.append(
-                Invalid(index, where or None, NUL_REASON, orjson.dumps(item), "nul_character")
-            )
-            continue
-        if all_small and kind is None and type(given) is str and given in _KINDS:
+        if all_small and not maybe_nul and kind is None and type(given) is str and given in _KINDS:
             positions.append(index)  # the common case, without a call per event
             candidates.append(item)
             continue
-        problem = _precheck(index, item, kind, request.max_event_bytes, all_small)
+        problem = _precheck(index, item, kind, request.max_event_bytes, shared, all_small)
+        if problem is None and maybe_nul and (where := nul_path(item)) is not None:
+            problem = Invalid(index, where or None, NUL_REASON, orjson.dumps(item), "nul_character")
         if problem is not None:
             out.invalid.append(problem)
             continue
@@ -170,18 +164,38 @@ def nul_path(value: Any, path: str = "") -> str | None:
     return None
 
 
+def _shared_bytes(request: Request) -> int:
+    """What a batch's ``context`` and ``integrations`` add to each of its events: they are merged
+    into every one, so each event is measured with them (else a small gzipped request could
+    carry a large context into thousands of events)."""
+    shared = 0
+    for merged in (request.context, request.integrations):
+        if merged:
+            shared += len(orjson.dumps(merged))
+    return shared
+
+
 def _precheck(
-    index: int, item: Any, kind: str | None, max_event_bytes: int, all_small: bool
+    index: int, item: Any, kind: str | None, max_event_bytes: int, shared: int, all_small: bool
 ) -> Invalid | None:
     """What can be refused before validation: size, shape, and an unknown or wrong type.
 
-    ``all_small``: the compact JSON of all the items together is within the limit, so none of
-    them can be over it and their sizes need not be measured one by one.
+    ``shared``: the bytes the batch merges into the event. ``all_small``: the compact JSON of
+    all the items together, with ``shared``, is within the limit, so none of them can be over
+    it and their sizes need not be measured one by one.
     """
     if not all_small:
-        raw = orjson.dumps(item)
-        if len(raw) > max_event_bytes:
+        try:
+            raw = orjson.dumps(item)
+        except orjson.JSONEncodeError as exc:  # nested too deep, or an integer over 64 bits
+            return Invalid(index, None, f"event cannot be stored as JSON: {exc}", _kept(item))
+        if len(raw) + shared > max_event_bytes:
             reason = f"event is {len(raw)} bytes, limit {max_event_bytes}"
+            if shared:
+                reason = (
+                    f"event is {len(raw)} bytes and the batch's context and integrations add "
+                    f"{shared} to it, limit {max_event_bytes}"
+                )
             return Invalid(index, None, reason, raw, "too_large")
     if not isinstance(item, dict):
         return Invalid(index, None, "event must be a JSON object", orjson.dumps(item))
@@ -191,6 +205,15 @@ def _precheck(
     if kind is not None and given is not None and given != kind:
         return Invalid(index, "type", f"type must be {kind!r} here", orjson.dumps(item), "bad_type")
     return None
+
+
+def _kept(item: Any) -> bytes:
+    """What the dead letter keeps of an event orjson cannot write: the standard library's JSON
+    of it, or, nested past even its recursion limit, its beginning."""
+    try:
+        return json.dumps(item).encode()
+    except (ValueError, RecursionError):
+        return repr(item)[:4096].encode(errors="replace")
 
 
 def _validate(
@@ -283,6 +306,8 @@ def _envelope(
             return Refused("context", str(exc))
     if request.context:
         context = envelope["context"] = {**request.context, **context}
+    if request.integrations:
+        envelope["integrations"] = {**request.integrations, **envelope["integrations"]}
     if "externalIds" in context:
         envelope["external_ids"] = _external_ids(context["externalIds"])
     if "category" in envelope:
@@ -297,11 +322,17 @@ def _envelope(
     if (
         timestamp is None
         or timestamp.tzinfo is None
+        or request.sent_at is not None
         or "original_timestamp" in call
         or "sent_at" in call
         or timestamp > latest
     ):
-        times = _times(call, request, latest)
+        try:
+            times = _times(call, request, latest)
+        except OverflowError:  # e.g. year 1 from a device whose clock is ahead
+            field = "originalTimestamp" if call.get("original_timestamp") else "timestamp"
+            reason = f"{field} is out of range once corrected by sentAt"
+            return Refused(field, reason)
         envelope["timestamp"], envelope["original_timestamp"], envelope["sent_at"], ahead = times
     return key.encode(), orjson.dumps(envelope, option=orjson.OPT_UTC_Z), ahead
 
@@ -309,34 +340,45 @@ def _envelope(
 def _times(
     call: dict[str, Any], request: Request, latest: datetime
 ) -> tuple[datetime, datetime | None, datetime | None, bool]:
-    """The corrected ``timestamp``, ``originalTimestamp`` and ``sentAt`` (the event's, else the
-    batch's; naive ones are taken as UTC, as Segment does), and whether the time was ahead.
+    """The event's ``timestamp``, ``originalTimestamp`` and ``sentAt`` (the event's, else the
+    batch's; naive times are UTC, as Segment takes them), and whether the time was ahead.
 
-    An explicit ``timestamp`` is kept as given (Segment's spec: when the event took place,
-    given to import the past), unless it is after ``latest``: an event cannot happen after it
-    arrives, so the client's clock is wrong. Scoring takes event time as the truth, and one
-    event dated in 2099 would hold a person's decay and deadlines there for good. Such a time
-    is corrected like an ``originalTimestamp`` (by ``sentAt``, and never past arrival) and the
-    client's value is kept as ``originalTimestamp`` (unless the client sent one)."""
-    timestamp: datetime | None = call.get("timestamp")
-    original: datetime | None = call.get("original_timestamp")
-    sent_at: datetime | None = call.get("sent_at")
-    if original is not None and original.tzinfo is None:
-        original = original.replace(tzinfo=UTC)
-    if sent_at is None:
-        sent_at = request.sent_at
-    elif sent_at.tzinfo is None:
-        sent_at = sent_at.replace(tzinfo=UTC)
-    if timestamp is None:
-        timestamp = correct_timestamp(None, original, sent_at, request.received_at)
-    elif timestamp.tzinfo is None:
-        timestamp = timestamp.replace(tzinfo=UTC)
-    if timestamp <= latest:
-        return timestamp, original, sent_at, False
-    if call.get("timestamp") is not None:  # the client's own, not one corrected above
-        original = original or timestamp
-        timestamp = correct_timestamp(None, timestamp, sent_at, request.received_at)
-    return min(timestamp, request.received_at), original, sent_at, True
+    Segment's rule: the device's time (``originalTimestamp``, else the ``timestamp`` every SDK
+    sets on each call) is corrected by ``sentAt`` (:func:`correct_timestamp`) and kept as
+    ``originalTimestamp``. Every SDK sends ``sentAt``, so a phone or browser with a wrong clock
+    is corrected; a server importing history sends its old times with ``sentAt`` close to
+    arrival, so they move by the transit time only. A ``timestamp`` is kept as given when
+    there is nothing to correct it by (no ``sentAt``), or when it comes beside an
+    ``originalTimestamp`` (then it is a corrected time already: data exported from Segment).
+
+    A time after ``latest`` is moved back, never past arrival: an event cannot happen after it
+    arrives. Scoring takes event time as the truth, and one event dated 2099 would hold a
+    person's decay and deadlines there for good."""
+    timestamp = _utc(call.get("timestamp"))
+    original = _utc(call.get("original_timestamp"))
+    sent_at = _utc(call.get("sent_at")) or request.sent_at
+    received = request.received_at
+    kept = timestamp is not None and (original is not None or sent_at is None)
+    if timestamp is not None and kept:
+        time = timestamp
+    else:
+        device = original or timestamp
+        original = device
+        if device is None:
+            time = received
+        elif sent_at is None:
+            time = device
+        else:
+            time = correct_timestamp(device, sent_at, received)
+    if time <= latest:
+        return time, original, sent_at, False
+    if kept and sent_at is not None:
+        time = correct_timestamp(time, sent_at, received)
+    return min(time, received), original or timestamp, sent_at, True
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def _external_ids(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,13 +1,13 @@
 """Per-source rate limits, counted in events so a batch costs what it carries.
 
-The window lives in this process: each ingest replica enforces the limit on its own share of the
+The budget lives in this process: each ingest replica enforces the limit on its own share of the
 traffic, so a source's effective ceiling is its limit times the replicas behind the load balancer.
 That keeps the hot path free of network round trips; put a shared limiter in the gateway if a
 global ceiling matters more than latency.
 
-A sliding-window counter written here rather than the ``limits`` library: its memory storage
-starts a timer thread every 10 ms while traffic flows, and that thread's fight for the GIL cost
-several percent of every request.
+A token bucket written here rather than the ``limits`` library: its memory storage starts a
+timer thread every 10 ms while traffic flows, and that thread's fight for the GIL cost several
+percent of every request.
 """
 
 from __future__ import annotations
@@ -21,64 +21,51 @@ from services.ingest import metrics
 from services.ingest.sources import SourceRef
 from shared.errors import RateLimited
 
+_SLACK = 1e-6
+"""Events a request may exceed the bucket by: the float sum of refills is not exact."""
+
 
 @dataclass(slots=True)
-class _Window:
-    """Events counted in the current one-second window and in the one before it."""
+class _Bucket:
+    """Events the source may still send (negative: owed by a batch larger than the budget), as
+    of ``at``."""
 
-    started: float
-    current: int = 0
-    previous: int = 0
+    tokens: float
+    at: float
 
 
 class SourceLimiter:
-    """Sliding-window (1 s) event budget per source: its own limit, else ``default_per_s``.
+    """A token bucket per source: it refills at the source's limit (its own, else
+    ``default_per_s``) events per second and holds at most one second of them.
 
-    The previous second's count is weighted by how much of it still overlaps the last second, as
-    in the classic sliding-window-counter approximation.
+    A request is admitted when the bucket holds its events. One larger than a whole second's
+    budget is admitted into a full bucket and leaves it owing the rest, so it can pass, yet a
+    source sending large batches still averages its limit (charging it at most one second's
+    budget let a 10,000-event batch every 0.1 s through at 50 times a 100/s limit).
     """
 
     def __init__(self, default_per_s: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._default_per_s = default_per_s
         self._clock = clock
-        self._windows: dict[str, _Window] = {}
+        self._buckets: dict[str, _Bucket] = {}
 
     def admit(self, source: SourceRef, events: int) -> None:
-        """Spend ``events`` of the source's budget, or raise RateLimited with when to retry.
-
-        A batch larger than a whole second's budget costs the full budget, so it can pass once the
-        window is empty instead of being refused forever.
-        """
+        """Spend ``events`` of the source's budget, or raise RateLimited with when to retry."""
         rate = source.rate_limit_per_s or self._default_per_s
         if rate <= 0:
             return
-        cost = max(1, min(events, rate))
         now = self._clock()
-        window = self._windows.get(source.source_id)
-        if window is None:
-            window = self._windows[source.source_id] = _Window(math.floor(now))
-        elapsed = now - window.started
-        if elapsed >= 1.0:
-            window.previous = window.current if elapsed < 2.0 else 0
-            window.current = 0
-            window.started += math.floor(elapsed)
-            elapsed -= math.floor(elapsed)
-        weighted = window.previous * (1.0 - elapsed) + window.current
-        if weighted + cost <= rate:
-            window.current += cost
+        bucket = self._buckets.get(source.source_id)
+        if bucket is None:
+            bucket = self._buckets[source.source_id] = _Bucket(float(rate), now)
+        tokens = min(float(rate), bucket.tokens + (now - bucket.at) * rate)
+        if events <= tokens + _SLACK or tokens >= rate:
+            bucket.tokens = tokens - events
+            bucket.at = now
             return
         metrics.rejected("rate_limited").inc(events)
+        missing = min(events, rate) - tokens
         raise RateLimited(
             f"source {source.name!r} is over its limit of {rate} events/s",
-            retry_after=max(1, math.ceil(self._wait(window, elapsed, cost, rate))),
+            retry_after=max(1, math.ceil(missing / rate)),
         )
-
-    @staticmethod
-    def _wait(window: _Window, elapsed: float, cost: int, rate: int) -> float:
-        """Seconds until ``cost`` more events fit: into the rest of this window if the previous
-        one's weight fades enough, else into the next window as this one's weight fades."""
-        if window.previous and window.current + cost <= rate:
-            fades_at = 1.0 - (rate - cost - window.current) / window.previous
-            return max(0.0, fades_at - elapsed)
-        overlap = 1.0 - (rate - cost) / window.current if window.current else 0.0
-        return (1.0 - elapsed) + max(0.0, overlap)

@@ -110,6 +110,7 @@ class Collector:
         kind: str | None = None,
         sent_at: datetime | None = None,
         context: dict[str, Any] | None = None,
+        integrations: dict[str, Any] | None = None,
     ) -> Outcome:
         """Accept ``items`` for ``source``: a single call (``kind`` given) is all or nothing, a
         batch accepts its valid events and dead-letters the others."""
@@ -127,6 +128,7 @@ class Collector:
             sent_at,
             context,
             self._max_clock_ahead,
+            integrations,
         )
         converted = convert(items, request, kind=kind)
         invalid = converted.invalid

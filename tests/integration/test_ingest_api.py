@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,9 @@ async def test_segment_python_sdk_calls_arrive_on_the_raw_topic(
     assert track.context["library"]["name"] == "analytics-python"
     assert track.source_id == "site"
     assert track.sent_at is not None
+    # the SDK's timestamp is the device's time, corrected by its sentAt
+    assert track.original_timestamp is not None
+    assert track.timestamp <= track.received_at
     assert by_type["page"].name == "Pricing"
     assert by_type["page"].properties["path"] == "/pricing"
     assert by_type["page"].properties["category"] == "Docs"
@@ -155,6 +159,54 @@ async def test_the_served_openapi_document_has_the_tracking_routes(ingest: str) 
         "example"
     ]["traits"]
     assert page.status_code == 200
+
+
+async def test_analytics_js_short_paths_plain_text_and_cors(
+    ingest: str, settings: CommonSettings
+) -> None:
+    """What the browser SDK sends: one-letter paths, ``text/plain`` bodies with the write key
+    inside, from another origin whose page must be able to read the answer."""
+    user = f"browser-{uuid.uuid4().hex[:8]}"
+    page = {"Origin": "https://shop.example", "Content-Type": "text/plain"}
+    call = {"writeKey": WRITE_KEY, "userId": user, "sentAt": datetime.now(UTC).isoformat()}
+    async with httpx.AsyncClient(base_url=ingest) as client:
+        preflight = await client.options(
+            "/v1/b",
+            headers={
+                "Origin": "https://shop.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            },
+        )
+        answers = [
+            await client.post("/v1/t", content=orjson.dumps({**call, "event": "x"}), headers=page),
+            await client.post(
+                "/v1/p", content=orjson.dumps({**call, "name": "Home"}), headers=page
+            ),
+            await client.post("/v1/i", content=orjson.dumps(call), headers=page),
+            await client.post(
+                "/v1/b",
+                content=orjson.dumps(
+                    {"writeKey": WRITE_KEY, "batch": [{**call, "type": "group", "groupId": "g"}]}
+                ),
+                headers=page,
+            ),
+        ]
+        refused = await client.post("/v1/t", content=b"{}", headers=page)
+        deflated = await client.post(
+            "/v1/t", content=b"x", headers={**page, "Content-Encoding": "deflate"}
+        )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "authorization" in preflight.headers["access-control-allow-headers"]
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    for answer in (*answers, refused, deflated):
+        assert answer.headers["access-control-allow-origin"] == "*"
+    assert refused.status_code == 401
+    assert deflated.status_code == 415
+    assert deflated.json()["detail"][0]["field"] == "Content-Encoding"
+    raw = await collect(settings.kafka_bootstrap, EVENTS_RAW.name, _envelopes_of(user), count=4)
+    assert sorted(e["type"] for e in raw) == ["group", "identify", "page", "track"]
 
 
 async def test_write_key_in_the_body_is_accepted(ingest: str) -> None:
@@ -316,7 +368,9 @@ async def test_concurrent_batches_keep_each_request_in_order_and_are_measured(
     )
     assert len(raw) == 390
     envelopes = [EventEnvelope.model_validate(e) for e in raw]
-    assert {e.timestamp.isoformat() for e in envelopes} == {"2026-11-23T12:00:00+00:00"}
+    # sent a second after the call by the client's clock: a second before arrival by ours
+    assert {e.received_at - e.timestamp for e in envelopes} == {timedelta(seconds=1)}
+    assert {e.original_timestamp for e in envelopes} == {datetime(2026, 11, 23, 12, tzinfo=UTC)}
     for user in users:
         for request in range(13):
             seqs = [

@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from services.ingest.api import document, read_body
+from services.ingest.api import document, parse_json, read_body
 from services.ingest.envelopes import (
     EVENT_ID_NAMESPACE,
     Converted,
@@ -26,7 +26,7 @@ from services.ingest.envelopes import (
 )
 from services.ingest.schemas import CALL_TYPES
 from shared.contracts import EventEnvelope, ExternalId, decode, encode
-from shared.errors import BadRequest, PayloadTooLarge
+from shared.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 RECEIVED = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -66,7 +66,7 @@ def test_clock_skew_is_corrected_from_sent_at() -> None:
     # the client clock is 10 minutes fast: it says sent at 12:10 what we received at 12:00
     original = RECEIVED + timedelta(minutes=5)
     sent_at = RECEIVED + timedelta(minutes=10)
-    assert correct_timestamp(None, original, sent_at, RECEIVED) == RECEIVED - timedelta(minutes=5)
+    assert correct_timestamp(original, sent_at, RECEIVED) == RECEIVED - timedelta(minutes=5)
     body = {"userId": "u", "event": "e", "originalTimestamp": "2026-11-23T12:05:00Z"}
     envelope = one("track", {**body, "sentAt": "2026-11-23T12:10:00Z"})
     assert isinstance(envelope, EventEnvelope)
@@ -81,12 +81,59 @@ def test_batch_sent_at_corrects_events_without_their_own() -> None:
     assert envelope.original_timestamp == datetime(2026, 11, 23, 12, 5, tzinfo=UTC)
 
 
-def test_explicit_timestamp_wins_over_correction() -> None:
+def test_a_timestamp_with_nothing_to_correct_it_by_is_kept_as_given() -> None:
     explicit = datetime(2026, 11, 20, tzinfo=UTC)
-    assert correct_timestamp(explicit, RECEIVED, RECEIVED, RECEIVED) == explicit
     envelope = one("track", {"userId": "u", "event": "e", "timestamp": "2026-11-20T00:00:00Z"})
     assert isinstance(envelope, EventEnvelope)
-    assert envelope.timestamp == explicit
+    assert (envelope.timestamp, envelope.original_timestamp) == (explicit, None)
+
+
+def test_an_sdk_timestamp_is_the_devices_time_and_is_corrected_by_sent_at() -> None:
+    # what every SDK sends: timestamp set at the call, sentAt at the upload; this device's clock
+    # is 10 minutes slow and the event was queued 2 s before its batch went out
+    batch = [{"type": "track", "userId": "u", "event": "e", "timestamp": "2026-11-23T11:49:58Z"}]
+    converted = convert(batch, make_request(sent_at=RECEIVED - timedelta(minutes=10)))
+    (envelope,) = envelopes(converted)
+    assert envelope.timestamp == RECEIVED - timedelta(seconds=2)
+    assert envelope.original_timestamp == datetime(2026, 11, 23, 11, 49, 58, tzinfo=UTC)
+    assert converted.ahead == 0
+    # history imported by a server with a right clock moves by the transit time only
+    old = {"userId": "u", "event": "e", "timestamp": "2025-01-01T00:00:00Z"}
+    imported = one("track", {**old, "sentAt": "2026-11-23T11:59:59.5Z"})
+    assert isinstance(imported, EventEnvelope)
+    assert imported.timestamp == datetime(2025, 1, 1, 0, 0, 0, 500000, tzinfo=UTC)
+
+
+def test_a_timestamp_beside_an_original_timestamp_is_already_corrected() -> None:
+    # Segment's own output re-imported: timestamp corrected long ago, sentAt long ago too
+    body = {
+        "userId": "u",
+        "event": "e",
+        "timestamp": "2025-03-01T10:00:00Z",
+        "originalTimestamp": "2025-03-01T10:07:00Z",
+        "sentAt": "2025-03-01T10:07:01Z",
+    }
+    envelope = one("track", body)
+    assert isinstance(envelope, EventEnvelope)
+    assert envelope.timestamp == datetime(2025, 3, 1, 10, tzinfo=UTC)
+    assert envelope.original_timestamp == datetime(2025, 3, 1, 10, 7, tzinfo=UTC)
+
+
+def test_a_time_out_of_range_once_corrected_refuses_that_event_only() -> None:
+    # Go's zero time from a device whose clock is ahead of ours: the correction underflows
+    batch = [
+        {"type": "track", "userId": "u", "event": "e", "originalTimestamp": "0001-01-01T00:00Z"},
+        {"type": "track", "userId": "u", "event": "e"},
+        {"type": "track", "userId": "u", "event": "e", "timestamp": "9999-12-31T23:59:59Z"},
+    ]
+    converted = convert(batch, make_request(sent_at=RECEIVED + timedelta(seconds=5)))
+    assert [(bad.index, bad.field) for bad in converted.invalid] == [(0, "originalTimestamp")]
+    assert "out of range" in converted.invalid[0].reason
+    kept, capped = envelopes(converted)
+    assert kept.timestamp == RECEIVED
+    # 9999 corrected by sentAt is still far ahead: moved back to arrival
+    assert capped.timestamp == RECEIVED
+    assert capped.original_timestamp == datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 def test_a_timestamp_after_arrival_is_a_clock_ahead_and_is_corrected() -> None:
@@ -98,16 +145,16 @@ def test_a_timestamp_after_arrival_is_a_clock_ahead_and_is_corrected() -> None:
         {"type": "track", "userId": "u", "event": "e", "originalTimestamp": "2026-11-23T13:30"},
     ]
     converted = convert(batch, make_request(sent_at=RECEIVED + timedelta(hours=1, seconds=10)))
-    one_hour, far, within, original_ahead = envelopes(converted)
-    assert converted.ahead == 3
+    one_hour, far, early, original_ahead = envelopes(converted)
+    # corrected by sentAt, two are still after arrival: never later than arrival
+    assert converted.ahead == 2
     assert one_hour.timestamp == RECEIVED - timedelta(seconds=10)
     assert one_hour.original_timestamp == RECEIVED + timedelta(hours=1)
-    # corrected by sentAt it is still after arrival: it is never later than arrival
     assert far.timestamp == RECEIVED
     assert far.original_timestamp == datetime(2099, 1, 1, tzinfo=UTC)
-    # within max_ahead (60 s by default) a time is the client's to give
-    assert within.timestamp == RECEIVED + timedelta(seconds=59)
-    assert within.original_timestamp is None
+    # 12:00:59 on a clock an hour fast is 11:00:49
+    assert early.timestamp == RECEIVED - timedelta(minutes=59, seconds=11)
+    assert early.original_timestamp == RECEIVED + timedelta(seconds=59)
     assert original_ahead.timestamp == RECEIVED
     assert original_ahead.original_timestamp == datetime(2026, 11, 23, 13, 30, tzinfo=UTC)
 
@@ -323,9 +370,9 @@ def test_the_openapi_document_describes_every_tracking_route_with_valid_examples
     assert doc["components"]["securitySchemes"]["writeKey"]["scheme"] == "basic"
 
 
-async def _read(body: bytes, limit: int = 1000) -> bytes:
-    """``read_body`` of one gzip-encoded request carrying ``body``."""
-    scope = {"headers": [(b"content-encoding", b"gzip")]}
+async def _read(body: bytes, limit: int = 1000, encoding: bytes = b"gzip") -> bytes:
+    """``read_body`` of one request carrying ``body`` in ``encoding``."""
+    scope = {"headers": [(b"content-encoding", encoding)]}
     messages = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def receive() -> dict[str, Any]:
@@ -348,3 +395,62 @@ async def test_a_gzip_body_is_inflated_whole_or_refused() -> None:
         await _read(many, limit=10_000)
     with pytest.raises(PayloadTooLarge):
         await _read(gzip.compress(b"x" * 2000))
+
+
+async def test_x_gzip_is_gzip_and_an_unknown_encoding_is_refused_by_name() -> None:
+    event = b'{"userId": "u", "event": "e"}'
+    assert await _read(gzip.compress(event), encoding=b"x-gzip") == event
+    assert await _read(event, encoding=b"identity") == event
+    with pytest.raises(UnsupportedMediaType) as refused:
+        await _read(event, encoding=b"deflate")
+    assert refused.value.status_code == 415
+    assert refused.value.detail[0]["field"] == "Content-Encoding"
+
+
+def test_a_lone_surrogate_escape_becomes_a_replacement_character() -> None:
+    # a page that cuts an emoji in half sends this; the rest of its batch must not be refused
+    body = b'{"batch": [{"event": "caf\\ud83d", "ok": "\\ud83d\\ude00"}]}'
+    parsed = parse_json(body)
+    assert parsed == {"batch": [{"event": "caf\ufffd", "ok": "\U0001f600"}]}
+    for malformed in (b'{"a": NaN}', b'{"a": "\\ud83d"', b"[1,]"):
+        with pytest.raises(BadRequest, match="malformed JSON"):
+            parse_json(malformed)
+
+
+def test_a_batchs_context_and_integrations_count_in_each_events_size() -> None:
+    big = {"page": {"title": "x" * 6000}}
+    batch = [{"type": "track", "userId": "u", "event": "e"} for _ in range(3)]
+    fits = convert(batch, make_request(context=big))
+    assert len(fits.records) == 3
+    assert not fits.invalid
+    refused = convert(batch, make_request(context=big, integrations={"Mixpanel": "y" * 4000}))
+    assert [bad.index for bad in refused.invalid] == [0, 1, 2]
+    assert {bad.cause for bad in refused.invalid} == {"too_large"}
+    assert "the batch's context and integrations add" in refused.invalid[0].reason
+
+
+def test_a_batchs_integrations_are_merged_into_each_event() -> None:
+    batch = [
+        {"type": "track", "userId": "u", "event": "e"},
+        {"type": "track", "userId": "u", "event": "e", "integrations": {"Mixpanel": False}},
+    ]
+    converted = convert(batch, make_request(integrations={"All": False, "Mixpanel": True}))
+    first, second = envelopes(converted)
+    assert first.integrations == {"All": False, "Mixpanel": True}
+    assert second.integrations == {"All": False, "Mixpanel": False}
+
+
+def test_an_event_nested_too_deep_to_store_is_refused_alone() -> None:
+    deep: Any = "x"
+    for _ in range(300):
+        deep = {"k": deep}
+    batch = [
+        {"type": "track", "userId": "u", "event": "e", "properties": deep},
+        {"type": "track", "userId": "u", "event": "e"},
+    ]
+    converted = convert(batch, make_request(max_event_bytes=100_000))
+    ((bad),) = converted.invalid
+    assert (bad.index, bad.field) == (0, None)
+    assert "cannot be stored as JSON" in bad.reason
+    assert bad.payload.startswith(b'{"type": "track"')
+    assert len(converted.records) == 1
