@@ -11,6 +11,8 @@ from typing import Any, Generic, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.contracts import EventType
+
 DEFAULT_MODEL_PATH = Path(__file__).with_name("default_model.yaml")
 DAY = 86_400.0
 
@@ -25,15 +27,17 @@ Check = Callable[[Mapping[str, float], Mapping[str, Any], str, Collection[str]],
 
 
 class Strict(BaseModel):
-    """Model files are operator input: unknown keys are typos and are refused."""
+    """Model files are operator input: unknown keys are typos and are refused, and so is every
+    infinite or NaN number (``.inf`` in a window crashed every event; ``.nan`` points put
+    everyone in the first tier, then failed once the state was stored and read back)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Match(Strict):
     """Which events a rule applies to; every given field must match."""
 
-    type: str | None = None
+    type: EventType | None = None
     event: str | None = None
     properties: dict[str, Scalar] = Field(default_factory=dict)
 
@@ -192,6 +196,13 @@ class Condition(Strict):
     def uses(self, field: str) -> bool:
         """True when this condition or an alternative tests tags or stages (``field``)."""
         return bool(getattr(self, field)) or any(a.uses(field) for a in self.any_of)
+
+    def names(self, *fields: str) -> set[str]:
+        """Every tag or stage name (from ``fields``) this condition and its alternatives test."""
+        found = {name for field in fields for name in getattr(self, field)}
+        for alternative in self.any_of:
+            found |= alternative.names(*fields)
+        return found
 
     def compile(self, margin: float = 0.0) -> Check:
         """This condition as one function of (metrics, traits, stage, tags), with the score
@@ -441,6 +452,13 @@ class ScoringModel(Strict):
             for item in items:
                 if item.when.uses("tags") or (kind == "stage" and item.when.uses("stages")):
                     raise ValueError(f"{kind} {item.name} may not test tags or stages")
+        defined = {"tags": {t.name for t in self.tags}, "stages": {s.name for s in self.stages}}
+        for kind, items in (("tag", self.tags), ("tier", self.tiers)):
+            for item in items:
+                for field, fields in (("tags", ("tags", "not_tags")), ("stages", ("stages",))):
+                    unknown = item.when.names(*fields) - defined[field]
+                    if unknown:
+                        raise ValueError(f"{kind} {item.name}: unknown {field} {sorted(unknown)}")
         for kind, items in (("stage", self.stages), ("tier", self.tiers)):
             if items[-1].when != Condition():
                 raise ValueError(f"the last {kind} must catch everyone (no condition)")

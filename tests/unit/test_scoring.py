@@ -472,6 +472,31 @@ def test_invalid_models_are_refused_with_the_cause() -> None:
         ScoringModel.model_validate(raw)
 
 
+@pytest.mark.parametrize(
+    ("path", "value", "cause"),
+    [
+        (("count_window_days",), float("inf"), "finite number"),  # crashed every event
+        (("engagement", 0, "points"), float("nan"), "finite number"),  # put everyone in vip
+        (("rfm", "scale"), float("inf"), "finite number"),
+        (("tiers", 1, "when", "any_of", 0, "at_least", "value"), float("nan"), "finite number"),
+        (("tiers", 0, "when", "tags"), ["webinar_regualr"], "unknown tags"),  # never held
+        (("tiers", 0, "when", "not_tags"), ["actve"], "unknown tags"),
+        (("tiers", 0, "when", "stages"), ["grwoing"], "unknown stages"),
+        (("engagement", 0, "match", "type"), "pgae", "literal_error"),  # never matched
+    ],
+)
+def test_a_model_that_would_crash_or_never_match_is_refused(
+    path: tuple[str | int, ...], value: Any, cause: str
+) -> None:
+    raw = MODEL.model_dump()
+    holder = raw
+    for step in path[:-1]:
+        holder = holder[step]
+    holder[path[-1]] = value
+    with pytest.raises(ValidationError, match=cause):
+        ScoringModel.model_validate(raw)
+
+
 def test_a_stage_change_within_the_tier_is_a_change_that_keeps_the_dwell() -> None:
     state, _, first = score_event(None, make_resolved(message_id="w0"), MODEL)
     assert first is not None
