@@ -452,6 +452,14 @@ class ScoringModel(Strict):
             for item in items:
                 if item.when.uses("tags") or (kind == "stage" and item.when.uses("stages")):
                     raise ValueError(f"{kind} {item.name} may not test tags or stages")
+        for kind, items in (("stage", self.stages), ("tier", self.tiers)):
+            if items[-1].when != Condition():
+                raise ValueError(f"the last {kind} must catch everyone (no condition)")
+        return self
+
+    @model_validator(mode="after")
+    def _defined_names(self) -> ScoringModel:
+        """A misspelt tag or stage in a condition would never hold, silently."""
         defined = {"tags": {t.name for t in self.tags}, "stages": {s.name for s in self.stages}}
         for kind, items in (("tag", self.tags), ("tier", self.tiers)):
             for item in items:
@@ -459,9 +467,6 @@ class ScoringModel(Strict):
                     unknown = item.when.names(*fields) - defined[field]
                     if unknown:
                         raise ValueError(f"{kind} {item.name}: unknown {field} {sorted(unknown)}")
-        for kind, items in (("stage", self.stages), ("tier", self.tiers)):
-            if items[-1].when != Condition():
-                raise ValueError(f"the last {kind} must catch everyone (no condition)")
         return self
 
 
