@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from services.scoring import service
 from services.scoring.positions import POSITION
 from services.scoring.rules import ScoringModel
-from services.scoring.schemas import COMMAND, Erase, Fold, Reevaluate, ScoredEvent
+from services.scoring.schemas import COMMAND, Erase, Fold, Forward, Reevaluate, ScoredEvent
 from services.scoring.scorer import State
 from shared.contracts import (
     IDENTITY_NOTICE,
@@ -125,17 +125,14 @@ class _Batch:
             self.out.outcomes["erased"] += 1
             return
         if current is not None and MERGED in current:
-            # a late event of an absorbed id: fold it into the winner, deduped by its own id
-            single, _, _ = service.score_event(None, resolved, self.model)
-            fold = Fold(
-                fold_id=resolved.event.event_id,
-                winner=current[MERGED],
-                absorbed=resolved.oneid,
-                state=single,
-            )
-            self.send(SCORING_COMMANDS.name, fold.winner, fold.model_dump_json().encode())
+            # a late event of an absorbed id: the winner scores it as its own
+            forward = Forward(winner=current[MERGED], absorbed=resolved.oneid, event=resolved)
+            self.send(SCORING_COMMANDS.name, forward.winner, forward.model_dump_json().encode())
             self.out.outcomes["forwarded"] += 1
             return
+        self.score(key, current, resolved)
+
+    def score(self, key: bytes, current: State | None, resolved: ScoredEvent) -> None:
         state, counted, change = service.score_event(current, resolved, self.model)
         if not counted:
             self.out.outcomes["duplicate"] += 1
@@ -179,12 +176,13 @@ class _Batch:
             self.out.outcomes["erased"] += 1
         elif current is not None and ERASED in current:
             self.out.outcomes["erased"] += 1
+        elif isinstance(command, Fold | Forward) and current is not None and MERGED in current:
+            # the winner was itself absorbed since: pass the command on to its winner
+            onward = command.model_copy(update={"winner": current[MERGED]})
+            self.send(SCORING_COMMANDS.name, onward.winner, onward.model_dump_json().encode())
+        elif isinstance(command, Forward):
+            self.score(key, current, command.event.model_copy(update={"oneid": command.winner}))
         elif isinstance(command, Fold):
-            if current is not None and MERGED in current:
-                # the winner was itself absorbed since: pass the fold on to its winner
-                onward = command.model_copy(update={"winner": current[MERGED]})
-                self.send(SCORING_COMMANDS.name, onward.winner, onward.model_dump_json().encode())
-                return
             state, folded, change = service.fold_in(
                 command.winner, current, command.state, command.fold_id, self.model
             )

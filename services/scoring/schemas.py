@@ -2,8 +2,8 @@
 ``tierflow.scoring.commands``, keyed by the person they apply to.
 
 The commands carry work from one partition to another (a merge folds the absorbed person's state
-into the winner's, an erasure reaches every merged id) and let the timer hand a re-evaluation to
-the agent, which is the only writer of the table.
+into the winner's, its late events follow, an erasure reaches every merged id) and let the timer
+hand a re-evaluation to the agent, which is the only writer of the table.
 """
 
 from __future__ import annotations
@@ -56,6 +56,18 @@ class Fold(Command):
     state: dict[str, Any]
 
 
+class Forward(Command):
+    """A late event of ``absorbed``, to be scored as ``winner``'s own: applied to the winner's
+    state like any event (its daily caps, its remembered ids), exactly as if it had carried the
+    winner's id. Folding a one-event state instead gave it its full points past a cap the
+    winner had reached that day."""
+
+    kind: Literal["forward"] = "forward"
+    winner: str
+    absorbed: str
+    event: ScoredEvent
+
+
 class Erase(Command):
     """Delete everything held about ``oneid`` (one of the ids of an erasure)."""
 
@@ -72,5 +84,5 @@ class Reevaluate(Command):
     deadline: float
 
 
-COMMAND = TypeAdapter(Annotated[Fold | Erase | Reevaluate, Field(discriminator="kind")])
+COMMAND = TypeAdapter(Annotated[Fold | Forward | Erase | Reevaluate, Field(discriminator="kind")])
 """Parses any command: ``COMMAND.validate_json(raw)``."""

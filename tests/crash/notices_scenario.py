@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.scoring.models import ProfileRow
 from services.scoring.processor import Record, is_live, process
-from services.scoring.schemas import COMMAND, Fold, Reevaluate
+from services.scoring.schemas import COMMAND, Fold, Forward, Reevaluate
 from services.scoring.scorer import State
 from shared.contracts import (
     IdentityErasure,
@@ -227,8 +227,8 @@ class NoticesResult(Result):
     wrong_profiles: list[str] = field(default_factory=list)
     wrong_rows: list[str] = field(default_factory=list)  # in the read model (Postgres)
     refolds: int = 0
-    """Fold commands sent again (a notice or late event processed again after a kill): each
-    one's second fold must have been ignored by its fold id."""
+    """Fold and forward commands sent again (a notice or late event processed again after a
+    kill): each one's second copy must have been ignored by its id."""
 
     @property
     def ok(self) -> bool:
@@ -337,8 +337,13 @@ async def refolds(bootstrap: str, people: list[str], replayed: Counter[str]) -> 
 
 
 def _fold_ids(values: Iterable[bytes | None]) -> list[str]:
+    """The id of each fold and each forwarded late event (what the winner dedups them by)."""
     commands = (COMMAND.validate_json(v) for v in values if v is not None)
-    return [c.fold_id for c in commands if isinstance(c, Fold)]
+    return [
+        c.fold_id if isinstance(c, Fold) else c.event.event.event_id
+        for c in commands
+        if isinstance(c, Fold | Forward)
+    ]
 
 
 async def wrong_profiles(bootstrap: str, expected: dict[bytes, bytes | None]) -> list[str]:

@@ -14,10 +14,17 @@ from pydantic import ValidationError
 from services.scoring.deadlines import Deadlines
 from services.scoring.processor import ERASED, MERGED, Outcome, Record, Send, process
 from services.scoring.rules import load_model
-from services.scoring.schemas import COMMAND, Fold, Reevaluate, ScoredEnvelope, ScoredEvent
+from services.scoring.schemas import (
+    COMMAND,
+    Fold,
+    Forward,
+    Reevaluate,
+    ScoredEnvelope,
+    ScoredEvent,
+)
 from services.scoring.scorer import DAY, State
 from services.scoring.service import profile_of
-from shared.contracts import IdentityErasure, IdentityMerge, ResolvedEvent, encode
+from shared.contracts import IdentityErasure, IdentityMerge, ResolvedEvent, decode, encode
 from shared.topics import (
     DEADLETTER,
     EVENTS_RESOLVED,
@@ -113,11 +120,32 @@ def test_merge_folds_through_a_command_and_late_events_follow() -> None:
     assert table.states[b"w"]["events"] == 2
     late = event("x", 2, message_id="x2")
     table.run([late, late])  # a late event of the absorbed id, redelivered
-    folds = table.run(table.commands())
+    forwarded = table.run(table.commands())
     assert table.states[b"w"]["events"] == 3
-    assert (folds.outcomes["folded"], folds.outcomes["refold"]) == (1, 1)
-    assert folds.outcomes["duplicate"] == 0  # an event's outcome, not a command's
+    assert (forwarded.outcomes["scored"], forwarded.outcomes["duplicate"]) == (1, 1)
     assert table.states[b"x"] == {MERGED: "w"}
+
+
+def test_late_events_of_an_absorbed_id_meet_the_winners_daily_cap() -> None:
+    """Page views earn 1 point, at most 5 a day. Scored alone and folded in, the eight late
+    views of x each earned their point past the cap w had reached that day."""
+
+    def views(oneid: str, day: float, ids: range) -> list[Record]:
+        return [event(oneid, day, message_id=f"v{n}", type="page", event=None) for n in ids]
+
+    merged = Table()
+    merged.run(views("w", 0, range(1)) + views("x", 0.5, range(1, 2)))
+    merged.run([notice("x", merge("w", "x"))])
+    merged.run(merged.commands())
+    merged.run(views("x", 1, range(2, 10)))
+    merged.run(merged.commands())
+    alone = Table()
+    alone.run(views("w", 0, range(1)) + views("w", 0.5, range(1, 2)) + views("w", 1, range(2, 10)))
+    got, want = merged.states[b"w"], alone.states[b"w"]
+    assert got["earned"] == want["earned"] == {"page_view": 6.0}
+    assert got["engagement"] == pytest.approx(want["engagement"])
+    assert got["days"] == want["days"]
+    assert got["events"] == want["events"] == 10
 
 
 def test_a_fold_for_a_winner_merged_since_is_passed_on() -> None:
@@ -170,6 +198,8 @@ def test_records_the_model_cannot_apply_are_dead_lettered() -> None:
     assert [s.topic for s in outcome.sends].count(DEADLETTER.name) == 1
     fold = Fold(fold_id="f", winner="w", absorbed="x", state={})
     assert COMMAND.validate_json(fold.model_dump_json()) == fold
+    forward = Forward(winner="w", absorbed="x", event=decode(ScoredEvent, event("x").value or b""))
+    assert COMMAND.validate_json(forward.model_dump_json()) == forward
 
 
 def test_deadline_heap_pops_only_current_entries_in_order() -> None:
