@@ -492,6 +492,14 @@ def decide(
     return Decision(chosen, facts, stage, tags, held_by_dwell=False)
 
 
+JUST_AFTER = 0.001
+"""Seconds after a strict boundary its deadline is set. A recency band ends once *more* than
+its days have passed, and a decaying score must pass its threshold, whose computed crossing
+time can fall a few float ULPs short: evaluated on the boundary itself nothing changed, the
+boundary was no longer after *now*, and the change waited for the periodic re-evaluation, a
+day later (tests/unit/test_scoring_deadlines.py, the timer firing at each deadline)."""
+
+
 def next_deadline(
     state: Mapping[str, Any], now: float, model: ScoringModel, facts: Facts | None = None
 ) -> float:
@@ -541,7 +549,7 @@ def _purchase_deadlines(
     last_purchase = state["last_purchase_at"]
     if last_purchase is not None:
         for offset in schedule.recency:
-            candidates.append(last_purchase + offset)
+            candidates.append(last_purchase + offset + JUST_AFTER)
 
 
 def _decay_deadlines(
@@ -557,12 +565,12 @@ def _decay_deadlines(
     for limit in schedule.engagement_limits:
         ratio = limit / engagement
         if 0.0 < ratio < 1.0:
-            candidates.append(now - math.log2(ratio) * half_life)
+            candidates.append(now - math.log2(ratio) * half_life + JUST_AFTER)
     others = facts.value + facts.fit
     for limit in schedule.total_limits:
         ratio = (limit - others) / engagement
         if 0.0 < ratio < 1.0:
-            candidates.append(now - math.log2(ratio) * half_life)
+            candidates.append(now - math.log2(ratio) * half_life + JUST_AFTER)
 
 
 def _count_deadlines(candidates: list[float], facts: Facts, model: ScoringModel) -> None:

@@ -91,6 +91,28 @@ def test_nothing_changes_before_the_deadline(
     assert outcome(state, deadline - 1, model) == held
 
 
+@settings(max_examples=300, deadline=None)
+@given(history=histories, later=st.floats(0, 60), model=st.sampled_from(MODELS))
+def test_a_timer_firing_exactly_at_each_deadline_misses_no_change(
+    history: list[tuple[int, float]], later: float, model: ScoringModel
+) -> None:
+    """The timer evaluates at the deadline itself. A strict boundary (a recency band ends once
+    more than its days passed; a decaying score must pass its threshold, and the float time of
+    the crossing can fall a few ULPs short) did not change at that instant, and the next
+    deadline was the periodic one, a day later: the change came a day late."""
+    state, now = lived(history, later, model)
+    for _ in range(8):
+        due = state["deadline"]
+        scorer.evaluate(state, due, model)
+        held = outcome(state, due, model)
+        assert held[0] == state["tier"]
+        following = state["deadline"]
+        assert due < following
+        for k in range(1, 16):
+            at = due + (following - due) * k / 16
+            assert outcome(state, at, model) == held, f"changed on day {(at - BASE) / DAY:.4f}"
+
+
 def test_a_webinar_leaving_the_count_window_is_a_deadline() -> None:
     first_day = int(BASE // DAY)
     # three webinars, the first on first_day: webinar_regular while all three are in the window
