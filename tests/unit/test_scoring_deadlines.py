@@ -100,7 +100,7 @@ def test_a_timer_firing_exactly_at_each_deadline_misses_no_change(
     more than its days passed; a decaying score must pass its threshold, and the float time of
     the crossing can fall a few ULPs short) did not change at that instant, and the next
     deadline was the periodic one, a day later: the change came a day late."""
-    state, now = lived(history, later, model)
+    state, _ = lived(history, later, model)
     for _ in range(8):
         due = state["deadline"]
         scorer.evaluate(state, due, model)
