@@ -60,10 +60,15 @@ def track(n: int) -> dict[str, object]:
     }
 
 
+SENT_AT = "2026-11-23T12:00:01Z"
+"""Every SDK's batch says when it was sent: its events' times are corrected by it."""
+
+
 def envelope_records(count: int) -> list[tuple[bytes, bytes]]:
-    """The Kafka records ingest publishes for ``track(0..count-1)``: the ceiling sends the same
-    keys and bytes."""
-    request = Request("bench", datetime.now(UTC), 32 * 1024)
+    """The Kafka records ingest publishes for ``track(0..count-1)`` in a batch: the ceiling
+    sends the same keys and bytes."""
+    sent_at = datetime.fromisoformat(SENT_AT)
+    request = Request("bench", datetime.now(UTC), 32 * 1024, sent_at=sent_at)
     return convert([track(n) for n in range(count)], request).records
 
 
@@ -94,11 +99,12 @@ def single_request(n: int) -> bytes:
 
 
 def batch_request(size: int) -> Callable[[int], bytes]:
-    """POST /v1/batch with ``size`` events (the JSON of ``{"batch": [track(...), ...]}``)."""
+    """POST /v1/batch with ``size`` events and ``sentAt``, as an SDK sends them."""
+    tail = b'],"sentAt":"' + SENT_AT.encode() + b'"}'
 
     def build(n: int) -> bytes:
         events = b",".join([track_json(n * size + i) for i in range(size)])
-        return post("/v1/batch", b'{"batch":[' + events + b"]}", AUTH)
+        return post("/v1/batch", b'{"batch":[' + events + tail, AUTH)
 
     return build
 

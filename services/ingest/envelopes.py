@@ -121,8 +121,9 @@ def convert(items: list[Any], request: Request, *, kind: str | None = None) -> C
         candidates.append(item if kind is None or "type" in item else {**item, "type": kind})
     template = _template(request)
     latest = request.received_at + request.max_ahead
+    skew = request.received_at - request.sent_at if request.sent_at is not None else None
     for index, call in _validate(items, positions, candidates, out.invalid):
-        built = _envelope(call, request, template, latest)
+        built = _envelope(call, request, template, latest, skew)
         if isinstance(built, Refused):
             out.invalid.append(
                 Invalid(index, built.field, built.reason, orjson.dumps(items[index]), built.cause)
@@ -279,10 +280,15 @@ def _template(request: Request) -> dict[str, Any]:
 
 
 def _envelope(
-    call: dict[str, Any], request: Request, template: dict[str, Any], latest: datetime
+    call: dict[str, Any],
+    request: Request,
+    template: dict[str, Any],
+    latest: datetime,
+    skew: timedelta | None,
 ) -> tuple[bytes, bytes, bool] | Refused:
     """The routing key and envelope JSON of a validated call, and whether its time was moved
-    back from after ``latest``.
+    back from after ``latest``. ``skew``: ``receivedAt - sentAt`` of the batch, which corrects
+    the device time of its events without one of their own (:func:`_times`).
 
     The call's keys are the envelope's own names, so one dict merge over the request's template
     fills most of it; only what is derived or corrected is set one by one.
@@ -317,24 +323,39 @@ def _envelope(
     message_id = envelope["message_id"] or str(uuid.uuid4())
     envelope["message_id"] = message_id
     envelope["event_id"] = derive_event_id(request.source_id, message_id)
-    timestamp = envelope["timestamp"]
-    ahead = False
-    if (
-        timestamp is None
-        or timestamp.tzinfo is None
-        or request.sent_at is not None
-        or "original_timestamp" in call
-        or "sent_at" in call
-        or timestamp > latest
-    ):
-        try:
-            times = _times(call, request, latest)
-        except OverflowError:  # e.g. year 1 from a device whose clock is ahead
-            field = "originalTimestamp" if call.get("original_timestamp") else "timestamp"
-            reason = f"{field} is out of range once corrected by sentAt"
-            return Refused(field, reason)
-        envelope["timestamp"], envelope["original_timestamp"], envelope["sent_at"], ahead = times
+    try:
+        ahead = _set_times(envelope, call, request, latest, skew)
+    except OverflowError:  # e.g. year 1 from a device whose clock is ahead
+        field = "originalTimestamp" if call.get("original_timestamp") else "timestamp"
+        return Refused(field, f"{field} is out of range once corrected by sentAt")
     return key.encode(), orjson.dumps(envelope, option=orjson.OPT_UTC_Z), ahead
+
+
+def _set_times(
+    envelope: dict[str, Any],
+    call: dict[str, Any],
+    request: Request,
+    latest: datetime,
+    skew: timedelta | None,
+) -> bool:
+    """Set the envelope's times (:func:`_times`); True when its time was moved back."""
+    timestamp: datetime | None = envelope["timestamp"]
+    if (
+        timestamp is not None
+        and timestamp.tzinfo is not None
+        and "original_timestamp" not in call
+        and "sent_at" not in call
+    ):
+        if skew is None:
+            if timestamp <= latest:
+                return False  # kept as given: nothing to correct it by
+        elif (corrected := timestamp + skew) <= latest:
+            # what the SDKs send: the device's time, and the batch's sentAt
+            envelope["timestamp"], envelope["original_timestamp"] = corrected, timestamp
+            return False
+    times = _times(call, request, latest)
+    envelope["timestamp"], envelope["original_timestamp"], envelope["sent_at"], ahead = times
+    return ahead
 
 
 def _times(

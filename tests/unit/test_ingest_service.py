@@ -134,6 +134,9 @@ def test_a_time_out_of_range_once_corrected_refuses_that_event_only() -> None:
     # 9999 corrected by sentAt is still far ahead: moved back to arrival
     assert capped.timestamp == RECEIVED
     assert capped.original_timestamp == datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    # sent from a clock behind ours, the same time leaves the calendar once corrected
+    late = convert(batch[2:], make_request(sent_at=RECEIVED - timedelta(seconds=5)))
+    assert [(bad.index, bad.field) for bad in late.invalid] == [(0, "timestamp")]
 
 
 def test_a_timestamp_after_arrival_is_a_clock_ahead_and_is_corrected() -> None:
