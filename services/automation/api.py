@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 
 from services.automation import repository
 from services.automation.schemas import ActionOut, OutcomeOut, PersonActionsOut, PlaybookOut
@@ -28,10 +30,12 @@ async def person_actions(oneid: str, request: Request) -> PersonActionsOut:
 
 
 @router.get("/deadletters", response_model=list[ActionOut])
-async def dead_letters(request: Request, limit: int = 200) -> list[ActionOut]:
+async def dead_letters(
+    request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 200
+) -> list[ActionOut]:
     """Actions whose retry schedule ran out, newest first."""
     async with unit_of_work(request.app.state.sessions) as session:
-        actions = await repository.dead_letters(session, min(limit, 1000))
+        actions = await repository.dead_letters(session, limit)
     return [ActionOut.model_validate(a, from_attributes=True) for a in actions]
 
 

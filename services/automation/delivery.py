@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import httpx
@@ -50,6 +50,8 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000" is UTC with no offset known (RFC 5322): naive here
+        when = when.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
 
 
@@ -113,6 +115,7 @@ class Endpoint:
         self.breaker = breaker
         self.concurrency = concurrency
         self.in_flight = 0
+        self._timeout_s = timeout_s
         self._limit = asyncio.Semaphore(concurrency)
         self._client = httpx.AsyncClient(
             timeout=timeout_s,
@@ -135,9 +138,15 @@ class Endpoint:
         async with self._limit:
             started = time.perf_counter()
             try:
-                response = await self._client.post(self.url, content=body, headers=headers)
+                # httpx's timeout bounds each read, not the request: a receiver trickling its
+                # answer could outlive the lease and be sent to again meanwhile
+                async with asyncio.timeout(self._timeout_s):
+                    response = await self._client.post(self.url, content=body, headers=headers)
             except httpx.HTTPError as exc:
                 attempt = Attempt(False, True, None, f"{type(exc).__name__}: {exc}"[:500])
+            except TimeoutError:
+                error = f"no complete answer within {self._timeout_s:g} s"
+                attempt = Attempt(False, True, None, error)
             else:
                 status = response.status_code
                 if response.is_success:

@@ -86,11 +86,12 @@ def consent_allows(person: Person, channel: str) -> bool:
 
 
 def frequency_capped(recent: Sequence[datetime], now: datetime, cap: FrequencyCap | None) -> bool:
-    """True when ``cap.max`` sends on this channel already happened within ``cap.per``."""
+    """True when ``cap.max`` sends on this channel already happened within ``cap.per``. A send
+    stamped after ``now`` counts too: it was recorded by a worker whose clock is ahead."""
     if cap is None:
         return False
     since = now - cap.per
-    return sum(1 for at in recent if since < at <= now) >= cap.max
+    return sum(1 for at in recent if since < at) >= cap.max
 
 
 def quiet_until(
@@ -99,7 +100,8 @@ def quiet_until(
     """The next allowed moment (UTC) when ``now`` is inside quiet hours, else None.
 
     Wall-clock arithmetic in the person's zone, so DST days keep "08:00 local"; an end time
-    that does not exist that day (spring forward) maps to the first instant after the gap.
+    that does not exist that day (spring forward) moves on by the gap, as a wall clock does
+    (02:30 in a gap from 02:00 to 03:00 is 03:30).
     """
     if quiet is None or channel not in quiet.channels or quiet.start == quiet.end:
         return None

@@ -34,6 +34,11 @@ ACTION_NAMESPACE = uuid.UUID("9d1c6b52-0f3e-4c1a-8f7e-2b4a6d8c0e13")
 Channel = Literal["email", "sms", "crm_task", "coupon", "webhook"]
 CHANNELS: tuple[Channel, ...] = ("email", "sms", "crm_task", "coupon", "webhook")
 NAME = r"^[a-z0-9_]+$"
+NAME_LENGTH = 64
+"""The columns that store playbook, step and tier names hold this many characters: a longer
+name validated, then failed every insert of the change that triggered it."""
+Name = Annotated[str, Field(pattern=NAME, max_length=NAME_LENGTH)]
+TierName = Annotated[str, Field(min_length=1, max_length=NAME_LENGTH)]
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -57,11 +62,11 @@ class Strict(BaseModel):
 class Trigger(Strict):
     """Exactly one of: ``entered: T``, ``exited: T``, ``from: A`` + ``to: B``, ``stage: S``."""
 
-    entered: str | None = None
-    exited: str | None = None
-    from_tier: str | None = Field(default=None, alias="from")
-    to_tier: str | None = Field(default=None, alias="to")
-    stage: str | None = None
+    entered: TierName | None = None
+    exited: TierName | None = None
+    from_tier: TierName | None = Field(default=None, alias="from")
+    to_tier: TierName | None = Field(default=None, alias="to")
+    stage: TierName | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Trigger:
@@ -126,7 +131,7 @@ class Condition(Strict):
 class SendStep(Strict):
     """Send ``content`` to the channel's endpoint; ``send`` names the step (idempotency key)."""
 
-    send: str = Field(pattern=NAME)
+    send: Name
     channel: Channel
     content: dict[str, Any] = Field(default_factory=dict)
 
@@ -147,7 +152,7 @@ class WaitStep(Strict):
 class BranchStep(Strict):
     """Continue with ``then`` when ``when`` holds, else with ``else``."""
 
-    branch: str = Field(pattern=NAME)
+    branch: Name
     when: Condition
     then: list[Step] = Field(default_factory=list)
     otherwise: list[Step] = Field(default_factory=list, alias="else")
@@ -181,7 +186,7 @@ class Playbook(Strict):
     """What a tier change triggers; with ``exit_on_leave`` a person who leaves the trigger's
     tier drops out of the steps not yet sent."""
 
-    name: str = Field(pattern=NAME)
+    name: Name
     description: str = ""
     trigger: Trigger
     exit_on_leave: bool = True
@@ -202,6 +207,13 @@ class FrequencyCap(Strict):
 
     max: int = Field(ge=1)
     per: Duration
+
+    @field_validator("per")
+    @classmethod
+    def _positive_window(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("a frequency cap's window must be positive (0 turned the cap off)")
+        return value
 
 
 class QuietHours(Strict):

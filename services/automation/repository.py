@@ -180,14 +180,17 @@ async def update_actions(session: AsyncSession, changes: Sequence[dict[str, Any]
         await session.execute(statement, [{f"b_{k}": v for k, v in row.items()} for row in rows])
 
 
-async def lock_existing(session: AsyncSession, action_ids: Sequence[str]) -> set[str]:
-    """Lock these actions if they still exist (an erasure may have deleted them meanwhile)."""
+async def lock_leases(session: AsyncSession, action_ids: Sequence[str]) -> dict[str, datetime]:
+    """Lock these actions and return the lease of each one still being delivered (an erasure
+    may have deleted one meanwhile, and an expired lease lets another claim take it over)."""
     if not action_ids:
-        return set()
+        return {}
     result = await session.execute(
-        select(Action.action_id).where(one_of(Action.action_id, action_ids)).with_for_update()
+        select(Action.action_id, Action.lease_until)
+        .where(one_of(Action.action_id, action_ids), Action.status == DELIVERING)
+        .with_for_update()
     )
-    return set(result.scalars())
+    return {action_id: lease for action_id, lease in result.tuples() if lease is not None}
 
 
 async def unpublished(session: AsyncSession, limit: int) -> list[ActionLog]:

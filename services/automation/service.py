@@ -117,7 +117,8 @@ class AutomationService:
         self._endpoints = endpoints
         self._policy = policy
         self._clock = clock
-        self._results: list[tuple[Action, Attempt, datetime]] = []
+        self._results: list[tuple[Action, Attempt, datetime, datetime]] = []
+        """Finished attempts: the action, its outcome, when, and the lease it was sent under."""
         self._tasks: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
         self.outbox_wake = asyncio.Event()
@@ -244,13 +245,14 @@ class AutomationService:
                     session, now, min(free, self._policy.claim_batch), blocked
                 )
             )
-            to_send, records = await self._guard(session, due, now)
+            lease = now + timedelta(seconds=self._policy.lease_s)
+            to_send, records = await self._guard(session, due, now, lease)
             await repository.append_log(session, records)
         self._count(records)
         if records:
             self.outbox_wake.set()
         for action in to_send:
-            self._start(action, now)
+            self._start(action, now, lease)
         return finished + len(due)
 
     def _within_capacity(self, due: list[Action]) -> list[Action]:
@@ -265,10 +267,11 @@ class AutomationService:
         return kept
 
     async def _guard(
-        self, session: AsyncSession, due: list[Action], now: datetime
+        self, session: AsyncSession, due: list[Action], now: datetime, lease_until: datetime
     ) -> tuple[list[Action], list[ActionRecord]]:
         """Decide each due action under a per-person lock; a redelivery (the send was already
-        decided: a retry or an expired lease) skips the guards and keeps its id and body."""
+        decided: a retry or an expired lease) skips the guards and keeps its id and body. What
+        is sent is leased until ``lease_until``."""
         fresh = [a for a in due if a.sent_at is None]
         recent: dict[tuple[str, str], list[datetime]] = {}
         if fresh:
@@ -276,7 +279,6 @@ class AutomationService:
             await repository.lock_persons(session, oneids)
             if self._cap_window > timedelta(0):
                 recent = await repository.recent_sends(session, oneids, now - self._cap_window)
-        lease_until = now + timedelta(seconds=self._policy.lease_s)
         to_send: list[Action] = []
         updates: list[dict[str, Any]] = []
         records: list[ActionRecord] = []
@@ -325,14 +327,16 @@ class AutomationService:
             "updated_at": now,
         }
 
-    def _start(self, action: Action, now: datetime) -> None:
+    def _start(self, action: Action, now: datetime, lease: datetime) -> None:
         endpoint = self._endpoints[action.channel]
         endpoint.in_flight += 1
-        task = asyncio.create_task(self._deliver(endpoint, action, now))
+        task = asyncio.create_task(self._deliver(endpoint, action, now, lease))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, endpoint: Endpoint, action: Action, claimed_at: datetime) -> None:
+    async def _deliver(
+        self, endpoint: Endpoint, action: Action, claimed_at: datetime, lease: datetime
+    ) -> None:
         try:
             attempt = await endpoint.post(
                 self._policy.secrets, action.action_id, body_of(action.payload), claimed_at
@@ -347,7 +351,7 @@ class AutomationService:
             if attempt.status_code is not None:
                 kind = f"{attempt.status_code // 100}xx"
             metrics.ENDPOINT_FAILURES.labels(endpoint.name, kind).inc()
-        self._results.append((action, attempt, self._clock.now()))
+        self._results.append((action, attempt, self._clock.now(), lease))
         self.wake.set()
 
     async def _flush_results(self) -> int:
@@ -357,16 +361,26 @@ class AutomationService:
         results, self._results = self._results, []
         updates: list[dict[str, Any]] = []
         records: list[ActionRecord] = []
-        async with unit_of_work(self._sessions) as session:
-            alive = await repository.lock_existing(session, [a.action_id for a, _, _ in results])
-            for action, attempt, at in results:
-                if action.action_id not in alive:
-                    continue  # erased while in flight
-                update, record = self._outcome(action, attempt, at)
-                updates.append(update)
-                records.append(record)
-            await repository.update_actions(session, updates)
-            await repository.append_log(session, records)
+        try:
+            async with unit_of_work(self._sessions) as session:
+                leases = await repository.lock_leases(
+                    session, [a.action_id for a, _, _, _ in results]
+                )
+                for action, attempt, at, lease in results:
+                    if leases.get(action.action_id) != lease:
+                        # erased while in flight, or claimed again since (this attempt outlived
+                        # its lease): the newer claim's outcome is the one that counts
+                        continue
+                    update, record = self._outcome(action, attempt, at)
+                    updates.append(update)
+                    records.append(record)
+                await repository.update_actions(session, updates)
+                await repository.append_log(session, records)
+        except BaseException:
+            # kept for the next flush: dropped, every one of them would be sent again
+            # once its lease ran out
+            self._results[:0] = results
+            raise
         self._count(records)
         self.outbox_wake.set()
         return len(results)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 from typing import Annotated
 
@@ -61,8 +63,13 @@ class AutomationSettings(CommonSettings):
     @classmethod
     def _whsec(cls, value: list[SecretStr]) -> list[SecretStr]:
         for secret in value:
-            if not secret.get_secret_value().startswith(SECRET_PREFIX):
+            raw = secret.get_secret_value()
+            if not raw.startswith(SECRET_PREFIX):
                 raise ValueError(f"webhook secrets must start with {SECRET_PREFIX}")
+            try:  # else every delivery would fail to sign, and be dead-lettered
+                base64.b64decode(raw.removeprefix(SECRET_PREFIX), validate=True)
+            except binascii.Error as exc:
+                raise ValueError(f"a webhook secret is not base64 after {SECRET_PREFIX}") from exc
         return value
 
     @model_validator(mode="after")

@@ -48,6 +48,8 @@ SECRET = "whsec_" + base64.b64encode(b"automation-tests-secret!").decode()
 ADMIN = "automation-admin"
 START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # 10:00 UTC: outside quiet hours in UTC
 HANG_S = 6.0
+TRICKLE = -1
+"""A behaviour's status: answer 200, then one byte of a 16-byte body every 0.5 s."""
 Behaviour = Callable[[int], tuple[int, dict[str, str]]]
 
 
@@ -103,6 +105,15 @@ class Receiver:
                     time.sleep(HANG_S)
                     receiver.hanging -= 1
                     status = 503
+                if status == TRICKLE:  # each read well within the timeout, the whole not
+                    self.send_response(200)
+                    self.send_header("content-length", "16")
+                    self.end_headers()
+                    for _ in range(16):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.5)
+                    return
                 self.send_response(status)
                 for name, value in extra.items():
                     self.send_header(name, value)
@@ -529,6 +540,26 @@ async def test_retry_after_is_honoured_and_other_4xx_are_not_retried(worker: Wor
     assert len(got(gone)) == 1
     history = (await worker.api.get(f"/v1/persons/{gone}/actions")).json()["history"]
     assert [h["outcome"] for h in history] == ["requested", "dead_lettered"]
+    worker.receiver.behaviours.pop("/hooks/webhook")
+
+
+async def test_a_receiver_trickling_its_answer_is_cut_off_at_the_timeout(worker: Worker) -> None:
+    """httpx's timeout bounds each read: an answer trickled a byte at a time took 8 s against
+    a 3 s timeout, long enough to outlive a lease and be sent to again meanwhile."""
+    worker.receiver.behaviours["/hooks/webhook"] = lambda _: (TRICKLE, {})
+    slow = person()
+    started = time.monotonic()
+    await worker.publish(make_tier_change(slow, "flaky"))
+
+    async def failed() -> bool:
+        history = (await worker.api.get(f"/v1/persons/{slow}/actions")).json()["history"]
+        return any(h["outcome"] == "failed" for h in history)
+
+    await eventually(failed, "the cut-off attempt")
+    took = time.monotonic() - started
+    actions = (await worker.api.get(f"/v1/persons/{slow}/actions")).json()["actions"]
+    assert "no complete answer within 3 s" in actions[0]["last_error"]
+    assert took < 7.5, took  # the trickle lasts 8 s
     worker.receiver.behaviours.pop("/hooks/webhook")
 
 

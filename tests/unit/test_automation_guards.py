@@ -58,6 +58,8 @@ def test_frequency_cap_counts_sends_inside_the_window_only() -> None:
     assert frequency_capped([now - timedelta(hours=1), now - timedelta(hours=23)], now, cap)
     assert not frequency_capped([now - timedelta(hours=1), now - timedelta(hours=25)], now, cap)
     assert not frequency_capped([now] * 10, now, None)
+    # stamped by a worker whose clock is a second ahead: still a send of this window
+    assert frequency_capped([now - timedelta(hours=1), now + timedelta(seconds=1)], now, cap)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from services.automation.playbooks import (
     load_playbooks,
     plan_actions,
 )
+from services.automation.settings import AutomationSettings
 from shared.contracts import Scores, TierChangeCause, TierChanged, TierChangeEvent
 from shared.webhooks import sign_headers, verify
 
@@ -154,6 +155,10 @@ def test_exit_rule_holds_people_in_the_trigger_tier() -> None:
         {"name": "x", "trigger": {"entered": "vip"}, "steps": [{**SEND, "channel": "fax"}]},
         {"name": "x", "trigger": {"entered": "vip"}, "steps": [{**SEND, "colour": "red"}]},
         {"name": "x", "trigger": {"entered": "vip"}, "steps": [{"branch": "b", "when": {}}]},
+        # longer than the columns that store them: every insert of its actions failed
+        {"name": "x" * 65, "trigger": {"entered": "vip"}, "steps": [SEND]},
+        {"name": "x", "trigger": {"entered": "vip"}, "steps": [{**SEND, "send": "s" * 65}]},
+        {"name": "x", "trigger": {"entered": "v" * 65}, "steps": [SEND]},
     ],
 )
 def test_invalid_playbooks_are_refused(playbook: dict[str, Any]) -> None:
@@ -161,12 +166,31 @@ def test_invalid_playbooks_are_refused(playbook: dict[str, Any]) -> None:
         custom(playbook)
 
 
-def test_guards_validate(tmp_path: Any) -> None:
-    bad = {"guards": {"holdout": {"shares": {"vip": 1.5}}}, "playbooks": []}
+@pytest.mark.parametrize(
+    "guards",
+    [
+        {"holdout": {"shares": {"vip": 1.5}}},
+        # a window of 0 or less turned the cap off
+        {"frequency_caps": {"email": {"max": 1, "per": "0s"}}},
+        {"frequency_caps": {"email": {"max": 1, "per": -86400}}},
+    ],
+)
+def test_guards_validate(tmp_path: Any, guards: dict[str, Any]) -> None:
     path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump(bad))
+    path.write_text(yaml.safe_dump({"guards": guards, "playbooks": []}))
     with pytest.raises(ValidationError):
         load_playbooks(path)
+
+
+def test_a_webhook_secret_must_be_base64_after_its_prefix() -> None:
+    def settings(secret: str) -> AutomationSettings:
+        return AutomationSettings.model_validate(
+            {"TIERFLOW_WEBHOOK_SECRET": secret, "admin_token": "t"}
+        )
+
+    with pytest.raises(ValidationError, match="not base64"):
+        settings("whsec_not-base64!")
+    assert settings(SECRET).webhook_secrets
 
 
 def test_action_ids_are_deterministic_idempotency_keys() -> None:
@@ -212,6 +236,9 @@ def test_retry_schedule_grows_with_jitter_and_honours_retry_after() -> None:
     later = (NOW + timedelta(seconds=90)).strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert parse_retry_after(later, NOW) == 90
     assert parse_retry_after("soon", NOW) is None
+    # RFC 5322's "-0000" (UTC, offset unknown) parses as a naive time
+    naive = (NOW + timedelta(seconds=30)).strftime("%a, %d %b %Y %H:%M:%S -0000")
+    assert parse_retry_after(naive, NOW) == 30
 
 
 def test_only_transient_statuses_are_retried() -> None:
