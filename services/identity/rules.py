@@ -191,7 +191,7 @@ def identifiers_of(
     raw: RawIdentifiers = (
         event.user_id,
         _text(traits.get("email")),
-        _text(traits.get("phone")),
+        _phone_text(traits.get("phone")),
         _text(device.get("id")) if isinstance(device, dict) else None,
         event.anonymous_id,
         event.previous_id,
@@ -202,6 +202,13 @@ def identifiers_of(
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _phone_text(value: object) -> str | None:
+    """A phone trait as text: SDK users often send the number as a JSON number."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _text(value)
 
 
 def _identifiers(
@@ -219,9 +226,13 @@ def _identifiers(
     for external_type, external_id, collection in externals:
         id_type = external_type.strip().lower()
         if id_type == "wechat_openid":
-            if not collection:
-                continue
-            candidates.append((id_type, f"{collection.strip()}:{external_id.strip()}"))
+            # judged bare, then scoped: "wx5f3a:undefined" is not a blocked value, "undefined"
+            # is, and mini-programs send it when wx.login fails
+            app = collection.strip() if collection else ""
+            openid = rules.canonical(id_type, external_id, region)
+            if not app or app.lower() in rules.blocked.values or openid is None:
+                continue  # unique only within its app: without one it identifies no one
+            candidates.append((id_type, f"{app}:{openid}"))
         else:
             candidates.append((id_type, external_id))
     seen: dict[IdentifierKey, None] = {}

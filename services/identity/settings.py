@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+import phonenumbers
+from pydantic import Field, SecretStr, field_validator
 
 from services.identity.rules import DEFAULT_RULES_PATH
 from shared.settings import CommonSettings
@@ -34,6 +35,7 @@ class IdentitySettings(CommonSettings):
         description="Region (ISO 3166, e.g. US, CN) for phone numbers written without +country.",
         validation_alias="TIERFLOW_IDENTITY_PHONE_REGION",
     )
+
     suppression_key: SecretStr = Field(
         default=SecretStr(""),
         description="HMAC key for erased-identifier digests; set it in production, never change.",
@@ -50,3 +52,15 @@ class IdentitySettings(CommonSettings):
         description="Scoring's read API, for tier and scores in the profile API.",
         validation_alias="TIERFLOW_IDENTITY_SCORING_URL",
     )
+
+    @field_validator("phone_region")
+    @classmethod
+    def _known_region(cls, value: str | None) -> str | None:
+        """A region phonenumbers does not know (``cn``, ``UK``) would silently drop every
+        phone written without +country: refuse it at start instead."""
+        if value is None or not value.strip():
+            return None
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown phone region {value!r} (ISO 3166 alpha-2, e.g. US, CN)")
+        return region

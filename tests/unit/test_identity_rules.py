@@ -17,6 +17,7 @@ from services.identity.rules import (
     normalize,
     plan_batch,
 )
+from services.identity.settings import IdentitySettings
 from tests.factories import make_event
 
 T = datetime(2026, 11, 1, tzinfo=UTC)
@@ -82,6 +83,37 @@ def test_identifiers_strongest_first_without_junk_or_duplicates() -> None:
         ("loyalty_card", "L-77"),
         ("wechat_openid", "wx-app-7:ou-1"),
         ("device_id", "dev-9"),
+    ]
+
+
+def test_a_blocked_openid_or_app_id_identifies_no_one() -> None:
+    """A mini-program whose wx.login failed sends "undefined": scoped first, the value was
+    "wx5f3a:undefined", which no blocked value matched, and every such user became one."""
+    for openid, app in (("undefined", "wx5f3a"), ("null", "wx5f3a"), ("0", "wx5f3a"), ("ou", " ")):
+        event = make_event(
+            user_id=None,
+            anonymous_id="anon-alice",
+            external_ids=[{"id": openid, "type": "wechat_openid", "collection": app}],
+        )
+        assert identifiers_of(event, RULES) == [("anonymous_id", "anon-alice")], (openid, app)
+    for app in ("undefined", "null"):
+        event = make_event(
+            user_id="u", external_ids=[{"id": "ou-1", "type": "wechat_openid", "collection": app}]
+        )
+        assert identifiers_of(event, RULES) == [("user_id", "u")]
+    event = make_event(
+        user_id="u", external_ids=[{"id": " ou-1 ", "type": "wechat_openid", "collection": "wx"}]
+    )
+    assert ("wechat_openid", "wx:ou-1") in identifiers_of(event, RULES)
+
+
+def test_a_phone_sent_as_a_number_is_a_phone() -> None:
+    event = make_event(user_id="u", traits={"phone": 4155552671})
+    assert ("phone", "+14155552671") in identifiers_of(event, RULES, region="US")
+    international = make_event(user_id="u", traits={"phone": 8613800138000})
+    assert ("phone", "+8613800138000") in identifiers_of(international, RULES, region="CN")
+    assert identifiers_of(make_event(user_id="u", traits={"phone": True}), RULES) == [
+        ("user_id", "u")
     ]
 
 
@@ -199,3 +231,18 @@ def test_counts_are_needed_only_where_an_event_can_grow_or_merge_a_person() -> N
     assert needs_counts([warm], links) == set()
     assert needs_counts([grow], links) == {"p1"}
     assert needs_counts([warm, merge], links) == {"p1", "p2"}
+
+
+def test_an_unknown_phone_region_stops_the_start() -> None:
+    """phonenumbers refuses "cn": every phone written without +86 would have been dropped."""
+
+    def region(value: str) -> str | None:
+        settings = IdentitySettings.model_validate(
+            {"admin_token": "t", "TIERFLOW_IDENTITY_PHONE_REGION": value}
+        )
+        return settings.phone_region
+
+    assert region("cn") == "CN"
+    assert region(" ") is None
+    with pytest.raises(ValidationError, match="unknown phone region"):
+        region("XX")
