@@ -117,6 +117,24 @@ class Erasure:
     identifiers: int
 
 
+def without_erased(
+    keyed: list[list[IdentifierKey]], erased: set[IdentifierKey]
+) -> tuple[list[list[IdentifierKey]], list[bool]]:
+    """Each event's identifiers without the erased ones, and whether the event is dropped
+    whole: when its strongest identifier was erased (the erased person came back), or nothing
+    else is left. An event of someone else that also shows an erased identifier (a cookie or a
+    device shared with the erased person) is resolved on the rest: dropping it lost every
+    later event of a live person."""
+    kept: list[list[IdentifierKey]] = []
+    dropped: list[bool] = []
+    for keys in keyed:
+        rest = [key for key in keys if key not in erased]
+        whole = bool(keys) and (keys[0] in erased or not rest)
+        kept.append([] if whole else rest)
+        dropped.append(whole)
+    return kept, dropped
+
+
 class Resolver:
     """Resolves poll batches in one SERIALIZABLE transaction each, retried on conflicts.
 
@@ -312,11 +330,9 @@ class Resolver:
         links.update(found)
         wanted = {k for event_keys in keyed for k in event_keys}
         hidden = await self._suppressed(connection, wanted - links.keys())
-        suppressed = (
-            [not hidden.isdisjoint(keys) for keys in keyed] if hidden else [False] * len(keyed)
-        )
+        suppressed = [False] * len(keyed)
         if hidden:
-            keyed = [[] if s else keys for keys, s in zip(keyed, suppressed, strict=True)]
+            keyed, suppressed = without_erased(keyed, hidden)
 
         to_plan = needs_counts(keyed, links)
         created, counts = await batch_repository.persons_to_plan(connection, to_plan)

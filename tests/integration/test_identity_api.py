@@ -162,10 +162,12 @@ async def test_profile_lookup_merge_history_and_erasure(
     sentinel = make_event(
         message_id=f"{run}-7", source_id=run, user_id=None, anonymous_id=f"{run}-new-cookie"
     )
-    await _send(settings, again, sentinel)
-    resolved = await _resolved(settings, run, 6)
+    # someone else on the erased person's browser: resolved on their own id, the cookie left out
+    bob = make_event(message_id=f"{run}-8", source_id=run, user_id=f"{run}-bob", anonymous_id=anon)
+    await _send(settings, again, sentinel, bob)
+    resolved = await _resolved(settings, run, 7)
     assert {r["event"]["message_id"] for r in resolved} == {
-        f"{run}-{n}" for n in (1, 2, 3, 4, 5, 7)
+        f"{run}-{n}" for n in (1, 2, 3, 4, 5, 7, 8)
     }
 
     raw_values = [user, email, anon, crm, "8613800138000", f"Ada {run}"]

@@ -17,6 +17,7 @@ from services.identity.rules import (
     normalize,
     plan_batch,
 )
+from services.identity.service import without_erased
 from services.identity.settings import IdentitySettings
 from tests.factories import make_event
 
@@ -246,3 +247,19 @@ def test_an_unknown_phone_region_stops_the_start() -> None:
     assert region(" ") is None
     with pytest.raises(ValidationError, match="unknown phone region"):
         region("XX")
+
+
+def test_an_erased_identifier_drops_itself_unless_it_was_the_events_strongest() -> None:
+    ada, bob, cookie, new = (
+        ("user_id", "ada"),
+        ("user_id", "bob"),
+        ("anonymous_id", "c1"),
+        (
+            "anonymous_id",
+            "c2",
+        ),
+    )
+    keyed = [[ada, new], [bob, cookie], [cookie], [], [bob, new]]
+    kept, dropped = without_erased(keyed, {ada, cookie})
+    assert kept == [[], [bob], [], [], [bob, new]]
+    assert dropped == [True, False, True, False, False]
