@@ -61,9 +61,12 @@ def make_tier_change(
     event_id: str = "e",
     stage: str = "growing",
     from_stage: str | None = None,
+    at: datetime | None = None,
+    sequence: int = 0,
 ) -> TierChangeEvent:
-    """A tier change of ``oneid`` happening now (a stage change when ``to_tier == from_tier``)."""
-    at = datetime.now(UTC)
+    """A tier change of ``oneid`` at ``at`` (default now; a stage change when ``to_tier ==
+    from_tier``), the person's ``sequence``-th."""
+    at = at or datetime.now(UTC)
     return TierChangeEvent(
         id=change_id or f"tc-{uuid.uuid4()}",
         subject=oneid,
@@ -79,5 +82,6 @@ def make_tier_change(
             model_version=model_version,
             cause=TierChangeCause(kind="event", event_id=event_id),
             changed_at=at,
+            sequence=sequence,
         ),
     )

@@ -57,6 +57,7 @@ class Action(Base):
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    change_sequence: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     hold_tier: Mapped[str | None] = mapped_column(String(64))
     person: Mapped[dict[str, Any]] = mapped_column(JSONB)
 

@@ -18,13 +18,14 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
     values,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
-from sqlalchemy.types import DateTime, String
+from sqlalchemy.types import DateTime, Integer, String
 
 from services.automation.models import Action, ActionLog, Erased, metadata
 from shared.contracts import ActionRecord
@@ -64,12 +65,15 @@ async def insert_actions(session: AsyncSession, rows: Sequence[dict[str, Any]]) 
 
 
 async def exit_pending(
-    session: AsyncSession, moves: Sequence[tuple[str, str, datetime]], now: datetime
+    session: AsyncSession, moves: Sequence[tuple[str, str, datetime, int]], now: datetime
 ) -> list[Action]:
     """The exit rule in SQL: pending steps of a person who moved, after they were planned, to a
     tier other than the one their playbook holds them in, become ``exited``.
 
-    Comparing change times makes it order-safe: a redelivered older change exits nothing newer.
+    Comparing changes by (time, the person's change sequence) makes it order-safe: a
+    redelivered older change exits nothing newer, and a change at the same time as the one
+    that planned the steps but later in sequence does exit them (an event dated before an
+    inactivity drop and scored after it moves the person back at the drop's time).
     """
     if not moves:
         return []
@@ -77,6 +81,7 @@ async def exit_pending(
         literal_column("oneid", String),
         literal_column("tier", String),
         literal_column("changed_at", DateTime(timezone=True)),
+        literal_column("sequence", Integer),
         name="moved",
     ).data(list(moves))
     result = await session.execute(
@@ -87,7 +92,8 @@ async def exit_pending(
             Action.sent_at.is_(None),
             Action.hold_tier.is_not(None),
             Action.hold_tier != moved.c.tier,
-            Action.changed_at < moved.c.changed_at,
+            tuple_(Action.changed_at, Action.change_sequence)
+            < tuple_(moved.c.changed_at, moved.c.sequence),
         )
         .values(status=EXITED, updated_at=now, last_error="left the tier")
         .returning(Action),

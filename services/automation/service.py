@@ -144,7 +144,7 @@ class AutomationService:
             rows, held = self._plan(live, now)
             new_ids = await repository.insert_actions(session, rows)
             moves = [
-                (c.event.data.oneid, c.event.data.to_tier, c.event.data.changed_at) for c in live
+                (d.oneid, d.to_tier, d.changed_at, d.sequence) for d in (c.event.data for c in live)
             ]
             exited = await repository.exit_pending(session, moves, now)
             records = [
@@ -213,6 +213,7 @@ class AutomationService:
                         "attempts": 0,
                         "due_at": now + planned.delay,
                         "changed_at": data.changed_at,
+                        "change_sequence": data.sequence,
                         "hold_tier": planned.hold_tier,
                         "person": person.as_json(),
                         "created_at": now,

@@ -165,6 +165,7 @@ def _change(
             model_version=model.version,
             cause=TierChangeCause(kind=cause, event_id=cause_id),
             changed_at=changed_at,
+            sequence=move.sequence,
         ),
     )
 

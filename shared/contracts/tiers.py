@@ -47,6 +47,13 @@ class TierChanged(Contract):
     model_version: str
     cause: TierChangeCause
     changed_at: Timestamp
+    sequence: int = Field(
+        default=0,
+        ge=0,
+        description="The person's change count at this change: orders two changes of one time "
+        "(an event dated before an inactivity drop, scored after it, moves back at the drop's "
+        "time).",
+    )
 
 
 class TierChangeEvent(Contract):

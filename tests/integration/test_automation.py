@@ -626,6 +626,40 @@ async def test_leaving_the_tier_drops_the_remaining_steps(worker: Worker) -> Non
     assert exited == ["product_trial", "webinar_invitation"]
 
 
+async def test_a_move_back_at_the_same_time_as_the_drop_exits_its_win_back(
+    worker: Worker,
+) -> None:
+    """An event dated before the inactivity drop, scored after it, moves the person back at the
+    drop's time: only the change sequence orders the two. Compared by time alone, the survey
+    and the call of the win-back still went to a customer who had come back."""
+    oneid = person()
+    at = datetime.now(UTC)
+    await worker.publish(make_tier_change(oneid, "at_risk", "growth", at=at, sequence=3))
+    await wait_for(lambda: len(worker.receiver.of(oneid)) == 1, "the win-back offer")
+    await worker.publish(make_tier_change(oneid, "growth", "at_risk", at=at, sequence=4))
+    history: list[dict[str, Any]] = []
+
+    async def exited() -> bool:
+        nonlocal history
+        history = (await worker.api.get(f"/v1/persons/{oneid}/actions")).json()["history"]
+        return any(h["outcome"] == "exited" for h in history)
+
+    await eventually(exited, "the win-back's later steps exited")
+    winback = sorted(
+        h["record"]["step"]
+        for h in history
+        if h["outcome"] == "exited" and h["record"]["playbook"] == "winback"
+    )
+    assert winback == ["satisfaction_survey", "winback_call"], history
+    # a redelivered older change at that time exits nothing of the newer one
+    await worker.publish(make_tier_change(oneid, "at_risk", "growth", at=at, sequence=3))
+    await asyncio.sleep(1.0)
+    pending = (await worker.api.get(f"/v1/persons/{oneid}/actions")).json()["actions"]
+    nurture = [a for a in pending if a["playbook"] == "growth_nurture"]
+    assert nurture
+    assert all(a["status"] != "exited" for a in nurture)
+
+
 async def test_erasure_and_merge_notices(worker: Worker) -> None:
     got = worker.receiver.of
     erased, absorbed, winner = person(), person(), person()
