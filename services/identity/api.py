@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 import httpx
@@ -21,6 +22,8 @@ from shared.auth import AdminOnly
 from shared.contracts import IdentityMerge
 from shared.db import unit_of_work
 from shared.errors import NotFound
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["identity"], dependencies=[AdminOnly])
 
@@ -119,10 +122,16 @@ async def erase(oneid: str, body: ErasureIn, request: Request) -> ErasureOut:
     later events carrying them; scoring and automation erase on the published notice."""
     resolver: Resolver = request.app.state.resolver
     erasure = await resolver.erase(oneid, body.reason)
-    await request.app.state.relay.relay()
+    try:
+        await request.app.state.relay.relay()
+        published = True
+    except Exception:  # committed: a 500 now would send the operator's retry to a 404
+        log.exception("erasure %s committed, its notice stays in the outbox", erasure.erasure_id)
+        published = False
     return ErasureOut(
         erasure_id=erasure.erasure_id,
         oneid=erasure.oneid,
         oneids=erasure.oneids,
         identifiers_removed=erasure.identifiers,
+        notice_published=published,
     )

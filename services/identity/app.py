@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from services.identity.api import router
 from services.identity.rules import load_rules
-from services.identity.service import NoticeRelay, Resolver
+from services.identity.service import RELAY_EVERY_S, NoticeRelay, Resolver
 from services.identity.settings import IdentitySettings
 from services.identity.worker import IdentityHandler, tune_gc
 from shared.consumer import BatchConsumer
@@ -60,9 +60,11 @@ def create_app(settings: IdentitySettings) -> FastAPI:
         app.state.admin_token = settings.admin_token.get_secret_value()
         tune_gc()
         task = asyncio.create_task(loop.run(), name="identity-consumer")
+        relaying = asyncio.create_task(relay.relay_forever(RELAY_EVERY_S), name="identity-relay")
         try:
             yield
         finally:
+            relaying.cancel()
             loop.stop()
             with suppress(asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=15)

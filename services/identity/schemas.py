@@ -70,3 +70,7 @@ class ErasureOut(BaseModel):
     oneid: str
     oneids: list[str]
     identifiers_removed: int
+    notice_published: bool = Field(
+        description="False when the broker could not take the notice now: the erasure is done "
+        "and its notice waits in the outbox, published within seconds of the broker's return."
+    )

@@ -457,6 +457,10 @@ def erasure_notice(record: ErasureRecord) -> IdentityErasure:
     )
 
 
+RELAY_EVERY_S = 5.0
+"""How often pending merge and erasure notices are published when nothing else publishes them."""
+
+
 class NoticeRelay:
     """Publishes committed merges and erasures from the outbox tables, then marks them.
 
@@ -470,6 +474,17 @@ class NoticeRelay:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], publisher: Publisher) -> None:
         self._sessions = sessions
         self._publisher = publisher
+
+    async def relay_forever(self, every_s: float) -> None:
+        """Relay every ``every_s`` seconds whatever else happens: the workers relay after their
+        polls, and a quiet system (no raw events) left an erasure whose API call could not
+        publish it in the outbox until traffic came back."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.relay()
+            except Exception:
+                log.exception("relaying identity notices failed; they stay in the outbox")
 
     async def relay(self) -> int:
         """Publish what is pending; returns how many notices went out."""

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from services.identity import metrics
 from services.identity.dedup import Sighting
-from services.identity.service import NoticeRelay, Resolver
+from services.identity.service import RELAY_EVERY_S, NoticeRelay, Resolver
 from shared.consumer import Records
 from shared.contracts import EventEnvelope, encode
 from shared.contracts.events import resolved_json
@@ -66,7 +66,7 @@ class IdentityHandler:
         relay: NoticeRelay,
         *,
         prune_every_s: float = 300.0,
-        relay_every_s: float = 5.0,
+        relay_every_s: float = RELAY_EVERY_S,
     ) -> None:
         self._resolver = resolver
         self._publisher = publisher

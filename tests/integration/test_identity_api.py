@@ -141,6 +141,7 @@ async def test_profile_lookup_merge_history_and_erasure(
         body = erased.json()
         assert set(body["oneids"]) == {profile["oneid"], *profile["absorbed"]}
         assert body["identifiers_removed"] == 5
+        assert body["notice_published"] is True
         assert (await client.get(f"/v1/profiles/{profile['oneid']}")).status_code == 404
 
     notices = await collect(
