@@ -46,21 +46,27 @@ def _zone_or_none(name: object) -> str | None:
 def person_from_event(data: Mapping[str, Any], default_timezone: str) -> Person:
     """Read consent and time zone from a tier change's raw ``data``.
 
-    Scoring's contract carries no consent or time zone yet, so this looks, in order, at
-    ``data.timezone`` / ``data.consent`` / ``data.suppressed``, then at ``data.profile`` and its
-    ``traits``, then at tags (``do_not_contact``, ``unsubscribed_<channel>``). Defaults: the
-    playbook file's ``default_timezone`` and consent granted on every channel.
+    Scoring sends ``data.contact`` (``timezone``, ``optouts``) from the person's traits. Other
+    producers may send ``data.timezone`` / ``data.consent`` / ``data.suppressed``, or the same
+    keys in ``data.profile`` and its ``traits``; tags count too (``do_not_contact``,
+    ``unsubscribed_<channel>``). Every refusal found counts; the first time zone found wins.
+    Defaults: the playbook file's ``default_timezone`` and consent granted on every channel.
     """
     profile = data.get("profile") if isinstance(data.get("profile"), Mapping) else {}
     assert isinstance(profile, Mapping)
     traits = profile.get("traits") if isinstance(profile.get("traits"), Mapping) else {}
     assert isinstance(traits, Mapping)
-    sources: list[Mapping[str, Any]] = [data, profile, traits]
+    contact = data.get("contact") if isinstance(data.get("contact"), Mapping) else {}
+    assert isinstance(contact, Mapping)
+    sources: list[Mapping[str, Any]] = [contact, data, profile, traits]
     timezone = next(
         (zone for src in sources if (zone := _zone_or_none(src.get("timezone")))),
         default_timezone,
     )
     optouts: set[str] = set()
+    refused = contact.get("optouts")
+    if isinstance(refused, list):
+        optouts.update(str(channel) for channel in refused)
     for src in sources:
         consent = src.get("consent")
         if isinstance(consent, Mapping):
@@ -78,6 +84,14 @@ def person_from_event(data: Mapping[str, Any], default_timezone: str) -> Person:
         elif isinstance(tag, str) and tag.startswith("unsubscribed_"):
             optouts.add(tag.removeprefix("unsubscribed_"))
     return Person(timezone, frozenset(optouts))
+
+
+def refreshed(stored: Person, latest: Person) -> Person:
+    """What a pending step is guarded with once a later change of its person arrives: the
+    latest time zone, and every refusal either knew. A refusal is never undone for steps
+    already planned (a redelivered older change must not restore consent); playbooks started
+    after a renewed consent start from it."""
+    return Person(latest.timezone, stored.optouts | latest.optouts)
 
 
 def consent_allows(person: Person, channel: str) -> bool:

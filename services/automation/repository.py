@@ -102,6 +102,20 @@ async def exit_pending(
     return list(result.scalars().unique())
 
 
+async def pending_persons(
+    session: AsyncSession, oneids: Sequence[str]
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(action id, oneid, stored person) of these people's steps not yet sent, locked."""
+    if not oneids:
+        return []
+    result = await session.execute(
+        select(Action.action_id, Action.oneid, Action.person)
+        .where(one_of(Action.oneid, oneids), Action.status == SCHEDULED, Action.sent_at.is_(None))
+        .with_for_update()
+    )
+    return list(result.tuples())
+
+
 async def append_log(session: AsyncSession, records: Sequence[ActionRecord]) -> None:
     """Store outcomes; they are published on ``tierflow.actions`` from here (the outbox)."""
     if records:

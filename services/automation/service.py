@@ -20,7 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.automation import metrics, repository
 from services.automation.clock import Clock
 from services.automation.delivery import Attempt, Endpoint, retry_delay_s
-from services.automation.guards import Decision, Person, decide, held_out, person_from_event
+from services.automation.guards import (
+    Decision,
+    Person,
+    decide,
+    held_out,
+    person_from_event,
+    refreshed,
+)
 from services.automation.models import Action
 from services.automation.playbooks import PlaybookSet, plan_actions
 from shared.contracts import (
@@ -147,6 +154,7 @@ class AutomationService:
                 (d.oneid, d.to_tier, d.changed_at, d.sequence) for d in (c.event.data for c in live)
             ]
             exited = await repository.exit_pending(session, moves, now)
+            await self._refresh_persons(session, live)
             records = [
                 ActionRecord(
                     action_id=row["action_id"],
@@ -221,6 +229,22 @@ class AutomationService:
                     }
                 )
         return rows, held
+
+    async def _refresh_persons(self, session: AsyncSession, live: Sequence[IncomingChange]) -> None:
+        """Guard each person's pending steps with what their latest change says (a refusal
+        given since the steps were planned; see :func:`guards.refreshed`): the stored copy
+        alone let an unsubscribe given mid-sequence be ignored for the rest of it."""
+        default = self._guards.default_timezone
+        latest = {c.event.data.oneid: person_from_event(c.raw_data, default) for c in live}
+        updates = []
+        for action_id, oneid, stored_json in await repository.pending_persons(
+            session, list(latest)
+        ):
+            stored = Person.from_json(stored_json, default)
+            person = refreshed(stored, latest[oneid])
+            if person != stored:
+                updates.append({"action_id": action_id, "person": person.as_json()})
+        await repository.update_actions(session, updates)
 
     async def dispatch_once(self) -> int:
         """Record finished deliveries, then claim due actions and start their deliveries.

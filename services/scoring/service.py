@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from services.scoring.rules import ScoringModel
 from services.scoring.schemas import ScoredEvent
 from services.scoring.scorer import State
 from shared.contracts import (
+    Contact,
     Contribution,
     Profile,
     ResolvedEvent,
@@ -93,7 +95,11 @@ def score_event(
         return current, False, None
     now = _evaluation_time(current)
     move = scorer.evaluate(current, now, model)
-    return current, True, _change(resolved.oneid, move, model, now, "event", event.event_id)
+    return (
+        current,
+        True,
+        _change(resolved.oneid, current, move, model, now, "event", event.event_id),
+    )
 
 
 def reevaluate(
@@ -103,7 +109,7 @@ def reevaluate(
     current = dict(state)
     at = max(now, _evaluation_time(current))  # a worker whose clock is behind: not back in time
     move = scorer.evaluate(current, at, model)
-    return current, _change(oneid, move, model, at, "timer")
+    return current, _change(oneid, current, move, model, at, "timer")
 
 
 def fold_in(
@@ -117,7 +123,7 @@ def fold_in(
     scorer.remember(current, fold_id)
     now = _evaluation_time(current)
     move = scorer.evaluate(current, now, model)
-    return current, True, _change(oneid, move, model, now, "merge", fold_id)
+    return current, True, _change(oneid, current, move, model, now, "merge", fold_id)
 
 
 def _evaluation_time(state: State) -> float:
@@ -133,6 +139,7 @@ def _evaluation_time(state: State) -> float:
 
 def _change(
     oneid: str,
+    state: State,
     move: scorer.Move | None,
     model: ScoringModel,
     now: float,
@@ -165,9 +172,27 @@ def _change(
             model_version=model.version,
             cause=TierChangeCause(kind=cause, event_id=cause_id),
             changed_at=changed_at,
+            contact=contact_of(state["traits"]),
             sequence=move.sequence,
         ),
     )
+
+
+UNSUBSCRIBED = "unsubscribed_"
+DO_NOT_CONTACT = "do_not_contact"
+
+
+def contact_of(traits: Mapping[str, list[Any]]) -> Contact:
+    """The person's contact preferences from their latest traits (``[value, set at]`` each):
+    ``timezone``, ``do_not_contact: true``, ``unsubscribed_<channel>: true``."""
+    timezone = traits.get("timezone")
+    optouts = sorted(
+        key.removeprefix(UNSUBSCRIBED) if key != DO_NOT_CONTACT else key
+        for key, (value, _) in traits.items()
+        if value is True and (key == DO_NOT_CONTACT or key.startswith(UNSUBSCRIBED))
+    )
+    zone = timezone[0] if timezone is not None and isinstance(timezone[0], str) else None
+    return Contact(timezone=zone, optouts=optouts)
 
 
 def _scores(value: float, engagement: float, fit: float) -> Scores:

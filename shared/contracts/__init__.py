@@ -11,12 +11,19 @@ from shared.contracts.identity import (
     IdentityNotice,
 )
 from shared.contracts.profiles import Profile, Scores
-from shared.contracts.tiers import Contribution, TierChangeCause, TierChanged, TierChangeEvent
+from shared.contracts.tiers import (
+    Contact,
+    Contribution,
+    TierChangeCause,
+    TierChanged,
+    TierChangeEvent,
+)
 
 __all__ = [
     "IDENTITY_NOTICE",
     "ActionOutcome",
     "ActionRecord",
+    "Contact",
     "Contract",
     "Contribution",
     "DeadLetter",

@@ -29,6 +29,20 @@ class TierChangeCause(Contract):
     event_id: str | None = None
 
 
+class Contact(Contract):
+    """How the person may be contacted, from their latest traits (identify calls): automation
+    guards every send with it."""
+
+    timezone: str | None = Field(
+        default=None, description="The ``timezone`` trait (IANA name): quiet hours are local."
+    )
+    optouts: list[str] = Field(
+        default_factory=list,
+        description="Channels refused: ``<channel>`` for each trait ``unsubscribed_<channel>: "
+        "true``, and ``do_not_contact`` for the trait ``do_not_contact: true`` (every channel).",
+    )
+
+
 class TierChanged(Contract):
     """The CloudEvent ``data``: from, to, scores, reasons, the model version and the cause."""
 
@@ -47,6 +61,7 @@ class TierChanged(Contract):
     model_version: str
     cause: TierChangeCause
     changed_at: Timestamp
+    contact: Contact = Field(default_factory=Contact)
     sequence: int = Field(
         default=0,
         ge=0,

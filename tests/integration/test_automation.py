@@ -588,6 +588,21 @@ async def test_guards_postpone_cap_suppress_and_hold_out(worker: Worker) -> None
     await asyncio.sleep(0.7)
     assert steps(got(refusing)) == ["assign_success_manager"]
 
+    # an unsubscribe given mid-sequence (a later change's contact, scoring's form) stops the
+    # rest of a sequence planned before it: the stored copy alone let it go on for a week
+    changing = person()
+    await worker.publish(make_tier_change(changing, "growth"), extra={"contact": {"optouts": []}})
+    await wait_for(lambda: got(changing), "the first nurture email")
+    stage = make_tier_change(changing, "growth", "growth", stage="mature", from_stage="growing")
+    await worker.publish(stage, extra={"contact": {"optouts": ["email"]}})
+    await asyncio.sleep(1.0)
+    await worker.advance(timedelta(days=8))
+    await asyncio.sleep(1.0)
+    assert steps(got(changing)) == ["industry_solutions"]
+    history = (await worker.api.get(f"/v1/persons/{changing}/actions")).json()["history"]
+    refused = sorted(h["record"]["step"] for h in history if h["outcome"] == "suppressed")
+    assert refused == ["product_trial", "webinar_invitation"]
+
     # frequency cap: 3 emails a day across playbooks, the 4th is capped
     busy = person()
     for to_tier, from_tier in (("prospect", None), ("growth", "prospect"), ("vip", "growth")):

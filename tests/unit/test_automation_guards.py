@@ -12,6 +12,7 @@ from services.automation.guards import (
     held_out,
     person_from_event,
     quiet_until,
+    refreshed,
 )
 from services.automation.playbooks import FrequencyCap, Guards, QuietHours
 
@@ -39,6 +40,16 @@ def test_consent_defaults_to_granted_and_reads_every_source() -> None:
     assert consent_allows(person, "crm_task")
     blocked = person_from_event({"tags": ["do_not_contact"]}, "UTC")
     assert not any(consent_allows(blocked, ch) for ch in ("email", "sms", "crm_task"))
+
+
+def test_scorings_contact_is_read_first_and_a_later_refusal_is_kept() -> None:
+    data = {"contact": {"timezone": "Asia/Tokyo", "optouts": ["sms"]}, "timezone": "UTC"}
+    person = person_from_event(data, "UTC")
+    assert person == Person("Asia/Tokyo", frozenset({"sms"}))
+    later = person_from_event({"contact": {"timezone": None, "optouts": ["email"]}}, "UTC")
+    assert refreshed(person, later) == Person("UTC", frozenset({"sms", "email"}))
+    # a redelivered older change (consent still granted) does not undo a refusal
+    assert refreshed(refreshed(person, later), person).optouts == {"sms", "email"}
 
 
 def test_unknown_time_zone_falls_back_to_the_default() -> None:

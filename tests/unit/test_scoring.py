@@ -16,6 +16,7 @@ from services.scoring.rules import ScoringModel, load_model
 from services.scoring.scorer import DAY, State
 from services.scoring.service import (
     CHANGE_NAMESPACE,
+    contact_of,
     explain,
     fold_in,
     profile_json,
@@ -261,6 +262,25 @@ def test_threshold_crossing_emits_deterministic_tier_changes_with_reasons() -> N
     assert growth.data.contributions[0].points == pytest.approx(expected - 15, abs=1e-3)
     assert growth.data.lifecycle_stage == "new"
     assert growth.data.model_version == MODEL.version
+    assert [c.data.sequence for c in changes] == [1, 2]
+
+
+def test_a_tier_change_carries_the_contact_preferences_of_the_latest_traits() -> None:
+    traits = {"timezone": "Asia/Shanghai", "unsubscribed_sms": True, "do_not_contact": False}
+    first = make_resolved(message_id="i", type="identify", event=None, traits=traits)
+    state, _, change = score_event(None, first, MODEL)
+    assert change is not None
+    assert change.data.contact.model_dump() == {"timezone": "Asia/Shanghai", "optouts": ["sms"]}
+    later = make_resolved(
+        message_id="j",
+        type="identify",
+        event=None,
+        traits={"do_not_contact": True, "unsubscribed_sms": False},
+        timestamp=T0 + ONE_DAY,
+    )
+    state, _, _ = score_event(state, later, MODEL)
+    contact = contact_of(state["traits"])
+    assert (contact.timezone, contact.optouts) == ("Asia/Shanghai", ["do_not_contact"])
 
 
 def test_redelivered_event_is_counted_once() -> None:
