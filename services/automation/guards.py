@@ -94,6 +94,22 @@ def refreshed(stored: Person, latest: Person) -> Person:
     return Person(latest.timezone, stored.optouts | latest.optouts)
 
 
+def has_left(
+    hold_tier: str | None,
+    planned: tuple[datetime, int],
+    current: tuple[str, datetime, int] | None,
+) -> bool:
+    """True when a step held in ``hold_tier`` by the change at ``planned`` (time, sequence)
+    belongs to a person whose latest change seen (``current``: tier, time, sequence) is later
+    and elsewhere. The exit rule runs when the tier-change consumer reads the move; checked
+    again at send time, a lagging consumer cannot let a win-back call go to someone who came
+    back."""
+    if hold_tier is None or current is None:
+        return False
+    tier, at, sequence = current
+    return tier != hold_tier and planned < (at, sequence)
+
+
 def consent_allows(person: Person, channel: str) -> bool:
     """False when the person refused this channel, or every contact."""
     return channel not in person.optouts and DO_NOT_CONTACT not in person.optouts

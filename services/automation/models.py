@@ -95,6 +95,19 @@ class ActionLog(Base):
     )
 
 
+class CurrentTier(Base):
+    """Each person's tier as of their latest change seen: a merge drops the absorbed person's
+    steps held in a tier the winner is not in, and a due step held in a tier its person has
+    left is exited at send time, whatever the tier-change consumer's lag."""
+
+    __tablename__ = "tiers"
+
+    oneid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tier: Mapped[str] = mapped_column(String(64))
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    change_sequence: Mapped[int] = mapped_column(Integer)
+
+
 class Erased(Base):
     """Persons erased on request: nothing is ever sent to them again."""
 

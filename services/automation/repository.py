@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.types import DateTime, Integer, String
 
-from services.automation.models import Action, ActionLog, Erased, metadata
+from services.automation.models import Action, ActionLog, CurrentTier, Erased, metadata
 from shared.contracts import ActionRecord
 
 SCHEDULED, DELIVERING, SENT, DEAD = "scheduled", "delivering", "sent", "dead_lettered"
@@ -100,6 +100,52 @@ async def exit_pending(
         execution_options={"synchronize_session": False},
     )
     return list(result.scalars().unique())
+
+
+async def record_tiers(
+    session: AsyncSession, changes: Sequence[tuple[str, str, datetime, int]]
+) -> None:
+    """Keep each person's tier as of their latest change (oneid, tier, time, sequence); an older
+    change, redelivered, leaves a newer one in place."""
+    latest: dict[str, tuple[str, str, datetime, int]] = {}
+    for change in changes:
+        known = latest.get(change[0])
+        if known is None or (known[2], known[3]) < (change[2], change[3]):
+            latest[change[0]] = change
+    if not latest:
+        return
+    statement = insert(CurrentTier).values(
+        [
+            {"oneid": oneid, "tier": tier, "changed_at": at, "change_sequence": sequence}
+            for oneid, tier, at, sequence in latest.values()
+        ]
+    )
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[CurrentTier.oneid],
+            set_={
+                "tier": statement.excluded.tier,
+                "changed_at": statement.excluded.changed_at,
+                "change_sequence": statement.excluded.change_sequence,
+            },
+            where=tuple_(CurrentTier.changed_at, CurrentTier.change_sequence)
+            < tuple_(statement.excluded.changed_at, statement.excluded.change_sequence),
+        )
+    )
+
+
+async def current_tiers(
+    session: AsyncSession, oneids: Sequence[str]
+) -> dict[str, tuple[str, datetime, int]]:
+    """The tier, change time and sequence of these people's latest change seen."""
+    if not oneids:
+        return {}
+    result = await session.execute(
+        select(
+            CurrentTier.oneid, CurrentTier.tier, CurrentTier.changed_at, CurrentTier.change_sequence
+        ).where(one_of(CurrentTier.oneid, oneids))
+    )
+    return {oneid: (tier, at, sequence) for oneid, tier, at, sequence in result.tuples()}
 
 
 async def pending_persons(
@@ -236,6 +282,7 @@ async def erase(session: AsyncSession, oneids: Sequence[str], now: datetime) -> 
     """Delete every action and log row of these persons and remember them as erased."""
     ids = list(set(oneids))
     await session.execute(delete(ActionLog).where(ActionLog.oneid.in_(ids)))
+    await session.execute(delete(CurrentTier).where(CurrentTier.oneid.in_(ids)))
     result = await session.execute(
         delete(Action).where(Action.oneid.in_(ids)).returning(Action.action_id)
     )
@@ -250,12 +297,37 @@ async def erase(session: AsyncSession, oneids: Sequence[str], now: datetime) -> 
 async def merge(
     session: AsyncSession, absorbed: str, winner: str, now: datetime
 ) -> tuple[int, list[Action]]:
-    """Move the absorbed person's actions to the winner; returns (moved, duplicates exited).
+    """Move the absorbed person's actions to the winner; returns (moved, steps exited).
 
-    A pending step the winner already has (same playbook and step) is exited rather than sent
-    twice. Steps never attempted get the winner's id in their payload; steps already attempted
-    keep theirs, so a retry carries exactly the content of the first try.
+    A pending step held in a tier the winner is not in is exited, and so is one the winner
+    already has (same playbook and step) rather than sent twice. Steps never attempted get the
+    winner's id in their payload; steps already attempted keep theirs, so a retry carries
+    exactly the content of the first try.
     """
+    winner_tier = await session.scalar(select(CurrentTier.tier).where(CurrentTier.oneid == winner))
+    left: list[Action] = []
+    if winner_tier is not None:
+        # steps held in a tier the merged person is not in (a win-back of an absorbed id whose
+        # winner is an active customer) would be sent to the wrong person now
+        elsewhere = await session.execute(
+            update(Action)
+            .where(
+                Action.oneid == absorbed,
+                Action.status == SCHEDULED,
+                Action.sent_at.is_(None),
+                Action.hold_tier.is_not(None),
+                Action.hold_tier != winner_tier,
+            )
+            .values(
+                status=EXITED,
+                updated_at=now,
+                last_error=f"merged into {winner}, who is in {winner_tier}",
+            )
+            .returning(Action),
+            execution_options={"synchronize_session": False},
+        )
+        left = list(elsewhere.scalars())
+    await session.execute(delete(CurrentTier).where(CurrentTier.oneid == absorbed))
     winner_steps = select(Action.playbook, Action.step).where(
         Action.oneid == winner, Action.status.in_([SCHEDULED, DELIVERING, SENT])
     )
@@ -290,7 +362,7 @@ async def merge(
         .values(oneid=winner)
         .execution_options(synchronize_session=False)
     )
-    return moved.rowcount, exited  # type: ignore[attr-defined]
+    return moved.rowcount, left + exited  # type: ignore[attr-defined]
 
 
 async def actions_of(session: AsyncSession, oneid: str, limit: int = 200) -> list[Action]:

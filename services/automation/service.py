@@ -24,6 +24,7 @@ from services.automation.guards import (
     Decision,
     Person,
     decide,
+    has_left,
     held_out,
     person_from_event,
     refreshed,
@@ -154,6 +155,7 @@ class AutomationService:
                 (d.oneid, d.to_tier, d.changed_at, d.sequence) for d in (c.event.data for c in live)
             ]
             exited = await repository.exit_pending(session, moves, now)
+            await repository.record_tiers(session, moves)
             await self._refresh_persons(session, live)
             records = [
                 ActionRecord(
@@ -299,16 +301,32 @@ class AutomationService:
         is sent is leased until ``lease_until``."""
         fresh = [a for a in due if a.sent_at is None]
         recent: dict[tuple[str, str], list[datetime]] = {}
+        tiers: dict[str, tuple[str, datetime, int]] = {}
         if fresh:
             oneids = [a.oneid for a in fresh]
             await repository.lock_persons(session, oneids)
             if self._cap_window > timedelta(0):
                 recent = await repository.recent_sends(session, oneids, now - self._cap_window)
+            held = [a.oneid for a in fresh if a.hold_tier is not None]
+            tiers = await repository.current_tiers(session, held)
         to_send: list[Action] = []
         updates: list[dict[str, Any]] = []
         records: list[ActionRecord] = []
         for action in due:  # loaded objects stay unmodified: the session must not flush them
             sent_at = action.sent_at
+            planned = (action.changed_at, action.change_sequence)
+            if sent_at is None and has_left(action.hold_tier, planned, tiers.get(action.oneid)):
+                detail = "left the tier (seen at send time)"
+                updates.append(
+                    {
+                        "action_id": action.action_id,
+                        "status": repository.EXITED,
+                        "last_error": detail,
+                        "updated_at": now,
+                    }
+                )
+                records.append(record_of(action, "exited", now, detail=detail))
+                continue
             if sent_at is None:
                 person = Person.from_json(action.person, self._guards.default_timezone)
                 sends = recent.setdefault((action.oneid, action.channel), [])

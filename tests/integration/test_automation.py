@@ -714,6 +714,41 @@ async def test_erasure_and_merge_notices(worker: Worker) -> None:
     assert sorted(exited) == ["case_studies", "free_resources"]
 
 
+async def test_a_merge_drops_the_absorbed_steps_held_in_a_tier_the_winner_is_not_in(
+    worker: Worker,
+) -> None:
+    """The absorbed id went at_risk (its win-back pending), the winner is an active growth
+    customer: moved to the winner as they were, the survey and the call went to them."""
+    got = worker.receiver.of
+    absorbed, winner = person(), person()
+    await worker.publish(make_tier_change(winner, "growth"))
+    await worker.publish(make_tier_change(absorbed, "at_risk", "growth"))
+    await wait_for(lambda: got(winner) and got(absorbed), "first steps")
+    merge = IdentityMerge(
+        merge_id=f"m-{absorbed}",
+        winner=winner,
+        absorbed=absorbed,
+        cause_event_id="e",
+        rule="email",
+        merged_at=datetime.now(UTC),
+    )
+    await worker.producer.send_and_wait(IDENTITY_MERGES.name, encode(merge), key=absorbed.encode())
+    history: list[dict[str, Any]] = []
+
+    async def merged() -> bool:
+        nonlocal history
+        history = (await worker.api.get(f"/v1/persons/{winner}/actions")).json()["history"]
+        return any(h["record"]["playbook"] == "winback" for h in history)
+
+    await eventually(merged, "the merge applied")
+    left = sorted(
+        h["record"]["step"]
+        for h in history
+        if h["outcome"] == "exited" and "who is in growth" in (h["record"].get("detail") or "")
+    )
+    assert left == ["satisfaction_survey", "winback_call"], history
+
+
 async def test_a_dead_endpoint_does_not_slow_the_others(worker: Worker) -> None:
     """SMS hangs past its timeout; e-mails meanwhile arrive as fast as they did before."""
     got = worker.receiver.of

@@ -9,6 +9,7 @@ from services.automation.guards import (
     consent_allows,
     decide,
     frequency_capped,
+    has_left,
     held_out,
     person_from_event,
     quiet_until,
@@ -142,3 +143,13 @@ def test_decide_orders_consent_then_cap_then_quiet_hours() -> None:
     assert postponed.until == at("2026-11-24T08:00:00")
     assert decide("sms", UTC_PERSON, [], at("2026-11-23T10:00:00"), guards).kind == "send"
     assert decide("fax", UTC_PERSON, [], night, guards).kind == "suppressed"
+
+
+def test_a_step_held_in_a_tier_its_person_has_left_is_not_sent() -> None:
+    planned = (datetime(2026, 11, 23, 12, tzinfo=UTC), 3)
+    at = planned[0]
+    assert not has_left("at_risk", planned, None)  # no change seen since: the exit rule decides
+    assert not has_left("at_risk", planned, ("at_risk", at, 3))
+    assert has_left("at_risk", planned, ("growth", at, 4))  # back at the drop's time
+    assert not has_left("at_risk", planned, ("growth", at, 2))  # an older change
+    assert not has_left(None, planned, ("growth", at, 9))  # not held in a tier
