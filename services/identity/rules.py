@@ -332,7 +332,7 @@ def plan_batch(
     plan = BatchPlan()
     for index, (keys, seen_at) in enumerate(batch):
         known = _sole_owner(keys, links)
-        if known is not None and (known not in counts or _fits(counts[known], rules)):
+        if known is not None:
             plan.oneids.append(known)  # the common case: a known person, nothing to change
             continue
         owners, fresh = _group(index, keys, links, counts, rules, plan.refusals)
@@ -375,13 +375,6 @@ def _sole_owner(keys: list[IdentifierKey], links: dict[IdentifierKey, str]) -> s
     return owner
 
 
-def _fits(counts: Counter[str], rules: IdentityRules) -> bool:
-    """True when a person's identifiers are within every limit (always, unless rules were
-    tightened after they grew): only then does an event that merely repeats them resolve to
-    them without a refusal."""
-    return _broken_limit(Counter(), counts, rules) is None
-
-
 def _group(
     index: int,
     keys: list[IdentifierKey],
@@ -413,9 +406,14 @@ def _group(
 
 
 def _broken_limit(group: Counter[str], adding: Counter[str], rules: IdentityRules) -> str | None:
-    """The first identifier type whose limit ``group + adding`` would exceed, if any."""
+    """The first identifier type whose limit ``group + adding`` would exceed, if any.
+
+    A type the group holds none of is never broken by one person's own identifiers: a person
+    who grew before the rules were tightened keeps what they hold (they were refused by their
+    own identifiers, their event going to a new person or to the dead letters), and only
+    what would add to it is refused."""
     for id_type, n in adding.items():
         limit = rules.limit(id_type)
-        if limit is not None and group[id_type] + n > limit:
+        if limit is not None and group[id_type] and group[id_type] + n > limit:
             return id_type
     return None

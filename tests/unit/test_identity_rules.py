@@ -219,6 +219,30 @@ def test_a_merge_that_would_exceed_a_limit_keeps_the_stronger_side() -> None:
     assert plan.refusals[0].rule == "limit:email"
 
 
+def test_a_person_grown_past_a_limit_tightened_since_keeps_their_identifiers() -> None:
+    """The email limit went from 5 to 1 after ada gave two. Her own identifiers refused her:
+    an event with a new cookie made a new person, and depending on the batch, a plain one was
+    dead-lettered as having no usable identifier."""
+    tightened = IdentityRules(version="t", priority=("user_id", "*", "email"), limits={"email": 1})
+    ada, cookie = ("user_id", "ada"), ("anonymous_id", "c1")
+    emails = [("email", "ada@acme.io"), ("email", "ada@home.io")]
+    graph = Graph(
+        links={ada: "p-ada", cookie: "p-ada", emails[0]: "p-ada", emails[1]: "p-ada"},
+        created={"p-ada": T},
+        counts={"p-ada": Counter(user_id=1, anonymous_id=1, email=2)},
+    )
+    new_cookie = ("anonymous_id", "c2")
+    batch = [([ada, new_cookie], T), ([ada], T), ([ada, *emails], T)]
+    plan = plan_batch(batch, graph, tightened, ids())
+    assert plan.oneids == ["p-ada", "p-ada", "p-ada"]
+    assert plan.new_links == {new_cookie: "p-ada"}
+    assert plan.refusals == []
+    # what would add to the held emails is still refused
+    more = plan_batch([([ada, ("email", "ada@work.io")], T)], graph, tightened, ids())
+    assert more.oneids == ["p-ada"]
+    assert [r.rule for r in more.refusals] == ["limit:email"]
+
+
 def test_events_without_usable_identifiers_resolve_to_none() -> None:
     assert plan_batch([([], T)], Graph(), RULES, ids()).oneids == [None]
     assert identifiers_of(make_event(user_id="undefined", anonymous_id="null"), RULES) == []
