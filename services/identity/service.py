@@ -325,6 +325,9 @@ class Resolver:
         found = state.links
         if stale:
             found.update(await batch_repository.load_links(connection, stale))
+            # held by no one now (erased): an erasure served by another process left this
+            # worker's cache holding the raw identifier until evicted
+            self._cache.forget(stale - found.keys())
         metrics.CACHE_LOOKUPS.labels("hit").inc(len(links))
         metrics.CACHE_LOOKUPS.labels("miss").inc(len(misses) + len(stale))
         links.update(found)
