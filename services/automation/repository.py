@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 from sqlalchemy.types import DateTime, Integer, String
 
 from services.automation.models import Action, ActionLog, CurrentTier, Erased, metadata
@@ -328,8 +328,21 @@ async def merge(
         )
         left = list(elsewhere.scalars())
     await session.execute(delete(CurrentTier).where(CurrentTier.oneid == absorbed))
-    winner_steps = select(Action.playbook, Action.step).where(
-        Action.oneid == winner, Action.status.in_([SCHEDULED, DELIVERING, SENT])
+    # the winner's same step, pending or sent since the absorbed step was planned: a step the
+    # winner was sent a year ago, in another run of the playbook, is no duplicate
+    theirs = aliased(Action)
+    winner_has_it = (
+        select(theirs.action_id)
+        .where(
+            theirs.oneid == winner,
+            theirs.playbook == Action.playbook,
+            theirs.step == Action.step,
+            or_(
+                theirs.status.in_([SCHEDULED, DELIVERING]),
+                and_(theirs.status == SENT, theirs.sent_at >= Action.changed_at),
+            ),
+        )
+        .exists()
     )
     duplicates = await session.execute(
         update(Action)
@@ -337,7 +350,7 @@ async def merge(
             Action.oneid == absorbed,
             Action.status == SCHEDULED,
             Action.sent_at.is_(None),
-            func.row(Action.playbook, Action.step).in_(winner_steps),
+            winner_has_it,
         )
         .values(status=EXITED, updated_at=now, last_error=f"duplicate after merge into {winner}")
         .returning(Action),

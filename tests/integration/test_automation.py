@@ -749,6 +749,41 @@ async def test_a_merge_drops_the_absorbed_steps_held_in_a_tier_the_winner_is_not
     assert left == ["satisfaction_survey", "winback_call"], history
 
 
+async def test_a_step_the_winner_was_sent_in_an_earlier_run_is_no_duplicate(
+    worker: Worker,
+) -> None:
+    """The winner finished the nurture sequence a week ago; the absorbed id has just started
+    it. Compared with every step the winner was ever sent, its remaining steps were dropped as
+    duplicates of that earlier run."""
+    got = worker.receiver.of
+    absorbed, winner = person(), person()
+    await worker.publish(make_tier_change(winner, "growth", at=worker.clock.now()))
+    await wait_for(lambda: len(got(winner)) == 1, "the winner's first email")
+    await worker.advance(timedelta(days=8))
+    await wait_for(lambda: len(got(winner)) == 3, "the winner's whole sequence")
+    later = worker.clock.now() + timedelta(seconds=1)  # the manual clock stands still
+    await worker.publish(make_tier_change(absorbed, "growth", at=later))
+    await wait_for(lambda: len(got(absorbed)) == 1, "the absorbed id's first email")
+    merge = IdentityMerge(
+        merge_id=f"m-{absorbed}",
+        winner=winner,
+        absorbed=absorbed,
+        cause_event_id="e",
+        rule="email",
+        merged_at=datetime.now(UTC),
+    )
+    await worker.producer.send_and_wait(IDENTITY_MERGES.name, encode(merge), key=absorbed.encode())
+
+    async def merged() -> bool:
+        theirs = await worker.api.get(f"/v1/persons/{absorbed}/actions")
+        return not theirs.json()["actions"]
+
+    await eventually(merged, "the merge applied")
+    await worker.advance(timedelta(days=8))
+    await wait_for(lambda: len(got(winner)) == 5, "the absorbed run's steps, for the winner")
+    assert steps(got(winner))[3:] == ["webinar_invitation", "product_trial"]
+
+
 async def test_a_dead_endpoint_does_not_slow_the_others(worker: Worker) -> None:
     """SMS hangs past its timeout; e-mails meanwhile arrive as fast as they did before."""
     got = worker.receiver.of
