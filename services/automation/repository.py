@@ -309,24 +309,13 @@ async def merge(
     if winner_tier is not None:
         # steps held in a tier the merged person is not in (a win-back of an absorbed id whose
         # winner is an active customer) would be sent to the wrong person now
-        elsewhere = await session.execute(
-            update(Action)
-            .where(
-                Action.oneid == absorbed,
-                Action.status == SCHEDULED,
-                Action.sent_at.is_(None),
-                Action.hold_tier.is_not(None),
-                Action.hold_tier != winner_tier,
-            )
-            .values(
-                status=EXITED,
-                updated_at=now,
-                last_error=f"merged into {winner}, who is in {winner_tier}",
-            )
-            .returning(Action),
-            execution_options={"synchronize_session": False},
+        left = await _exit_pending_of(
+            session,
+            absorbed,
+            and_(Action.hold_tier.is_not(None), Action.hold_tier != winner_tier),
+            f"merged into {winner}, who is in {winner_tier}",
+            now,
         )
-        left = list(elsewhere.scalars())
     await session.execute(delete(CurrentTier).where(CurrentTier.oneid == absorbed))
     # the winner's same step, pending or sent since the absorbed step was planned: a step the
     # winner was sent a year ago, in another run of the playbook, is no duplicate
@@ -344,19 +333,9 @@ async def merge(
         )
         .exists()
     )
-    duplicates = await session.execute(
-        update(Action)
-        .where(
-            Action.oneid == absorbed,
-            Action.status == SCHEDULED,
-            Action.sent_at.is_(None),
-            winner_has_it,
-        )
-        .values(status=EXITED, updated_at=now, last_error=f"duplicate after merge into {winner}")
-        .returning(Action),
-        execution_options={"synchronize_session": False},
+    exited = await _exit_pending_of(
+        session, absorbed, winner_has_it, f"duplicate after merge into {winner}", now
     )
-    exited = list(duplicates.scalars())
     await session.execute(
         update(Action)
         .where(Action.oneid == absorbed, Action.status == SCHEDULED, Action.sent_at.is_(None))
@@ -376,6 +355,20 @@ async def merge(
         .execution_options(synchronize_session=False)
     )
     return moved.rowcount, left + exited  # type: ignore[attr-defined]
+
+
+async def _exit_pending_of(
+    session: AsyncSession, oneid: str, which: ColumnElement[bool], reason: str, now: datetime
+) -> list[Action]:
+    """Exit the person's steps not yet sent that ``which`` selects, with ``reason``."""
+    result = await session.execute(
+        update(Action)
+        .where(Action.oneid == oneid, Action.status == SCHEDULED, Action.sent_at.is_(None), which)
+        .values(status=EXITED, updated_at=now, last_error=reason)
+        .returning(Action),
+        execution_options={"synchronize_session": False},
+    )
+    return list(result.scalars())
 
 
 async def actions_of(session: AsyncSession, oneid: str, limit: int = 200) -> list[Action]:

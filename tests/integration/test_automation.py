@@ -155,6 +155,20 @@ class Worker:
         target = now.replace(hour=hour, minute=0, second=0, microsecond=0)
         await self.advance((target - now) % timedelta(days=1))
 
+    async def merge(self, winner: str, absorbed: str) -> None:
+        """Publish identity's notice that ``absorbed`` joined ``winner``."""
+        merge = IdentityMerge(
+            merge_id=f"m-{absorbed}",
+            winner=winner,
+            absorbed=absorbed,
+            cause_event_id="e",
+            rule="email",
+            merged_at=datetime.now(UTC),
+        )
+        await self.producer.send_and_wait(
+            IDENTITY_MERGES.name, encode(merge), key=absorbed.encode()
+        )
+
     async def publish(self, *events: TierChangeEvent, extra: dict[str, Any] | None = None) -> None:
         """Publish tier changes, optionally with data fields outside the contract."""
         for event in events:
@@ -724,15 +738,7 @@ async def test_a_merge_drops_the_absorbed_steps_held_in_a_tier_the_winner_is_not
     await worker.publish(make_tier_change(winner, "growth"))
     await worker.publish(make_tier_change(absorbed, "at_risk", "growth"))
     await wait_for(lambda: got(winner) and got(absorbed), "first steps")
-    merge = IdentityMerge(
-        merge_id=f"m-{absorbed}",
-        winner=winner,
-        absorbed=absorbed,
-        cause_event_id="e",
-        rule="email",
-        merged_at=datetime.now(UTC),
-    )
-    await worker.producer.send_and_wait(IDENTITY_MERGES.name, encode(merge), key=absorbed.encode())
+    await worker.merge(winner, absorbed)
     history: list[dict[str, Any]] = []
 
     async def merged() -> bool:
@@ -764,15 +770,7 @@ async def test_a_step_the_winner_was_sent_in_an_earlier_run_is_no_duplicate(
     later = worker.clock.now() + timedelta(seconds=1)  # the manual clock stands still
     await worker.publish(make_tier_change(absorbed, "growth", at=later))
     await wait_for(lambda: len(got(absorbed)) == 1, "the absorbed id's first email")
-    merge = IdentityMerge(
-        merge_id=f"m-{absorbed}",
-        winner=winner,
-        absorbed=absorbed,
-        cause_event_id="e",
-        rule="email",
-        merged_at=datetime.now(UTC),
-    )
-    await worker.producer.send_and_wait(IDENTITY_MERGES.name, encode(merge), key=absorbed.encode())
+    await worker.merge(winner, absorbed)
 
     async def merged() -> bool:
         theirs = await worker.api.get(f"/v1/persons/{absorbed}/actions")
