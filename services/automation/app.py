@@ -1,5 +1,5 @@
-"""The automation process: two consumers (tier changes, identity notices), the dispatcher,
-the outbox publisher, and the operator API."""
+"""The automation process: three consumers (tier changes, identity notices, profiles), the
+dispatcher, the outbox publisher, and the operator API."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 
+from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
 
 from services.automation.api import router
@@ -15,13 +16,41 @@ from services.automation.delivery import build_endpoints
 from services.automation.playbooks import CHANNELS, load_playbooks
 from services.automation.service import AutomationService, DeliveryPolicy
 from services.automation.settings import AutomationSettings
-from services.automation.worker import IdentityNoticeHandler, TierChangeHandler, run_loop
-from shared.consumer import BatchConsumer
+from services.automation.worker import (
+    IdentityNoticeHandler,
+    ProfileHandler,
+    TierChangeHandler,
+    run_loop,
+)
+from shared.consumer import BatchConsumer, BatchHandler
 from shared.db import build_engine, build_sessionmaker
 from shared.deadletters import dead_letter_sink
 from shared.http import consumer_readiness, install_common
 from shared.kafka import Publisher, build_consumer, build_producer, wait_for_broker
-from shared.topics import ACTIONS, IDENTITY_MERGES, TIERS_CHANGES
+from shared.topics import ACTIONS, IDENTITY_MERGES, PROFILES, TIERS_CHANGES
+
+
+async def _start_feeds(
+    settings: AutomationSettings, service: AutomationService, publisher: Publisher
+) -> list[tuple[AIOKafkaConsumer, BatchConsumer]]:
+    """The started consumers of tier changes, identity notices and profiles, each in its own
+    group, with the loop that hands their batches over."""
+    poison = dead_letter_sink(publisher, "automation")
+    feeds: list[tuple[str, str, BatchHandler]] = [
+        (TIERS_CHANGES.name, settings.group_id, TierChangeHandler(service, publisher)),
+        (
+            IDENTITY_MERGES.name,
+            f"{settings.group_id}-identity",
+            IdentityNoticeHandler(service, publisher),
+        ),
+        (PROFILES.name, f"{settings.group_id}-profiles", ProfileHandler(service)),
+    ]
+    started = []
+    for topic, group, handler in feeds:
+        consumer = build_consumer(settings, topic, group_id=group)
+        await consumer.start()
+        started.append((consumer, BatchConsumer(consumer, handler, group=group, poison=poison)))
+    return started
 
 
 def create_app(settings: AutomationSettings, clock: Clock | None = None) -> FastAPI:
@@ -54,29 +83,14 @@ def create_app(settings: AutomationSettings, clock: Clock | None = None) -> Fast
             lease_s=settings.delivery_lease_s,
         )
         service = AutomationService(sessions, playbooks, endpoints, policy, time_source)
-        changes = build_consumer(settings, TIERS_CHANGES.name, group_id=settings.group_id)
-        notices = build_consumer(
-            settings, IDENTITY_MERGES.name, group_id=f"{settings.group_id}-identity"
-        )
-        await changes.start()
-        await notices.start()
-        poison = dead_letter_sink(publisher, "automation")
-        loop = BatchConsumer(
-            changes, TierChangeHandler(service, publisher), group=settings.group_id, poison=poison
-        )
-        notice_loop = BatchConsumer(
-            notices,
-            IdentityNoticeHandler(service, publisher),
-            group=f"{settings.group_id}-identity",
-            poison=poison,
-        )
+        feeds = await _start_feeds(settings, service, publisher)
         stopping = asyncio.Event()
         app.state.engine, app.state.sessions, app.state.producer = engine, sessions, producer
-        app.state.loop, app.state.service = loop, service
+        app.state.loop, app.state.service = feeds[0][1], service
         app.state.admin_token = settings.admin_token.get_secret_value()
         consumers = [
-            asyncio.create_task(loop.run(), name="automation-changes"),
-            asyncio.create_task(notice_loop.run(), name="automation-notices"),
+            asyncio.create_task(feed.run(), name=f"automation-{topic}")
+            for topic, (_, feed) in zip(("changes", "notices", "profiles"), feeds, strict=True)
         ]
         loops = [
             asyncio.create_task(
@@ -100,8 +114,8 @@ def create_app(settings: AutomationSettings, clock: Clock | None = None) -> Fast
         try:
             yield
         finally:
-            loop.stop()
-            notice_loop.stop()
+            for _, feed in feeds:
+                feed.stop()
             with suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*consumers), timeout=15)
             stopping.set()
@@ -110,8 +124,8 @@ def create_app(settings: AutomationSettings, clock: Clock | None = None) -> Fast
             await service.drain()
             with suppress(Exception):
                 await service.publish_once(publisher)
-            await changes.stop()
-            await notices.stop()
+            for consumer, _ in feeds:
+                await consumer.stop()
             await producer.stop()
             for endpoint in endpoints.values():
                 await endpoint.aclose()

@@ -238,6 +238,22 @@ class AutomationService:
         alone let an unsubscribe given mid-sequence be ignored for the rest of it."""
         default = self._guards.default_timezone
         latest = {c.event.data.oneid: person_from_event(c.raw_data, default) for c in live}
+        await self._refresh(session, latest)
+
+    async def refresh_contacts(self, contacts: Mapping[str, Mapping[str, Any]]) -> None:
+        """Apply the contact of each person's latest profile (``contacts``: oneid → the
+        profile's ``contact``) to their steps not yet sent: a consent change reaches them
+        even when it moves neither tier nor stage."""
+        default = self._guards.default_timezone
+        latest = {
+            oneid: person_from_event({"contact": contact}, default)
+            for oneid, contact in contacts.items()
+        }
+        async with unit_of_work(self._sessions) as session:
+            await self._refresh(session, latest)
+
+    async def _refresh(self, session: AsyncSession, latest: Mapping[str, Person]) -> None:
+        default = self._guards.default_timezone
         updates = []
         for action_id, oneid, stored_json in await repository.pending_persons(
             session, list(latest)

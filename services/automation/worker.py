@@ -51,6 +51,30 @@ class TierChangeHandler:
         await self._service.handle_changes(changes)
 
 
+class ProfileHandler:
+    """Scored profiles: each person's latest ``contact`` reaches their steps not yet sent."""
+
+    def __init__(self, service: AutomationService) -> None:
+        self._service = service
+
+    async def __call__(self, records: Records) -> None:
+        """Take the last profile of each person in the batch (tombstones and profiles that do
+        not read as JSON objects carry no contact and are skipped: the profile topic is
+        scoring's read model, dead-lettered there if anywhere)."""
+        contacts: dict[str, dict[str, Any]] = {}
+        for record in records:
+            try:
+                profile = orjson.loads(record.value) if record.value else None
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(profile, dict):
+                continue
+            oneid, contact = profile.get("oneid"), profile.get("contact")
+            if isinstance(oneid, str) and isinstance(contact, dict):
+                contacts[oneid] = contact
+        await self._service.refresh_contacts(contacts)
+
+
 class IdentityNoticeHandler:
     """Merges and erasures, applied in topic order."""
 

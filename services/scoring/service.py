@@ -185,6 +185,11 @@ DO_NOT_CONTACT = "do_not_contact"
 def contact_of(traits: Mapping[str, list[Any]]) -> Contact:
     """The person's contact preferences from their latest traits (``[value, set at]`` each):
     ``timezone``, ``do_not_contact: true``, ``unsubscribed_<channel>: true``."""
+    return Contact.model_validate(_contact_json(traits))
+
+
+def _contact_json(traits: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """:func:`contact_of` as the plain dict a profile's JSON holds."""
     timezone = traits.get("timezone")
     optouts = sorted(
         key.removeprefix(UNSUBSCRIBED) if key != DO_NOT_CONTACT else key
@@ -192,7 +197,7 @@ def contact_of(traits: Mapping[str, list[Any]]) -> Contact:
         if value is True and (key == DO_NOT_CONTACT or key.startswith(UNSUBSCRIBED))
     )
     zone = timezone[0] if timezone is not None and isinstance(timezone[0], str) else None
-    return Contact(timezone=zone, optouts=optouts)
+    return {"optouts": optouts, "timezone": zone}
 
 
 def _scores(value: float, engagement: float, fit: float) -> Scores:
@@ -219,6 +224,7 @@ def profile_of(oneid: str, state: State, model: ScoringModel) -> Profile:
         last_event_at=_at(state["last_event_at"]) if state["last_event_at"] else None,
         model_version=model.version,
         updated_at=_at(last["at"]),
+        contact=contact_of(state["traits"]),
     )
 
 
@@ -243,6 +249,7 @@ def profile_json(oneid: str, state: State, model: ScoringModel) -> bytes:
             "last_event_at": _at(state["last_event_at"]) if state["last_event_at"] else None,
             "model_version": model.version,
             "updated_at": _at(last["at"]),
+            "contact": _contact_json(state["traits"]),
         },
         option=orjson.OPT_UTC_Z,
     )

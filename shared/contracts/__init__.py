@@ -10,9 +10,8 @@ from shared.contracts.identity import (
     IdentityMerge,
     IdentityNotice,
 )
-from shared.contracts.profiles import Profile, Scores
+from shared.contracts.profiles import Contact, Profile, Scores
 from shared.contracts.tiers import (
-    Contact,
     Contribution,
     TierChangeCause,
     TierChanged,

@@ -18,6 +18,21 @@ class Scores(Contract):
     total: float = 0.0
 
 
+class Contact(Contract):
+    """How the person may be contacted, from their latest traits (identify calls): automation
+    guards every send with it. (Fields in the order Postgres's jsonb keeps them, so a stored
+    profile reads back in the contract's order.)"""
+
+    optouts: list[str] = Field(
+        default_factory=list,
+        description="Channels refused: ``<channel>`` for each trait ``unsubscribed_<channel>: "
+        "true``, and ``do_not_contact`` for the trait ``do_not_contact: true`` (every channel).",
+    )
+    timezone: str | None = Field(
+        default=None, description="The ``timezone`` trait (IANA name): quiet hours are local."
+    )
+
+
 class Profile(Contract):
     """The latest scored state of one person."""
 
@@ -32,3 +47,4 @@ class Profile(Contract):
     last_event_at: Timestamp | None = None
     model_version: str
     updated_at: Timestamp
+    contact: Contact = Field(default_factory=Contact)

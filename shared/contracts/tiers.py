@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from shared.contracts.base import Contract, OneId, Timestamp
-from shared.contracts.profiles import Scores
+from shared.contracts.profiles import Contact, Scores
 
 TIER_CHANGED_TYPE: Literal["com.tierflow.tier.changed"] = "com.tierflow.tier.changed"
 TIER_CHANGED_SOURCE = "/tierflow/scoring"
@@ -27,20 +27,6 @@ class TierChangeCause(Contract):
 
     kind: Literal["event", "timer", "merge"]
     event_id: str | None = None
-
-
-class Contact(Contract):
-    """How the person may be contacted, from their latest traits (identify calls): automation
-    guards every send with it."""
-
-    timezone: str | None = Field(
-        default=None, description="The ``timezone`` trait (IANA name): quiet hours are local."
-    )
-    optouts: list[str] = Field(
-        default_factory=list,
-        description="Channels refused: ``<channel>`` for each trait ``unsubscribed_<channel>: "
-        "true``, and ``do_not_contact`` for the trait ``do_not_contact: true`` (every channel).",
-    )
 
 
 class TierChanged(Contract):

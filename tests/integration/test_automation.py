@@ -39,7 +39,7 @@ from shared.contracts import (
 )
 from shared.db import build_engine, build_sessionmaker
 from shared.settings import CommonSettings
-from shared.topics import ACTIONS, DEADLETTER, IDENTITY_MERGES, TIERS_CHANGES
+from shared.topics import ACTIONS, DEADLETTER, IDENTITY_MERGES, PROFILES, TIERS_CHANGES
 from shared.webhooks import verify
 from tests.factories import free_port, make_tier_change
 from tests.support.services import collect
@@ -726,6 +726,42 @@ async def test_erasure_and_merge_notices(worker: Worker) -> None:
     history = (await worker.api.get(f"/v1/persons/{winner}/actions")).json()
     exited = [h["record"]["step"] for h in history["history"] if h["outcome"] == "exited"]
     assert sorted(exited) == ["case_studies", "free_resources"]
+
+
+async def test_an_unsubscribe_on_the_profile_topic_reaches_the_steps_not_yet_sent(
+    worker: Worker, engine: AsyncEngine
+) -> None:
+    """A consent change that moves neither tier nor stage reaches automation only on scoring's
+    profile: the rest of the nurture sequence must not go out."""
+    got = worker.receiver.of
+    oneid = person()
+    await worker.publish(make_tier_change(oneid, "growth"))
+    await wait_for(lambda: got(oneid), "the first nurture email")
+    profile = {
+        "schema_version": 1,
+        "oneid": oneid,
+        "tier": "growth",
+        "lifecycle_stage": "growing",
+        "scores": {"value": 0, "engagement": 50, "fit": 0, "total": 50},
+        "events_counted": 3,
+        "model_version": "test",
+        "updated_at": datetime.now(UTC).isoformat(),
+        "contact": {"optouts": ["email"], "timezone": None},
+    }
+    await worker.producer.send_and_wait(PROFILES.name, orjson.dumps(profile), key=oneid.encode())
+
+    async def refused() -> bool:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                text("SELECT person FROM automation.actions WHERE oneid = :o AND sent_at IS NULL"),
+                {"o": oneid},
+            )
+            return all("email" in row[0]["optouts"] for row in rows)
+
+    await eventually(refused, "the refusal on the pending steps", timeout=60)
+    await worker.advance(timedelta(days=8))
+    await asyncio.sleep(1.0)
+    assert steps(got(oneid)) == ["industry_solutions"]
 
 
 async def test_a_merge_drops_the_absorbed_steps_held_in_a_tier_the_winner_is_not_in(
