@@ -95,6 +95,19 @@ class ActionLog(Base):
     )
 
 
+class StoredContact(Base):
+    """Each person's contact preferences from their latest profile: a profile read before the
+    tier change that plans steps (two consumer groups, each at its own pace) must still guard
+    those steps."""
+
+    __tablename__ = "contacts"
+
+    oneid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    optouts: Mapped[list[str]] = mapped_column(JSONB)
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class CurrentTier(Base):
     """Each person's tier as of their latest change seen: a merge drops the absorbed person's
     steps held in a tier the winner is not in, and a due step held in a tier its person has

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +27,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 from sqlalchemy.types import DateTime, Integer, String
 
-from services.automation.models import Action, ActionLog, CurrentTier, Erased, metadata
+from services.automation.models import (
+    Action,
+    ActionLog,
+    CurrentTier,
+    Erased,
+    StoredContact,
+    metadata,
+)
 from shared.contracts import ActionRecord
 
 SCHEDULED, DELIVERING, SENT, DEAD = "scheduled", "delivering", "sent", "dead_lettered"
@@ -148,15 +155,57 @@ async def current_tiers(
     return {oneid: (tier, at, sequence) for oneid, tier, at, sequence in result.tuples()}
 
 
+async def record_contacts(
+    session: AsyncSession, contacts: Mapping[str, tuple[list[str], str | None, datetime]]
+) -> None:
+    """Keep each person's latest profile contact (optouts, time zone, profile time); an older
+    profile, redelivered, leaves a newer one in place."""
+    if not contacts:
+        return
+    statement = insert(StoredContact).values(
+        [
+            {"oneid": oneid, "optouts": optouts, "timezone": zone, "updated_at": at}
+            for oneid, (optouts, zone, at) in contacts.items()
+        ]
+    )
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[StoredContact.oneid],
+            set_={
+                "optouts": statement.excluded.optouts,
+                "timezone": statement.excluded.timezone,
+                "updated_at": statement.excluded.updated_at,
+            },
+            where=StoredContact.updated_at <= statement.excluded.updated_at,
+        )
+    )
+
+
+async def contacts_of(
+    session: AsyncSession, oneids: Sequence[str]
+) -> dict[str, tuple[list[str], str | None]]:
+    """The stored contact (optouts, time zone) of these people, where one was seen."""
+    if not oneids:
+        return {}
+    result = await session.execute(
+        select(StoredContact.oneid, StoredContact.optouts, StoredContact.timezone).where(
+            one_of(StoredContact.oneid, oneids)
+        )
+    )
+    return {oneid: (optouts, zone) for oneid, optouts, zone in result.tuples()}
+
+
 async def pending_persons(
     session: AsyncSession, oneids: Sequence[str]
 ) -> list[tuple[str, str, dict[str, Any]]]:
-    """(action id, oneid, stored person) of these people's steps not yet sent, locked."""
+    """(action id, oneid, stored person) of these people's steps not yet sent, locked in id
+    order (two batches locking in one order wait for each other instead of deadlocking)."""
     if not oneids:
         return []
     result = await session.execute(
         select(Action.action_id, Action.oneid, Action.person)
         .where(one_of(Action.oneid, oneids), Action.status == SCHEDULED, Action.sent_at.is_(None))
+        .order_by(Action.action_id)
         .with_for_update()
     )
     return list(result.tuples())
@@ -283,6 +332,7 @@ async def erase(session: AsyncSession, oneids: Sequence[str], now: datetime) -> 
     ids = list(set(oneids))
     await session.execute(delete(ActionLog).where(ActionLog.oneid.in_(ids)))
     await session.execute(delete(CurrentTier).where(CurrentTier.oneid.in_(ids)))
+    await session.execute(delete(StoredContact).where(StoredContact.oneid.in_(ids)))
     result = await session.execute(
         delete(Action).where(Action.oneid.in_(ids)).returning(Action.action_id)
     )
@@ -317,8 +367,9 @@ async def merge(
             now,
         )
     await session.execute(delete(CurrentTier).where(CurrentTier.oneid == absorbed))
-    # the winner's same step, pending or sent since the absorbed step was planned: a step the
-    # winner was sent a year ago, in another run of the playbook, is no duplicate
+    await session.execute(delete(StoredContact).where(StoredContact.oneid == absorbed))
+    # the winner's same step, pending or sent since the absorbed step was planned (both times
+    # automation's clock): a step the winner was sent in an earlier run is no duplicate
     theirs = aliased(Action)
     winner_has_it = (
         select(theirs.action_id)
@@ -328,7 +379,7 @@ async def merge(
             theirs.step == Action.step,
             or_(
                 theirs.status.in_([SCHEDULED, DELIVERING]),
-                and_(theirs.status == SENT, theirs.sent_at >= Action.changed_at),
+                and_(theirs.status == SENT, theirs.sent_at >= Action.created_at),
             ),
         )
         .exists()

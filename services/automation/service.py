@@ -233,23 +233,35 @@ class AutomationService:
         return rows, held
 
     async def _refresh_persons(self, session: AsyncSession, live: Sequence[IncomingChange]) -> None:
-        """Guard each person's pending steps with what their latest change says (a refusal
-        given since the steps were planned; see :func:`guards.refreshed`): the stored copy
-        alone let an unsubscribe given mid-sequence be ignored for the rest of it."""
+        """Guard each person's pending steps, those just planned included, with what their
+        latest change and their latest profile say (a refusal given since the steps were
+        planned; see :func:`guards.refreshed`): the stored copy alone let an unsubscribe given
+        mid-sequence be ignored for the rest of it, and a profile read before the change that
+        planned the steps found none to guard."""
         default = self._guards.default_timezone
         latest = {c.event.data.oneid: person_from_event(c.raw_data, default) for c in live}
+        for oneid, (optouts, zone) in (await repository.contacts_of(session, list(latest))).items():
+            profile = Person(zone or latest[oneid].timezone, frozenset(optouts))
+            latest[oneid] = refreshed(latest[oneid], profile)
         await self._refresh(session, latest)
 
-    async def refresh_contacts(self, contacts: Mapping[str, Mapping[str, Any]]) -> None:
-        """Apply the contact of each person's latest profile (``contacts``: oneid → the
-        profile's ``contact``) to their steps not yet sent: a consent change reaches them
-        even when it moves neither tier nor stage."""
+    async def refresh_contacts(
+        self, contacts: Mapping[str, tuple[Mapping[str, Any], datetime]]
+    ) -> None:
+        """Store and apply the contact of each person's latest profile (``contacts``: oneid →
+        the profile's ``contact`` and time) to their steps not yet sent: a consent change
+        reaches them even when it moves neither tier nor stage."""
         default = self._guards.default_timezone
         latest = {
             oneid: person_from_event({"contact": contact}, default)
-            for oneid, contact in contacts.items()
+            for oneid, (contact, _) in contacts.items()
+        }
+        stored = {
+            oneid: (sorted(latest[oneid].optouts), contact.get("timezone"), at)
+            for oneid, (contact, at) in contacts.items()
         }
         async with unit_of_work(self._sessions) as session:
+            await repository.record_contacts(session, stored)
             await self._refresh(session, latest)
 
     async def _refresh(self, session: AsyncSession, latest: Mapping[str, Person]) -> None:

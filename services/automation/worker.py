@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 
 from services.automation.service import AutomationService, IncomingChange
 from shared.consumer import Records
-from shared.contracts import IDENTITY_NOTICE, DeadLetter, TierChangeEvent
+from shared.contracts import IDENTITY_NOTICE, DeadLetter, Profile, TierChangeEvent
 from shared.deadletters import from_record
 from shared.kafka import Publisher
 from shared.topics import DEADLETTER
@@ -58,20 +59,18 @@ class ProfileHandler:
         self._service = service
 
     async def __call__(self, records: Records) -> None:
-        """Take the last profile of each person in the batch (tombstones and profiles that do
-        not read as JSON objects carry no contact and are skipped: the profile topic is
-        scoring's read model, dead-lettered there if anywhere)."""
-        contacts: dict[str, dict[str, Any]] = {}
+        """Take the last profile of each person in the batch (tombstones and profiles the
+        contract refuses carry no contact and are skipped: the profile topic is scoring's
+        output, checked by its own read model)."""
+        contacts: dict[str, tuple[dict[str, Any], datetime]] = {}
         for record in records:
             try:
-                profile = orjson.loads(record.value) if record.value else None
-            except orjson.JSONDecodeError:
+                profile = Profile.model_validate_json(record.value) if record.value else None
+            except ValidationError:
                 continue
-            if not isinstance(profile, dict):
-                continue
-            oneid, contact = profile.get("oneid"), profile.get("contact")
-            if isinstance(oneid, str) and isinstance(contact, dict):
-                contacts[oneid] = contact
+            if profile is not None:
+                contact = profile.contact.model_dump()
+                contacts[profile.oneid] = (contact, profile.updated_at)
         await self._service.refresh_contacts(contacts)
 
 

@@ -146,7 +146,7 @@ def parse_json(body: bytes) -> Any:
         if "surrogate" in str(exc):
             try:
                 return _without_lone_surrogates(json.loads(body, parse_constant=_no_constant))
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
         metrics.rejected("malformed_json").inc()
         raise BadRequest(f"malformed JSON: {exc}") from exc
@@ -283,7 +283,12 @@ class BatchEndpoint:
         integrations = body.get("integrations")
         if not isinstance(integrations, dict):
             integrations = None
-        elif (where := nul_path(integrations, "integrations")) is not None:
+        for field, merged in (("context", context), ("integrations", integrations)):
+            if merged is not None and not _storable(merged):
+                metrics.rejected("invalid").inc()
+                reason = "nested too deep to store (at most 254 levels)"
+                raise BadRequest([{"field": field, "reason": reason}])
+        if integrations is not None and (where := nul_path(integrations, "integrations")):
             metrics.rejected("invalid").inc()
             raise BadRequest([{"field": where, "reason": NUL_REASON}])
         if context is not None:
@@ -304,6 +309,15 @@ class BatchEndpoint:
             integrations=integrations,
         )
         await respond(send, 200, _answer(outcome))
+
+
+def _storable(value: dict[str, Any]) -> bool:
+    """True when the envelope's JSON writer takes ``value`` (merged into every event)."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return False
+    return True
 
 
 def _parse_sent_at(value: Any) -> datetime | None:

@@ -214,7 +214,11 @@ def _kept(item: Any) -> bytes:
     try:
         return json.dumps(item).encode()
     except (ValueError, RecursionError):
+        pass
+    try:
         return repr(item)[:4096].encode(errors="replace")
+    except RecursionError:  # orjson reads 1,024 levels, more than Python's recursion allows
+        return b'"an event nested too deep to keep"'
 
 
 def _validate(

@@ -450,7 +450,8 @@ class ScoringModel(Strict):
                     raise ValueError(f"{kind} {item.name}: unknown metrics {sorted(unknown)}")
         for kind, items in (("stage", self.stages), ("tag", self.tags)):
             for item in items:
-                if item.when.uses("tags") or (kind == "stage" and item.when.uses("stages")):
+                tests_tags = item.when.uses("tags") or item.when.uses("not_tags")
+                if tests_tags or (kind == "stage" and item.when.uses("stages")):
                     raise ValueError(f"{kind} {item.name} may not test tags or stages")
         for kind, items in (("stage", self.stages), ("tier", self.tiers)):
             if items[-1].when != Condition():

@@ -503,6 +503,7 @@ def test_invalid_models_are_refused_with_the_cause() -> None:
         (("tiers", 0, "when", "not_tags"), ["actve"], "unknown tags"),
         (("tiers", 0, "when", "stages"), ["grwoing"], "unknown stages"),
         (("engagement", 0, "match", "type"), "pgae", "literal_error"),  # never matched
+        (("stages", 0, "when", "not_tags"), ["actve"], "may not test tags"),  # always held
     ],
 )
 def test_a_model_that_would_crash_or_never_match_is_refused(
