@@ -119,26 +119,11 @@ async def record_tiers(
         known = latest.get(change[0])
         if known is None or (known[2], known[3]) < (change[2], change[3]):
             latest[change[0]] = change
-    if not latest:
-        return
-    statement = insert(CurrentTier).values(
-        [
-            {"oneid": oneid, "tier": tier, "changed_at": at, "change_sequence": sequence}
-            for oneid, tier, at, sequence in latest.values()
-        ]
-    )
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[CurrentTier.oneid],
-            set_={
-                "tier": statement.excluded.tier,
-                "changed_at": statement.excluded.changed_at,
-                "change_sequence": statement.excluded.change_sequence,
-            },
-            where=tuple_(CurrentTier.changed_at, CurrentTier.change_sequence)
-            < tuple_(statement.excluded.changed_at, statement.excluded.change_sequence),
-        )
-    )
+    rows = [
+        {"oneid": oneid, "tier": tier, "changed_at": at, "change_sequence": sequence}
+        for oneid, tier, at, sequence in latest.values()
+    ]
+    await _keep_newest(session, CurrentTier, rows, ("changed_at", "change_sequence"))
 
 
 async def current_tiers(
@@ -160,23 +145,31 @@ async def record_contacts(
 ) -> None:
     """Keep each person's latest profile contact (optouts, time zone, profile time); an older
     profile, redelivered, leaves a newer one in place."""
-    if not contacts:
+    rows = [
+        {"oneid": oneid, "optouts": optouts, "timezone": zone, "updated_at": at}
+        for oneid, (optouts, zone, at) in contacts.items()
+    ]
+    await _keep_newest(session, StoredContact, rows, ("updated_at",))
+
+
+async def _keep_newest(
+    session: AsyncSession,
+    model: type[CurrentTier] | type[StoredContact],
+    rows: list[dict[str, Any]],
+    order: tuple[str, ...],
+) -> None:
+    """Upsert one row per oneid; a stored row later by the ``order`` columns stays."""
+    if not rows:
         return
-    statement = insert(StoredContact).values(
-        [
-            {"oneid": oneid, "optouts": optouts, "timezone": zone, "updated_at": at}
-            for oneid, (optouts, zone, at) in contacts.items()
-        ]
-    )
+    table = model.__table__
+    statement = insert(model).values(rows)
+    stored = tuple_(*(table.c[column] for column in order))
+    incoming = tuple_(*(statement.excluded[column] for column in order))
     await session.execute(
         statement.on_conflict_do_update(
-            index_elements=[StoredContact.oneid],
-            set_={
-                "optouts": statement.excluded.optouts,
-                "timezone": statement.excluded.timezone,
-                "updated_at": statement.excluded.updated_at,
-            },
-            where=StoredContact.updated_at <= statement.excluded.updated_at,
+            index_elements=[table.c.oneid],
+            set_={column: statement.excluded[column] for column in rows[0] if column != "oneid"},
+            where=stored <= incoming,
         )
     )
 

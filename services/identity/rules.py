@@ -242,6 +242,24 @@ def _identifiers(
     return tuple(sorted(seen, key=lambda key: rules.rank(key[0])))
 
 
+def without_erased(
+    keyed: list[list[IdentifierKey]], erased: set[IdentifierKey]
+) -> tuple[list[list[IdentifierKey]], list[bool]]:
+    """Each event's identifiers without the erased ones, and whether the event is dropped
+    whole: when its strongest identifier was erased (the erased person came back), or nothing
+    else is left. An event of someone else that also shows an erased identifier (a cookie or a
+    device shared with the erased person) is resolved on the rest: dropping it lost every
+    later event of a live person."""
+    kept: list[list[IdentifierKey]] = []
+    dropped: list[bool] = []
+    for keys in keyed:
+        rest = [key for key in keys if key not in erased]
+        whole = bool(keys) and (keys[0] in erased or not rest)
+        kept.append([] if whole else rest)
+        dropped.append(whole)
+    return kept, dropped
+
+
 @dataclass(frozen=True, slots=True)
 class Merge:
     """``absorbed`` joins ``winner`` because of the event at ``event_index``."""

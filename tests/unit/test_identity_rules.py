@@ -16,8 +16,8 @@ from services.identity.rules import (
     needs_counts,
     normalize,
     plan_batch,
+    without_erased,
 )
-from services.identity.service import without_erased
 from services.identity.settings import IdentitySettings
 from tests.factories import make_event
 
