@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -105,9 +106,11 @@ def convert(items: list[Any], request: Request, *, kind: str | None = None) -> C
         dumped = None
     all_small = dumped is not None and len(dumped) + shared <= request.max_event_bytes
     maybe_nul = dumped is None or NUL_ESCAPE in dumped  # rare: only then is each string read
+    maybe_big = dumped is None or _HUGE_NUMERIC_ID.search(dumped) is not None  # rare too
+    fast = all_small and not maybe_nul and not maybe_big and kind is None
     for index, item in enumerate(items):
         given = item.get("type") if type(item) is dict else None
-        if all_small and not maybe_nul and kind is None and type(given) is str and given in _KINDS:
+        if fast and type(given) is str and given in _KINDS:
             positions.append(index)  # the common case, without a call per event
             candidates.append(item)
             continue
@@ -205,6 +208,25 @@ def _precheck(
         return Invalid(index, "type", f"unknown type {given!r}", orjson.dumps(item), "bad_type")
     if kind is not None and given is not None and given != kind:
         return Invalid(index, "type", f"type must be {kind!r} here", orjson.dumps(item), "bad_type")
+    return _huge_numeric_id(index, item)
+
+
+_ID_FIELDS = ("userId", "anonymousId", "messageId", "groupId", "previousId")
+_EXACT_FLOAT = 2.0**53
+_HUGE_NUMERIC_ID = re.compile(rb'Id":-?[0-9.]+e')
+"""An id written as a float in exponent form: orjson writes every float of 1e16 and above so,
+which covers each integer beyond 64 bits that it read as a float."""
+
+
+def _huge_numeric_id(index: int, item: dict[str, Any]) -> Invalid | None:
+    """A numeric id too large to have been read exactly. orjson reads an integer beyond 64 bits
+    as the nearest float, so two customers' 20-digit ids could become one string: such an event
+    is refused, naming the field, rather than filed under a rounded id."""
+    for name in _ID_FIELDS:
+        value = item.get(name)
+        if type(value) is float and not abs(value) < _EXACT_FLOAT:
+            reason = f"{name} is a number too large to read exactly; send it as a string"
+            return Invalid(index, name, reason, orjson.dumps(item), "bad_id")
     return None
 
 

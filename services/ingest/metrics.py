@@ -14,9 +14,10 @@ EVENTS = Counter(
 )
 REJECTED = Counter(
     "tierflow_ingest_rejected_total",
-    "Refusals by reason: of one event each (too_large, missing_id, bad_type, nul_character, "
-    "invalid, rate_limited) or of a whole request (request_too_large, malformed_json, "
-    "bad_gzip, bad_encoding, unauthorized, auth_unavailable, and invalid for a batch's shape).",
+    "Refusals by reason: of one event each (too_large, missing_id, bad_type, bad_id, "
+    "nul_character, invalid, rate_limited) or of a whole request (request_too_large, "
+    "malformed_json, bad_gzip, bad_encoding, unauthorized, auth_unavailable, and invalid for "
+    "a batch's shape).",
     ["reason"],
 )
 CLOCK_AHEAD = Counter(

@@ -320,6 +320,34 @@ def test_numeric_ids_become_strings() -> None:
     assert refused.field == "userId"
 
 
+def test_a_numeric_id_beyond_64_bits_is_refused_not_rounded_into_another() -> None:
+    # orjson reads both as 1.2345678901234568e+29: kept, two customers would become one id
+    body = b"""[
+        {"type": "track", "userId": 123456789012345678901234567890, "event": "a"},
+        {"type": "track", "userId": 123456789012345678901234567891, "event": "a"},
+        {"type": "track", "anonymousId": -9223372036854775809, "event": "a"},
+        {"type": "group", "userId": "u", "groupId": 18446744073709551616},
+        {"type": "track", "userId": 18446744073709551615, "event": "a", "messageId": 1e15},
+        {"type": "track", "userId": "u", "event": "a", "properties": {"n": 1e300}}
+    ]"""
+    converted = convert(parse_json(body), make_request())
+    assert [(bad.index, bad.field, bad.cause) for bad in converted.invalid] == [
+        (0, "userId", "bad_id"),
+        (1, "userId", "bad_id"),
+        (2, "anonymousId", "bad_id"),
+        (3, "groupId", "bad_id"),
+    ]
+    assert "as a string" in converted.invalid[0].reason
+    kept = [orjson.loads(value) for _, value in converted.records]
+    assert [(e["user_id"], e["message_id"]) for e in kept] == [
+        ("18446744073709551615", "1000000000000000.0"),  # 64 bits: read exactly
+        ("u", kept[1]["message_id"]),
+    ]
+    assert kept[1]["properties"] == {"n": 1e300}  # only ids are held to exactness
+    single = convert(parse_json(body)[:1], make_request(), kind="track")
+    assert [bad.cause for bad in single.invalid] == ["bad_id"]
+
+
 def test_null_ids_are_absent_ids_and_long_ids_are_refused() -> None:
     sdk_style = {"userId": " u ", "anonymousId": None, "messageId": None, "event": "x"}
     envelope = one("track", sdk_style)
