@@ -214,16 +214,25 @@ def _apply_purchase(
 
 
 def _amount(value: Any) -> float:
-    """A purchase amount: a finite number, else 0. NaN, infinities and integers beyond a float
-    come only from producers other than ingest (strict JSON); kept, they would turn revenue into
-    NaN and make the state unserialisable in a merge's fold (JSON has no NaN)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """A purchase amount: a finite number of at least 0, else 0.
+
+    A numeric string counts (some SDKs and shops send ``"99.90"``). A negative amount counts
+    as 0: it is a data error or a refund, and a refund is not a purchase, so it must neither
+    lower the monetary band nor raise it. NaN, infinities and integers beyond a float come only
+    from producers other than ingest (strict JSON); kept, they would turn revenue into NaN and
+    make the state unserialisable in a merge's fold (JSON has no NaN)."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return 0.0
+    elif isinstance(value, bool) or not isinstance(value, int | float):
         return 0.0
     try:
         number = float(value)
     except OverflowError:
         return 0.0
-    return number if math.isfinite(number) else 0.0
+    return number if math.isfinite(number) and number > 0 else 0.0
 
 
 def _apply_traits(state: State, traits: Mapping[str, Any], at: float) -> None:

@@ -73,15 +73,22 @@ def facts(state: State, day: float) -> scorer.Facts:
     return scorer.measure(state, BASE + day * DAY, MODEL)
 
 
-def test_an_amount_that_is_not_a_finite_number_counts_as_zero() -> None:
+def test_an_amount_that_is_not_a_finite_number_of_at_least_zero_counts_as_zero() -> None:
     state = order(scorer.new_state(BASE), "o1", 1, 250.0)
-    for n, amount in enumerate([math.nan, math.inf, -math.inf, 10**400, True, "99"]):
+    bad = [math.nan, math.inf, -math.inf, 10**400, True, "nan", "1e999", "abc", None, -40.0, "-5"]
+    for n, amount in enumerate(bad):
         state = order(state, f"bad{n}", 1, amount)  # type: ignore[arg-type]
-    assert sorted(p[1] for p in state["purchases"]) == [0.0] * 6 + [250.0]
+    assert sorted(p[1] for p in state["purchases"]) == [0.0] * len(bad) + [250.0]
     measured = facts(state, 2)
-    assert (measured.purchases, measured.revenue) == (7, 250.0)
+    assert (measured.purchases, measured.revenue) == (len(bad) + 1, 250.0)
     folded = scorer.fold(order(scorer.new_state(BASE), "w1", 1, 10.0), state, MODEL)
     assert orjson.loads(orjson.dumps(folded)) == folded  # a fold command carries it as JSON
+
+
+def test_a_numeric_string_amount_counts_as_its_number() -> None:
+    state = order(scorer.new_state(BASE), "o1", 1, " 99.90 ")  # type: ignore[arg-type]
+    state = order(state, "o2", 1, "100")  # type: ignore[arg-type]
+    assert facts(state, 2).revenue == 199.9
 
 
 def test_rfm_bands_map_amounts_and_days_to_one_to_five() -> None:
