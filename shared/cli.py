@@ -195,12 +195,39 @@ def identity_validate(path: Path) -> None:
     _validate(lambda: load_rules(path), path)
 
 
-@playbooks_app.command("validate")
-def playbooks_validate(path: Path) -> None:
-    """Validate a playbook file."""
-    from services.automation.playbooks import load_playbooks
+ModelOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        help="Scoring model whose tiers, stages and tags the playbooks may name "
+        "(default: the shipped model).",
+    ),
+]
 
-    _validate(lambda: load_playbooks(path), path)
+
+@playbooks_app.command("validate")
+def playbooks_validate(path: Path, model: ModelOption = None) -> None:
+    """Validate a playbook file, and check the names it uses against a scoring model."""
+    from services.automation.playbooks import load_playbooks, unknown_names
+    from services.scoring.rules import DEFAULT_MODEL_PATH, load_model
+
+    def load() -> object:
+        playbooks = load_playbooks(path)
+        scoring = load_model(model or DEFAULT_MODEL_PATH)
+        unknown = unknown_names(
+            playbooks,
+            tiers=[tier.name for tier in scoring.tiers],
+            stages=[stage.name for stage in scoring.stages],
+            tags=[tag.name for tag in scoring.tags],
+        )
+        if unknown:
+            raise ValueError(
+                f"against the scoring model {model or DEFAULT_MODEL_PATH} "
+                f"(version {scoring.version}):\n" + "\n".join(unknown)
+            )
+        return playbooks
+
+    _validate(load, path)
 
 
 def _validate(load: object, path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import time, timedelta
 from pathlib import Path
@@ -270,6 +271,49 @@ class PlaybookSet(Strict):
     def by_name(self) -> dict[str, Playbook]:
         """Playbooks keyed by name."""
         return {p.name: p for p in self.playbooks}
+
+
+def unknown_names(
+    playbooks: PlaybookSet,
+    tiers: Collection[str],
+    stages: Collection[str],
+    tags: Collection[str],
+) -> list[str]:
+    """Each tier, stage or tag a playbook file names that the scoring model does not define.
+
+    Scoring owns those names and automation only reads them off tier changes, so a typo
+    (``at_risc``) validates on its own and then silently never fires; this check, run against
+    the model (``tierflow playbooks validate --model``), catches it before deployment.
+    """
+    known = {"tier": set(tiers), "stage": set(stages), "tag": set(tags)}
+    found: list[str] = []
+
+    def check(kind: str, name: str | None, where: str) -> None:
+        if name is not None and name not in known[kind]:
+            defined = ", ".join(sorted(known[kind])) or "none"
+            found.append(f"{where} names {kind} {name!r}, which the model lacks ({defined})")
+
+    def walk(steps: list[Step], where: str) -> None:
+        for step in steps:
+            if isinstance(step, BranchStep):
+                here, when = f"{where} branch {step.branch}", step.when
+                check("tier", when.tier, here)
+                check("tier", when.from_tier, here)
+                check("stage", when.stage, here)
+                check("tag", when.tag, here)
+                check("tag", when.not_tag, here)
+                walk(step.then, where)
+                walk(step.otherwise, where)
+
+    for playbook in playbooks.playbooks:
+        where, trigger = f"playbook {playbook.name}", playbook.trigger
+        for tier in (trigger.entered, trigger.exited, trigger.from_tier, trigger.to_tier):
+            check("tier", tier, f"{where} trigger")
+        check("stage", trigger.stage, f"{where} trigger")
+        walk(playbook.steps, where)
+    for tier in playbooks.guards.holdout.shares:
+        check("tier", tier, "guards holdout")
+    return found
 
 
 def load_playbooks(path: Path = DEFAULT_PLAYBOOKS_PATH) -> PlaybookSet:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
 from services.automation.delivery import (
     CircuitBreaker,
@@ -16,13 +17,17 @@ from services.automation.delivery import (
     retryable_status,
 )
 from services.automation.playbooks import (
+    DEFAULT_PLAYBOOKS_PATH,
     PlaybookSet,
     action_id,
     leaves,
     load_playbooks,
     plan_actions,
+    unknown_names,
 )
 from services.automation.settings import AutomationSettings
+from services.scoring.rules import load_model
+from shared import cli
 from shared.contracts import Scores, TierChangeCause, TierChanged, TierChangeEvent
 from shared.webhooks import sign_headers, verify
 
@@ -180,6 +185,78 @@ def test_guards_validate(tmp_path: Any, guards: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump({"guards": guards, "playbooks": []}))
     with pytest.raises(ValidationError):
         load_playbooks(path)
+
+
+def test_names_the_scoring_model_lacks_are_found_in_triggers_branches_and_holdouts() -> None:
+    typo = PlaybookSet.model_validate(
+        {
+            "guards": {"holdout": {"shares": {"vipp": 0.1, "vip": 0.05}}},
+            "playbooks": [
+                {"name": "a", "trigger": {"entered": "at_risc"}, "steps": [SEND]},
+                {"name": "b", "trigger": {"from": "vip", "to": "gold"}, "steps": [SEND]},
+                {"name": "c", "trigger": {"stage": "dormant"}, "steps": [SEND]},
+                {
+                    "name": "d",
+                    "trigger": {"exited": "vip"},
+                    "steps": [
+                        {"wait": "1d"},
+                        {
+                            "branch": "outer",
+                            "when": {"tag": "active", "stage": "mature"},
+                            "then": [
+                                {
+                                    "branch": "inner",
+                                    "when": {"not_tag": "cheap", "tier": "prospect"},
+                                    "then": [SEND],
+                                }
+                            ],
+                            "else": [{**SEND, "send": "other"}],
+                        },
+                    ],
+                },
+            ],
+        }
+    )
+    model = load_model()
+    found = unknown_names(
+        typo,
+        tiers=[t.name for t in model.tiers],
+        stages=[s.name for s in model.stages],
+        tags=[t.name for t in model.tags],
+    )
+    assert [line.split(", which")[0] for line in found] == [
+        "playbook a trigger names tier 'at_risc'",
+        "playbook b trigger names tier 'gold'",
+        "playbook c trigger names stage 'dormant'",
+        "playbook d branch inner names tag 'cheap'",
+        "guards holdout names tier 'vipp'",
+    ]
+    assert "(at_risk, growth, prospect, vip)" in found[0]
+    shipped = load_playbooks()
+    assert unknown_names(shipped, tiers=["vip"], stages=[], tags=[])  # the check can fail
+    assert (
+        unknown_names(
+            shipped,
+            tiers=[t.name for t in model.tiers],
+            stages=[s.name for s in model.stages],
+            tags=[t.name for t in model.tags],
+        )
+        == []
+    )
+
+
+def test_playbooks_validate_refuses_a_file_naming_a_tier_the_model_lacks(tmp_path: Any) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"playbooks": [{"name": "a", "trigger": {"entered": "gold"}, "steps": [SEND]}]}
+        )
+    )
+    result = CliRunner().invoke(cli.app, ["playbooks", "validate", str(path)])
+    assert result.exit_code == 1
+    assert "tier 'gold'" in result.output
+    shipped = ["playbooks", "validate", str(DEFAULT_PLAYBOOKS_PATH)]
+    assert CliRunner().invoke(cli.app, shipped).exit_code == 0
 
 
 def test_a_webhook_secret_must_be_base64_after_its_prefix() -> None:
