@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -90,6 +91,10 @@ class RuleIndex(Generic[R]):
         return None
 
 
+CAP_SHARES_LIMIT = 32
+"""At most this many earning times are kept per capped rule and day (see ``cap_shares``)."""
+
+
 class EngagementRule(Strict):
     """Points for matching events, at most ``daily_cap`` points a UTC day (None: no cap)."""
 
@@ -97,6 +102,21 @@ class EngagementRule(Strict):
     match: Match
     points: float
     daily_cap: float | None = Field(default=None, gt=0)
+
+    @cached_property
+    def cap_shares(self) -> tuple[float, ...]:
+        """What the day's earliest matching events earn under the cap, in time order (the
+        rest earn nothing); empty when the rule has no cap, does not earn, or would need more
+        than ``CAP_SHARES_LIMIT`` events to reach it (then a late event is capped by what the
+        day has used, in arrival order)."""
+        if self.daily_cap is None or self.points <= 0:
+            return ()
+        slots = math.ceil(self.daily_cap / self.points)
+        if slots > CAP_SHARES_LIMIT:
+            return ()
+        return tuple(
+            max(0.0, min(self.points, self.daily_cap - n * self.points)) for n in range(slots)
+        )
 
 
 class Bands(Strict):

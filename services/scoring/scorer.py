@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import Any
 
-from services.scoring.rules import DAY, SCORES, Condition, ScoringModel
+from services.scoring.rules import DAY, SCORES, Condition, EngagementRule, ScoringModel
 
 __all__ = ["DAY"]  # re-exported: callers measure time in days of this length
 
@@ -145,13 +145,12 @@ def apply_event(
         ref = state["engagement_at"] = at
     rule = model.engagement_index.first(kind, name, properties)
     if rule is not None:
-        points = _count_day(state, rule.name, rule.points, rule.daily_cap, at, ref, model)
-        if points:
-            weight = decay_factor(ref - at, model.half_life_days)
+        points, weighted = _count_day(state, rule, at, ref, model)
+        if points or weighted:
             engagement, earned = state["engagement"], state["earned"]
             state["engagement"] = {
                 **engagement,
-                rule.name: engagement.get(rule.name, 0.0) + (points * weight),
+                rule.name: engagement.get(rule.name, 0.0) + weighted,
             }
             state["earned"] = {**earned, rule.name: earned.get(rule.name, 0.0) + points}
     _apply_purchase(state, kind, name, properties, at, ref, model)
@@ -166,27 +165,63 @@ def apply_event(
 
 
 def _count_day(
-    state: State,
-    rule: str,
-    points: float,
-    cap: float | None,
-    at: float,
-    ref: float,
-    model: ScoringModel,
-) -> float:
+    state: State, rule: EngagementRule, at: float, ref: float, model: ScoringModel
+) -> tuple[float, float]:
     """Count the event in its UTC day (days older than the count window are dropped) and
-    return the points it earns under the daily cap."""
-    per_day = state["days"].get(rule, {})
+    return what the rule's points change by under the daily cap: as earned, and decayed to
+    ``ref``.
+
+    A day's entry is ``[count, used]``, then, for a capped rule, the times of its earliest
+    matching events, as many as earn a share of the cap (``rule.cap_shares``). The cap goes to
+    the day's earliest events whatever order they arrive in: a late event from earlier in the
+    day takes its share from a later one, so the scores do not depend on arrival order and a
+    merge can combine two people's days exactly. An entry without times (written before they
+    were kept, or for a rule whose cap needs too many) caps in arrival order.
+    """
+    per_day = state["days"].get(rule.name, {})
     day = _day(at)
-    count, used = per_day.get(str(day), (0, 0.0))
-    if cap is not None and points > 0:
-        points = max(0.0, min(points, cap - used))
+    entry = per_day.get(str(day))
+    shares = rule.cap_shares
+    if shares and (entry is None or len(entry) > 2):
+        times: list[float] = entry[2:] if entry else []
+        if len(times) < len(shares) and (not times or at >= times[-1]):
+            points = shares[len(times)]  # in time order: the next share is the event's own
+            weighted = points * decay_factor(ref - at, model.half_life_days)
+            times = [*times, at]
+        elif times and at >= times[-1]:
+            points = weighted = 0.0  # the cap went to earlier events
+        else:
+            earlier = times
+            times = sorted([*times, at])[: len(shares)]
+            points = sum(shares[: len(times)]) - sum(shares[: len(earlier)])
+            weighted = _shares_at(times, shares, ref, model) - _shares_at(
+                earlier, shares, ref, model
+            )
+        count = entry[0] if entry else 0
+        updated = [count + 1, sum(shares[: len(times)]), *times]
+    else:
+        count, used = (entry[0], entry[1]) if entry else (0, 0.0)
+        points = rule.points
+        if rule.daily_cap is not None and points > 0:
+            points = max(0.0, min(points, rule.daily_cap - used))
+        weighted = points * decay_factor(ref - at, model.half_life_days)
+        updated = [count + 1, used + max(points, 0.0)]
     horizon = _day(ref) - math.ceil(model.count_window_days)
     kept = {d: v for d, v in per_day.items() if int(d) > horizon}
     if day > horizon:
-        kept[str(day)] = [count + 1, used + max(points, 0.0)]
-    state["days"] = {**state["days"], rule: kept}
-    return points
+        kept[str(day)] = updated
+    state["days"] = {**state["days"], rule.name: kept}
+    return points, weighted
+
+
+def _shares_at(
+    times: list[float], shares: tuple[float, ...], ref: float, model: ScoringModel
+) -> float:
+    """What shares of a day's cap earned at ``times`` are worth, decayed to ``ref``."""
+    return sum(
+        share * decay_factor(ref - at, model.half_life_days)
+        for share, at in zip(shares, times, strict=False)
+    )
 
 
 def _apply_purchase(
@@ -679,9 +714,10 @@ def _recent_of_both(winner: list[str], absorbed: list[str]) -> str:
 def fold(winner: State | None, absorbed: State, model: ScoringModel) -> State:
     """The winner's state with the absorbed person's events folded in (a merge).
 
-    Scores, counts, purchases and traits combine as if every event had carried one id; the
-    tier history stays the winner's. A daily cap hit by both people on the same day counts
-    the points each already earned (combined usage is clipped at the cap for later events).
+    Scores, counts, purchases, caps and traits combine as if every event had carried one id;
+    the tier history stays the winner's. A day both people earned on under a cap goes to the
+    day's earliest events of the two (:func:`_count_day`); only for a day entry without times
+    does each keep what it earned (the day's use is clipped at the cap for later events).
     """
     if winner is None:
         return {
@@ -699,16 +735,9 @@ def fold(winner: State | None, absorbed: State, model: ScoringModel) -> State:
         factor = decay_factor(ref - part["engagement_at"], model.half_life_days)
         for rule, points in part["engagement"].items():
             engagement[rule] = engagement.get(rule, 0.0) + points * factor
-    caps = {r.name: r.daily_cap for r in model.engagement}
-    days: dict[str, dict[str, list[float]]] = {}
-    for part in (winner, absorbed):
-        for rule, per_day in part["days"].items():
-            into = days.setdefault(rule, {})
-            for day, (count, used) in per_day.items():
-                old = into.get(day, [0, 0.0])
-                total = old[1] + used
-                cap = caps.get(rule)
-                into[day] = [old[0] + count, min(total, cap) if cap is not None else total]
+    days, points, weighted = _fold_days(winner["days"], absorbed["days"], ref, model)
+    for rule, change in weighted.items():
+        engagement[rule] = engagement.get(rule, 0.0) + change
     traits = dict(absorbed["traits"])
     for key, held in winner["traits"].items():
         if key not in traits or held[1] >= traits[key][1]:
@@ -724,7 +753,7 @@ def fold(winner: State | None, absorbed: State, model: ScoringModel) -> State:
         engagement_at=ref,
         engagement=engagement,
         earned={
-            r: winner["earned"].get(r, 0.0) + absorbed["earned"].get(r, 0.0)
+            r: winner["earned"].get(r, 0.0) + absorbed["earned"].get(r, 0.0) + points.get(r, 0.0)
             for r in {*winner["earned"], *absorbed["earned"]}
         },
         days=days,
@@ -734,3 +763,45 @@ def fold(winner: State | None, absorbed: State, model: ScoringModel) -> State:
         model=None,  # the absorbed side may hold rules of another model: stamped again
     )
     return merged
+
+
+def _fold_days(
+    winner: Mapping[str, Mapping[str, list[Any]]],
+    absorbed: Mapping[str, Mapping[str, list[Any]]],
+    ref: float,
+    model: ScoringModel,
+) -> tuple[dict[str, dict[str, list[Any]]], dict[str, float], dict[str, float]]:
+    """Two people's day entries as one person's, and per rule what the points change by where
+    a day both earned on under a cap goes to the earliest events of the two: as earned, and
+    decayed to ``ref``."""
+    rules = {r.name: r for r in model.engagement}
+    days: dict[str, dict[str, list[Any]]] = {}
+    points: dict[str, float] = {}
+    weighted: dict[str, float] = {}
+    for name in {*winner, *absorbed}:
+        ours, theirs = winner.get(name, {}), absorbed.get(name, {})
+        rule = rules.get(name)
+        shares = rule.cap_shares if rule is not None else ()
+        cap = rule.daily_cap if rule is not None else None
+        into: dict[str, list[Any]] = {}
+        for day in {*ours, *theirs}:
+            one, other = ours.get(day), theirs.get(day)
+            if one is None or other is None:
+                into[day] = list(one if one is not None else other or ())
+                continue
+            count = one[0] + other[0]
+            if shares and len(one) > 2 and len(other) > 2:
+                times = sorted([*one[2:], *other[2:]])[: len(shares)]
+                used = sum(shares[: len(times)])
+                points[name] = points.get(name, 0.0) + used - one[1] - other[1]
+                weighted[name] = weighted.get(name, 0.0) + (
+                    _shares_at(times, shares, ref, model)
+                    - _shares_at(one[2:], shares, ref, model)
+                    - _shares_at(other[2:], shares, ref, model)
+                )
+                into[day] = [count, used, *times]
+            else:
+                total = one[1] + other[1]
+                into[day] = [count, min(total, cap) if cap is not None else total]
+        days[name] = into
+    return days, points, weighted
