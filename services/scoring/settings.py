@@ -15,6 +15,14 @@ class ScoringSettings(CommonSettings):
 
     host: str = Field(default="127.0.0.1", validation_alias="TIERFLOW_SCORING_HOST")
     port: int = Field(default=8082, validation_alias="TIERFLOW_SCORING_PORT")
+    advertised_host: str | None = Field(
+        default=None,
+        validation_alias="TIERFLOW_SCORING_ADVERTISED_HOST",
+        description="Where the other workers reach this one (the pod IP on Kubernetes); "
+        "default: host. A worker forwards a person's explain page to the worker that owns "
+        "them, by the address each advertises, so workers bound to 0.0.0.0 that advertised "
+        "that took every person for their own and answered 404 for most.",
+    )
     app_id: str = Field(default="tierflow-scoring", validation_alias="TIERFLOW_SCORING_APP_ID")
     scoring_store: str = Field(
         default="memory://", description="Faust table store: memory:// or rocksdb://."

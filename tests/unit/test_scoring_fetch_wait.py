@@ -1,5 +1,6 @@
-"""The scoring worker's consumer takes its fetch wait from the settings, not Faust's fixed 1.5 s
-(on Tansu the wait bounds the event→tier change latency)."""
+"""The scoring worker's Faust settings that come from ours: the consumer's fetch wait, not
+Faust's fixed 1.5 s (on Tansu the wait bounds the event→tier change latency), and the address
+a worker advertises to the others."""
 
 from __future__ import annotations
 
@@ -23,3 +24,20 @@ async def test_scoring_consumer_fetch_wait_is_the_setting(tmp_path: Path) -> Non
 async def test_service_consumers_fetch_wait_is_the_setting() -> None:
     consumer = build_consumer(CommonSettings(kafka_fetch_max_wait_ms=77), "t", group_id="g")
     assert consumer._fetch_max_wait_ms == 77
+
+
+def test_a_worker_advertises_its_own_address_not_the_one_it_binds(tmp_path: Path) -> None:
+    """Explain pages are forwarded by the address each worker advertises: two pods that both
+    advertised 0.0.0.0:8082 each took every person for their own."""
+    settings = ScoringSettings.model_validate(
+        {
+            "TIERFLOW_SCORING_HOST": "0.0.0.0",
+            "TIERFLOW_SCORING_ADVERTISED_HOST": "10.1.2.3",
+            "scoring_data_dir": tmp_path,
+        }
+    )
+    app: Any = create_app(settings)
+    assert str(app.conf.canonical_url) == "http://10.1.2.3:8082"
+    assert app.conf.web_bind == "0.0.0.0"
+    local = ScoringSettings(scoring_data_dir=tmp_path)
+    assert str(create_app(local).conf.canonical_url) == "http://127.0.0.1:8082"
