@@ -12,7 +12,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.partitioner import DefaultPartitioner
 
 from shared.contracts import Contract, encode
@@ -76,13 +76,38 @@ async def create_topics(
         ]
         if not wanted:
             return []
-        try:
-            await admin.create_topics(wanted)
-        except TopicAlreadyExistsError:
-            log.info("topics created concurrently by another process")
-        return [topic.name for topic in wanted]
+        response = await admin.create_topics(wanted)
+        created, refused = created_or_refused(response.topic_errors)
+        if refused:
+            raise TopicsRefused("the broker refused: " + "; ".join(refused))
+        return created
     finally:
         await admin.close()
+
+
+class TopicsRefused(RuntimeError):
+    """The broker refused to create some topics (replication above the broker count, a bad
+    config...): services must not start against topics that do not exist."""
+
+
+def created_or_refused(topic_errors: Iterable[tuple[Any, ...]]) -> tuple[list[str], list[str]]:
+    """The topics a CreateTopics response created, and each refusal as "name: error (message)".
+
+    The admin client does not raise for a topic's error: it is in the response, and ignoring it
+    reported success for topics that were never made. A topic another process created meanwhile
+    is neither (it exists, as wanted).
+    """
+    created: list[str] = []
+    refused: list[str] = []
+    for name, code, *message in topic_errors:
+        if code == 0:
+            created.append(name)
+        elif code == TopicAlreadyExistsError.errno:
+            log.info("topic %s created concurrently by another process", name)
+        else:
+            detail = f" ({message[0]})" if message and message[0] else ""
+            refused.append(f"{name}: {for_code(code).__name__}{detail}")
+    return created, refused
 
 
 async def wait_for_broker(settings: CommonSettings, timeout: float = 30.0) -> None:
