@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import sys
@@ -10,13 +11,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from shared.settings import CommonSettings
 
-app = typer.Typer(help="Tierflow: event-driven customer tiering.", no_args_is_help=True)
+app = typer.Typer(
+    help="Tierflow: event-driven customer tiering.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,  # operational failures are explained by main(), bugs raise
+)
 topics_app = typer.Typer(help="Kafka topics from the registry.", no_args_is_help=True)
 db_app = typer.Typer(help="Postgres schemas and migrations.", no_args_is_help=True)
 schemas_app = typer.Typer(help="JSON Schemas of the wire contracts.", no_args_is_help=True)
@@ -50,10 +56,12 @@ def up(
     """Start broker, Postgres, migrations, topics, the four services (and demo traffic)."""
     from shared.stack.launcher import StackSettings
 
-    asyncio.run(_up(StackSettings(), demo=demo, dashboard=dashboard))
+    if not asyncio.run(_up(StackSettings(), demo=demo, dashboard=dashboard)):
+        raise typer.Exit(1)  # a part of the stack died: scripts and `make run` must see it
 
 
-async def _up(settings: object, *, demo: bool, dashboard: bool) -> None:
+async def _up(settings: object, *, demo: bool, dashboard: bool) -> bool:
+    """Run the stack until a signal (True) or until a part of it exits on its own (False)."""
     from shared.stack.dashboard import run_dashboard
     from shared.stack.launcher import StackSettings, start_stack
 
@@ -65,6 +73,7 @@ async def _up(settings: object, *, demo: bool, dashboard: bool) -> None:
     started = loop.time()
     console.print("[bold]Starting Tierflow[/] (embedded broker and Postgres unless configured)")
     stack = await start_stack(settings, demo=demo)
+    died: list[str] = []
     try:
         console.print(f"[green]Ready in {loop.time() - started:.1f}s[/]")
         table = Table("what", "where")
@@ -79,7 +88,7 @@ async def _up(settings: object, *, demo: bool, dashboard: bool) -> None:
         table.add_row("admin token", stack.env["TIERFLOW_ADMIN_TOKEN"])
         table.add_row("logs", str(stack.work_dir / "logs"))
         console.print(table)
-        watchers = [asyncio.create_task(_watch_children(stack, stop))]
+        watchers = [asyncio.create_task(_watch_children(stack, stop, died))]
         if dashboard:
             watchers.append(
                 asyncio.create_task(
@@ -99,9 +108,10 @@ async def _up(settings: object, *, demo: bool, dashboard: bool) -> None:
         console.print("Stopping…")
         stack.stop()
         console.print("Stopped.")
+    return not died
 
 
-async def _watch_children(stack: object, stop: asyncio.Event) -> None:
+async def _watch_children(stack: object, stop: asyncio.Event, died: list[str]) -> None:
     from shared.stack.launcher import Stack
     from shared.stack.processes import tail
 
@@ -110,6 +120,7 @@ async def _watch_children(stack: object, stop: asyncio.Event) -> None:
         dead = stack.failed()
         if dead is not None:
             console.print(f"[red]{dead.name} exited[/]\n{tail(dead.log_path)}")
+            died.append(dead.name)
             stop.set()
             return
         await asyncio.sleep(1)
@@ -234,7 +245,7 @@ def _validate(load: object, path: Path) -> None:
     assert callable(load)
     try:
         loaded = load()
-    except (ValidationError, ValueError, OSError) as exc:
+    except (ValidationError, ValueError, OSError, yaml.YAMLError) as exc:
         console.print(f"[red]{path} is invalid[/]\n{exc}")
         raise typer.Exit(1) from exc
     console.print(f"{path} is valid ({type(loaded).__name__})")
@@ -386,5 +397,68 @@ async def _with_sessions(action: object) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: a database, broker or settings problem is one line naming
+    what failed and what to do, not a page of frames (``TIERFLOW_CLI_TRACEBACK=1`` shows them)."""
+    from aiokafka.errors import KafkaError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from shared.kafka import TopicsRefused
+
+    try:
+        app()
+    except (SQLAlchemyError, KafkaError, TopicsRefused, OSError, TimeoutError) as exc:
+        if os.environ.get("TIERFLOW_CLI_TRACEBACK") == "1":
+            raise
+        errors.print(f"[red]error:[/] {failure(exc)}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+    except ValidationError as exc:  # settings from the environment
+        errors.print(f"[red]invalid settings:[/]\n{exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+
+
+def failure(exc: BaseException) -> str:
+    """What an operational failure means, with the setting or command that mends it."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
+
+    if isinstance(exc, SQLAlchemyError | OSError) and _from_database(exc):
+        try:
+            where = make_url(CommonSettings().database_url).render_as_string(hide_password=True)
+        except (ValueError, ValidationError):
+            where = "TIERFLOW_DATABASE_URL"
+        cause = getattr(exc, "orig", None) or exc
+        if isinstance(exc, ProgrammingError) and "does not exist" in str(cause):
+            return f"the database {where} is not migrated ({cause}): run `tierflow db migrate`"
+        return f"cannot use the database {where} ({type(cause).__name__}: {cause})"
+    if not isinstance(exc, SQLAlchemyError):
+        try:
+            where = CommonSettings().kafka_bootstrap
+        except ValidationError:
+            where = "TIERFLOW_KAFKA_BOOTSTRAP"
+        if not isinstance(exc, OSError) or _from_kafka(exc):
+            return f"Kafka at {where}: {type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _from_database(exc: BaseException) -> bool:
+    """Whether the failure came from SQLAlchemy or asyncpg (a refused connection is an
+    ``OSError`` raised inside asyncpg)."""
+    return _raised_in(exc, ("sqlalchemy", "asyncpg"))
+
+
+def _from_kafka(exc: BaseException) -> bool:
+    return _raised_in(exc, ("aiokafka",))
+
+
+def _raised_in(exc: BaseException, packages: tuple[str, ...]) -> bool:
+    trace = exc.__traceback__
+    while trace is not None:
+        module = trace.tb_frame.f_globals.get("__name__", "")
+        if module.split(".")[0] in packages:
+            return True
+        trace = trace.tb_next
+    return False
+
+
+if __name__ == "__main__":
+    main()

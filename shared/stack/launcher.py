@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import secrets
 import shutil
 import sys
@@ -27,6 +28,10 @@ from shared.stack.processes import Child, spawn, tail
 log = logging.getLogger(__name__)
 
 SERVICES = ("ingest", "identity", "scoring", "automation")
+TANSU_TIMEOUTS = {
+    "TIERFLOW_KAFKA_SESSION_TIMEOUT_MS": "6000",
+    "TIERFLOW_KAFKA_REBALANCE_TIMEOUT_MS": "3000",
+}
 
 
 class StackSettings(BaseSettings):
@@ -84,6 +89,11 @@ def start_infrastructure(settings: StackSettings, stack: Stack) -> None:
         stack.children.append(start_broker(settings.stack_broker_port, logs))
         stack.env["TIERFLOW_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{settings.stack_broker_port}"
         stack.env["TIERFLOW_KAFKA_IDEMPOTENCE"] = "false"
+        # Tansu needs short group timeouts (ARCHITECTURE, "Known facts"); a real Kafka keeps
+        # the services' defaults, and a value the user set wins either way
+        for name, value in TANSU_TIMEOUTS.items():
+            if name not in os.environ:
+                stack.env[name] = value
     else:
         stack.env["TIERFLOW_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
     if settings.database_url is None:
@@ -118,9 +128,8 @@ def start_services(settings: StackSettings, stack: Stack) -> None:
     env.setdefault("TIERFLOW_ADMIN_TOKEN", settings.admin_token or secrets.token_urlsafe(18))
     env["TIERFLOW_DEV_WRITE_KEY"] = settings.dev_write_key
     env["TIERFLOW_TOPIC_PARTITIONS"] = str(settings.topic_partitions)
-    env["TIERFLOW_SCORING_DATA_DIR"] = str(stack.work_dir / "scoring")
-    env["TIERFLOW_KAFKA_SESSION_TIMEOUT_MS"] = "6000"
-    env["TIERFLOW_KAFKA_REBALANCE_TIMEOUT_MS"] = "3000"
+    if "TIERFLOW_SCORING_DATA_DIR" not in os.environ:
+        env["TIERFLOW_SCORING_DATA_DIR"] = str(stack.work_dir / "scoring")
     if settings.webhook_base_url is None:
         sink_port = settings.stack_sink_port
         env["TIERFLOW_WEBHOOK_BASE_URL"] = f"http://127.0.0.1:{sink_port}/hooks"
