@@ -6,6 +6,7 @@ So that the demo shows actions without any external endpoint. ``python -m shared
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 import orjson
@@ -28,11 +29,16 @@ class SinkSettings(BaseSettings):
     secret: str = Field(validation_alias="TIERFLOW_WEBHOOK_SECRET")
 
 
+KEPT_DELIVERIES = 10_000
+"""Deliveries (and webhook ids) the sink keeps: compose runs it as long as the stack."""
+
+
 def create_app(secret: str) -> FastAPI:
     """An app with ``POST /hooks/{channel}`` and ``GET /deliveries``."""
     app = FastAPI(title="Tierflow webhook sink")
-    deliveries: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
+    deliveries: deque[dict[str, Any]] = deque(maxlen=KEPT_DELIVERIES)
+    seen: dict[str, int] = {}  # attempts per webhook id, oldest first
+    counts = {"total": 0, "unique": 0}
     primary = secret.split(",", maxsplit=1)[0].strip()
 
     @app.post("/hooks/{channel}")
@@ -41,7 +47,12 @@ def create_app(secret: str) -> FastAPI:
         if not verify(primary, request.headers, body):
             return JSONResponse({"error": "bad signature"}, status_code=401)
         webhook_id = request.headers["webhook-id"]
+        if webhook_id not in seen:
+            counts["unique"] += 1
+            if len(seen) >= KEPT_DELIVERIES:
+                del seen[next(iter(seen))]
         seen[webhook_id] = seen.get(webhook_id, 0) + 1
+        counts["total"] += 1
         deliveries.append(
             {
                 "webhook_id": webhook_id,
@@ -55,11 +66,8 @@ def create_app(secret: str) -> FastAPI:
 
     @app.get("/deliveries")
     async def listing(limit: int = 1000) -> dict[str, Any]:
-        return {
-            "total": len(deliveries),
-            "unique": len(seen),
-            "deliveries": deliveries[-limit:],
-        }
+        kept = list(deliveries)
+        return {**counts, "deliveries": kept[-limit:] if limit > 0 else []}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
