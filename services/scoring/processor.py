@@ -111,11 +111,14 @@ class _Batch:
         if record.value is None:
             self.out.outcomes["ignored"] += 1
         elif record.topic == EVENTS_RESOLVED.name:
-            self.event(record.key, decode(ScoredEvent, record.value))
+            resolved = decode(ScoredEvent, record.value)
+            self.event(_keyed(record.key, resolved.oneid), resolved)
         elif record.topic == IDENTITY_MERGES.name:
             self.notice(record.value)
         elif record.topic == SCORING_COMMANDS.name:
-            self.command(record.key, record.value)
+            command = COMMAND.validate_json(record.value)
+            target = command.oneid if isinstance(command, Erase | Reevaluate) else command.winner
+            self.command(_keyed(record.key, target), command)
         else:
             raise ValueError(f"scoring does not consume {record.topic}")
 
@@ -167,8 +170,7 @@ class _Batch:
         self.out.writes[key] = {MERGED: notice.winner}
         self.out.outcomes["merge"] += 1
 
-    def command(self, key: bytes, raw: bytes) -> None:
-        command = COMMAND.validate_json(raw)
+    def command(self, key: bytes, command: Fold | Forward | Erase | Reevaluate) -> None:
         current = self.state(key)
         if isinstance(command, Erase):
             self.out.writes[key] = {ERASED: command.erasure_id}
@@ -206,6 +208,18 @@ class _Batch:
             if is_live(state):
                 profile = service.profile_json(key.decode(), state, self.model)
                 self.send(PROFILES.name, key, profile)
+
+
+ONEID_LENGTH = 64  # as the contracts' OneId
+
+
+def _keyed(key: bytes | None, oneid: str) -> bytes:
+    """The record's key, which must be the person it applies to: the state is stored and the
+    profile published under it, so a key that is empty, too long or not the person's id would
+    write a stranger's state, or fail the batch's profiles after every record was handled."""
+    if key is None or key != oneid.encode() or not 0 < len(oneid) <= ONEID_LENGTH:
+        raise ValueError(f"record key {key!r} is not the person it applies to ({oneid!r})")
+    return key
 
 
 def process(

@@ -202,6 +202,28 @@ def test_records_the_model_cannot_apply_are_dead_lettered() -> None:
     assert COMMAND.validate_json(forward.model_dump_json()) == forward
 
 
+def test_a_record_keyed_other_than_its_person_is_dead_lettered_not_fatal() -> None:
+    """The state is stored and the profile published under the key: an empty, over-long or
+    non-UTF-8 key failed the batch's profiles after every record was handled, and the worker
+    crashed on the same record at every restart."""
+    table = Table()
+    good = event("p-1")
+    value = good.value or b""
+    keyed = [b"", b"k" * 65, b"\xff\xfe", b"p-2", None]
+    records = [Record(EVENTS_RESOLVED.name, 0, n, key, value) for n, key in enumerate(keyed)]
+    reevaluate = Reevaluate(oneid="p-1", deadline=BASE).model_dump_json().encode()
+    records.append(Record(SCORING_COMMANDS.name, 0, 9, b"p-2", reevaluate))
+    long_winner = Fold(fold_id="f", winner="w" * 65, absorbed="x", state={})
+    records.append(
+        Record(SCORING_COMMANDS.name, 0, 10, b"w" * 65, long_winner.model_dump_json().encode())
+    )
+    outcome = table.run([*records, good])
+    assert outcome.outcomes["failed"] == len(records)
+    assert outcome.outcomes["scored"] == 1
+    assert [s.topic for s in outcome.sends].count(DEADLETTER.name) == len(records)
+    assert list(table.states) == [b"p-1"]
+
+
 def test_deadline_heap_pops_only_current_entries_in_order() -> None:
     heap = Deadlines()
     heap.set(b"a", 30.0)
