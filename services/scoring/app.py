@@ -153,8 +153,12 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
-        metrics.TABLE_SIZE.labels(PEOPLE_TABLE).set(loop.entries)
-        metrics.TABLE_SIZE.labels("deadlines").set(len(loop.deadlines))
+        for table, size in (
+            (PEOPLE_TABLE, loop.entries),
+            ("deadlines", len(loop.deadlines)),
+            ("deadline_heap", loop.deadlines.entries),
+        ):
+            metrics.TABLE_SIZE.labels(table).set(size)
         changelog = people.changelog_topic.get_topic_name()
         assignor = app.assignor
         for role, tps in (

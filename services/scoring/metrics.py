@@ -45,8 +45,9 @@ BATCH_SECONDS = Histogram(
 )
 TABLE_SIZE = Gauge(
     "tierflow_scoring_table_entries",
-    "Entries in this worker's table partitions (people, merge and erasure markers), and "
-    "scheduled deadlines.",
+    "Entries in this worker's table partitions (people, merge and erasure markers), "
+    "scheduled deadlines (one per person), and deadline_heap: the timer heap's entries, "
+    "superseded ones included (at most about twice the deadlines).",
     ["table"],
 )
 PARTITIONS = Gauge(

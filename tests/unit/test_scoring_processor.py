@@ -11,7 +11,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from services.scoring.deadlines import Deadlines
+from services.scoring.deadlines import SLACK, Deadlines
 from services.scoring.processor import ERASED, MERGED, Outcome, Record, Send, process
 from services.scoring.rules import load_model
 from services.scoring.schemas import (
@@ -232,6 +232,20 @@ def test_deadline_heap_pops_only_current_entries_in_order() -> None:
     heap.set(b"c", None)
     assert heap.pop_due(25.0, 10) == [(b"b", 10.0), (b"a", 20.0)]
     assert heap.pop_due(100.0, 10) == []
+
+
+def test_deadline_heap_stays_within_twice_the_people_however_often_deadlines_move() -> None:
+    """Each event moves its person's deadline; the superseded entries used to stay until their
+    own time came (a day later), one per event: 157 bytes each, gigabytes a day at load."""
+    heap = Deadlines()
+    people = [f"p-{n}".encode() for n in range(200)]
+    for step in range(100_000):
+        heap.set(people[step % 200], 1_000_000.0 + step)
+        assert heap.entries <= 2 * len(heap) + SLACK + 1
+    assert len(heap) == 200
+    due = heap.pop_due(10_000_000.0, 1000)
+    assert [key for key, _ in due] == people  # each person once, at their latest deadline
+    assert [at for _, at in due] == [1_000_000.0 + 99_800 + n for n in range(200)]
 
 
 def test_the_timer_alone_emits_stage_changes_at_their_exact_moment() -> None:
