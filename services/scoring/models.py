@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Float, Index, Integer, MetaData, String
+from sqlalchemy import BigInteger, DateTime, Float, Index, Integer, MetaData, String
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -19,17 +19,25 @@ class Base(DeclarativeBase):
 
 
 class ProfileRow(Base):
-    """The latest profile of one person, as published on ``tierflow.profiles``."""
+    """The latest profile of one person, as published on ``tierflow.profiles``, or the
+    tombstone of one erased or merged away (``profile`` and the columns read from it NULL).
+
+    ``version`` is the record's offset in ``tierflow.profiles`` plus one: a person's records
+    share a partition, so it orders them, and a row is replaced only by a higher one. Profile
+    times did not (a late event is evaluated at the time of the one before), and a deleted row
+    kept no version, so an older profile landing after its tombstone brought the person back.
+    """
 
     __tablename__ = "profiles"
 
     oneid: Mapped[str] = mapped_column(String(64), primary_key=True)
     tier: Mapped[str | None] = mapped_column(String(64))
-    lifecycle_stage: Mapped[str] = mapped_column(String(32))
-    total: Mapped[float] = mapped_column(Float)
-    profile: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    events_counted: Mapped[int] = mapped_column(Integer)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    lifecycle_stage: Mapped[str | None] = mapped_column(String(64))
+    total: Mapped[float | None] = mapped_column(Float)
+    profile: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
+    events_counted: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    version: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
     __table_args__ = (
         # a tier's members by total, highest first: the listing's order and keyset

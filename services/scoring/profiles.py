@@ -16,18 +16,21 @@ from shared.topics import PROFILES
 
 
 async def store_profiles(sessions: async_sessionmaker[AsyncSession], records: Records) -> None:
-    """Upsert the latest profile of each person in the batch; a tombstone deletes the row."""
-    latest: dict[str, bytes | None] = {}
+    """Store the latest profile of each person in the batch, or its tombstone, versioned by
+    the record's offset (:func:`repository.store_versions`)."""
+    latest: dict[str, tuple[int, bytes | None]] = {}
     for record in records:
         if record.key is not None:
-            latest[record.key.decode()] = record.value
-    profiles = [decode(Profile, value) for value in latest.values() if value is not None]
-    gone = [oneid for oneid, value in latest.items() if value is None]
+            latest[record.key.decode()] = (record.offset + 1, record.value)
+    versions = [
+        (oneid, version, None if value is None else decode(Profile, value))
+        for oneid, (version, value) in latest.items()
+    ]
     async with unit_of_work(sessions) as session:
-        await repository.upsert_profiles(session, profiles)
-        await repository.delete_profiles(session, gone)
-    metrics.PROFILES_WRITTEN.labels("upsert").inc(len(profiles))
-    metrics.PROFILES_WRITTEN.labels("delete").inc(len(gone))
+        await repository.store_versions(session, versions)
+    gone = sum(profile is None for _, _, profile in versions)
+    metrics.PROFILES_WRITTEN.labels("upsert").inc(len(versions) - gone)
+    metrics.PROFILES_WRITTEN.labels("delete").inc(gone)
 
 
 async def run_read_model(settings: ScoringSettings) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, or_, select
+from sqlalchemy import Table, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,27 +17,35 @@ PROFILE_KEYS = tuple(Profile.model_fields)
 SCORES_KEYS = tuple(Scores.model_fields)
 
 
-async def upsert_profiles(session: AsyncSession, profiles: Sequence[Profile]) -> None:
-    """Store the latest profile of each person; an older profile never replaces a newer one
-    (redelivery, or two workers' messages during a rebalance)."""
-    latest: dict[str, Profile] = {}
-    for profile in profiles:
-        held = latest.get(profile.oneid)
-        if held is None or profile.updated_at >= held.updated_at:
-            latest[profile.oneid] = profile
+Versioned = tuple[str, int, Profile | None]
+"""A person's oneid, the version of the record (its offset plus one), and the profile (None: a
+tombstone)."""
+
+
+async def store_versions(session: AsyncSession, records: Sequence[Versioned]) -> None:
+    """Store each person's latest record: a profile, or a tombstone row (an erased or merged
+    away person). A row is replaced only by a higher version, so neither a redelivered older
+    profile nor one that lands after the tombstone (two workers' commits during a rebalance)
+    brings back what is newer or gone."""
+    latest: dict[str, Versioned] = {}
+    for record in records:
+        held = latest.get(record[0])
+        if held is None or record[1] > held[1]:
+            latest[record[0]] = record
     if not latest:
         return
     rows = [
         {
-            "oneid": p.oneid,
-            "tier": p.tier,
-            "lifecycle_stage": p.lifecycle_stage,
-            "total": p.scores.total,
-            "profile": p.model_dump(mode="json"),
-            "events_counted": p.events_counted,
-            "updated_at": p.updated_at,
+            "oneid": oneid,
+            "version": version,
+            "tier": p.tier if p else None,
+            "lifecycle_stage": p.lifecycle_stage if p else None,
+            "total": p.scores.total if p else None,
+            "profile": p.model_dump(mode="json") if p else None,
+            "events_counted": p.events_counted if p else None,
+            "updated_at": p.updated_at if p else None,
         }
-        for p in latest.values()
+        for oneid, version, p in latest.values()
     ]
     table = cast(Table, ProfileRow.__table__)
     statement = insert(table)
@@ -47,24 +55,11 @@ async def upsert_profiles(session: AsyncSession, profiles: Sequence[Profile]) ->
     await session.execute(
         statement.on_conflict_do_update(
             index_elements=[table.c.oneid],
-            set_={
-                "tier": excluded.tier,
-                "lifecycle_stage": excluded.lifecycle_stage,
-                "total": excluded.total,
-                "profile": excluded.profile,
-                "events_counted": excluded.events_counted,
-                "updated_at": excluded.updated_at,
-            },
-            where=table.c.updated_at <= excluded.updated_at,
+            set_={name: excluded[name] for name in rows[0] if name != "oneid"},
+            where=table.c.version < excluded.version,
         ),
         rows,
     )
-
-
-async def delete_profiles(session: AsyncSession, oneids: Sequence[str]) -> None:
-    """Forget people (erased, or merged into someone else)."""
-    if oneids:
-        await session.execute(delete(ProfileRow).where(ProfileRow.oneid.in_(oneids)))
 
 
 async def get_profile(session: AsyncSession, oneid: str) -> Profile | None:
@@ -108,5 +103,9 @@ def _in_contract_order(stored: dict[str, Any]) -> dict[str, Any]:
 
 async def tier_counts(session: AsyncSession) -> dict[str | None, int]:
     """People per tier (None: not in a tier yet)."""
-    rows = await session.execute(select(ProfileRow.tier, func.count()).group_by(ProfileRow.tier))
+    rows = await session.execute(
+        select(ProfileRow.tier, func.count())
+        .where(ProfileRow.profile.is_not(None))  # not the tombstones
+        .group_by(ProfileRow.tier)
+    )
     return dict(rows.tuples().all())

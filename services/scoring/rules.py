@@ -325,7 +325,8 @@ def _all_of(tests: tuple[Check, ...]) -> Check:
 class Named(Strict):
     """A tag, stage or tier: a name and the condition for it (empty: always)."""
 
-    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    # the read model, automation and the contracts store names in 64 characters
+    name: str = Field(pattern=r"^[a-z0-9_]+$", max_length=64)
     when: Condition = Field(default_factory=Condition)
 
 

@@ -379,7 +379,9 @@ async def wrong_rows(
         while True:
             async with engine.connect() as connection:
                 rows = await connection.execute(
-                    select(ProfileRow.oneid, ProfileRow.profile).where(ProfileRow.oneid.in_(want))
+                    select(ProfileRow.oneid, ProfileRow.profile).where(
+                        ProfileRow.oneid.in_(want), ProfileRow.profile.is_not(None)
+                    )
                 )
                 held = {oneid: Profile.model_validate(profile) for oneid, profile in rows}
             wrong = sorted(oneid for oneid, profile in want.items() if held.get(oneid) != profile)

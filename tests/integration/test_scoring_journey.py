@@ -17,7 +17,7 @@ from faust.serializers import codecs
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scoring.app import people_changelog
-from services.scoring.repository import delete_profiles, upsert_profiles
+from services.scoring.repository import store_versions
 from services.scoring.rules import load_model
 from services.scoring.service import profile_of, score_event
 from shared.contracts import (
@@ -325,7 +325,7 @@ async def test_a_tier_lists_its_members_highest_total_first_page_by_page(
     retired = listed(f"list-{run}-retired", f"retired-{run}", 1.0, "new")
     sessions = build_sessionmaker(engine)
     async with unit_of_work(sessions) as session:
-        await upsert_profiles(session, [*people, retired])
+        await store_versions(session, [(p.oneid, 1, p) for p in [*people, retired]])
     ranked = sorted(people, key=lambda p: (-p.scores.total, p.oneid))
     route = {"service": "scoring", "route": "/v1/tiers/{tier}/members"}
     answered = {
@@ -383,4 +383,4 @@ async def test_a_tier_lists_its_members_highest_total_first_page_by_page(
             assert now - answered[status] == requests
     finally:
         async with unit_of_work(sessions) as session:
-            await delete_profiles(session, [p.oneid for p in [*people, retired]])
+            await store_versions(session, [(p.oneid, 2, None) for p in [*people, retired]])

@@ -511,6 +511,9 @@ def test_invalid_models_are_refused_with_the_cause() -> None:
         (("tiers", 0, "when", "stages"), ["grwoing"], "unknown stages"),
         (("engagement", 0, "match", "type"), "pgae", "literal_error"),  # never matched
         (("stages", 0, "when", "not_tags"), ["actve"], "may not test tags"),  # always held
+        # the read model stored 32 characters of a stage: every profile in it was refused
+        (("stages", 0, "name"), "s" * 65, "at most 64 characters"),
+        (("tiers", 0, "name"), "t" * 65, "at most 64 characters"),
     ],
 )
 def test_a_model_that_would_crash_or_never_match_is_refused(
