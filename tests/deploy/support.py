@@ -14,6 +14,14 @@ from typing import Any
 
 import promql_parser
 import yaml
+from pydantic_settings import BaseSettings
+
+from services.automation.settings import AutomationSettings
+from services.identity.settings import IdentitySettings
+from services.ingest.settings import IngestSettings
+from services.scoring.settings import ScoringSettings
+from shared.settings import CommonSettings
+from shared.stack.sink import SinkSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -23,6 +31,31 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 OPERATIONS = ROOT / "docs" / "operations.md"
 SERVICES = ("ingest", "identity", "scoring", "automation")
+
+# The settings class each container of the image builds (compose service / k8s app name).
+SETTINGS: dict[str, type[BaseSettings]] = {
+    "migrate": CommonSettings,  # `tierflow db migrate` and `topics create`
+    "ingest": IngestSettings,
+    "identity": IdentitySettings,
+    "scoring": ScoringSettings,
+    "automation": AutomationSettings,
+    "sink": SinkSettings,
+}
+# Secrets go only where they are read: a leak from the internet-facing ingest, or from any pod,
+# must not hand out the operator token or the webhook signing key.
+DATABASE_URL = "TIERFLOW_DATABASE_URL"
+ADMIN_TOKEN = "TIERFLOW_ADMIN_TOKEN"
+WEBHOOK_SECRET = "TIERFLOW_WEBHOOK_SECRET"
+SUPPRESSION_KEY = "TIERFLOW_IDENTITY_SUPPRESSION_KEY"
+SECRET_ENV = frozenset({DATABASE_URL, ADMIN_TOKEN, WEBHOOK_SECRET, SUPPRESSION_KEY})
+SECRETS_READ = {
+    "migrate": {DATABASE_URL},
+    "ingest": {DATABASE_URL},
+    "identity": {DATABASE_URL, ADMIN_TOKEN, SUPPRESSION_KEY},
+    "scoring": {DATABASE_URL},
+    "automation": {DATABASE_URL, ADMIN_TOKEN, WEBHOOK_SECRET},
+    "sink": {WEBHOOK_SECRET},
+}
 
 # Metrics the dashboard and alerts may use that no Tierflow service exports, and who does.
 EXTERNAL_METRICS = {
@@ -37,6 +70,17 @@ GRAFANA_VARIABLES = {
     "$__range": "1h",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def settings_env_names(settings: type[BaseSettings]) -> set[str]:
+    """The environment variables a settings class reads (an alias replaces the prefix)."""
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    names = set()
+    for name, field in settings.model_fields.items():
+        alias = field.validation_alias
+        assert alias is None or isinstance(alias, str), f"{name}: handle {alias!r} here"
+        names.add((alias or prefix + name).upper())
+    return names
 
 
 @cache

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 from typing import Any
 
 import kubernetes_validate
@@ -9,8 +12,21 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
+from services.automation.settings import AutomationSettings
 from shared.topics import ALL_TOPICS
-from tests.deploy.support import K8S, OVERLAYS, SERVICES, by_kind, render, sync_module
+from tests.deploy.support import (
+    K8S,
+    OVERLAYS,
+    SECRET_ENV,
+    SECRETS_READ,
+    SERVICES,
+    SETTINGS,
+    WEBHOOK_SECRET,
+    by_kind,
+    render,
+    settings_env_names,
+    sync_module,
+)
 
 CONSUMERS = {
     # deployment: (consumer group KEDA scales on, topic it reads or None for all of the group's)
@@ -35,6 +51,47 @@ def containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
 
 def prod_partitions() -> int:
     return int(sync_module().prod_literals()["TIERFLOW_TOPIC_PARTITIONS"])
+
+
+def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    return dict(workload["spec"]["template"]["metadata"]["labels"])
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels and matchExpressions) matches these labels."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        value, values = labels.get(expression["key"]), expression.get("values", [])
+        matches = {
+            "In": value in values,
+            "NotIn": value not in values,
+            "Exists": value is not None,
+            "DoesNotExist": value is None,
+        }[expression["operator"]]
+        if not matches:
+            return False
+    return True
+
+
+def admits(policies: list[dict[str, Any]], to: dict[str, str], source: dict[str, str]) -> bool:
+    """Whether some NetworkPolicy lets a pod of this namespace reach another's `http` port."""
+    for policy in policies:
+        spec = policy["spec"]
+        if not selects(spec["podSelector"], to):
+            continue
+        for rule in spec.get("ingress", []):
+            ports = [port["port"] for port in rule.get("ports", [{"port": "http"}])]
+            peers = rule.get("from", [{"podSelector": {}}])
+            from_source = any(
+                "namespaceSelector" not in peer
+                and "podSelector" in peer
+                and selects(peer["podSelector"], source)
+                for peer in peers
+            )
+            if "http" in ports and from_source:
+                return True
+    return False
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -131,6 +188,37 @@ def test_secrets_are_referenced_not_rendered_and_every_key_is_in_the_example() -
         } <= set(referenced)
 
 
+def test_the_secret_map_is_what_the_settings_classes_read() -> None:
+    """SECRETS_READ is checked against the code, so the two tests using it cannot drift."""
+    for name, settings in SETTINGS.items():
+        assert settings_env_names(settings) & SECRET_ENV == SECRETS_READ[name], name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_pod_gets_only_the_secrets_its_service_reads(overlay: str) -> None:
+    docs = render(overlay)
+    for workload in [*by_kind(docs, "Deployment").values(), *by_kind(docs, "Job").values()]:
+        name = pod_labels(workload)["app.kubernetes.io/name"]
+        for container in containers(workload):
+            assert not any("secretRef" in source for source in container.get("envFrom", []))
+            mounted = {
+                env["name"]
+                for env in container.get("env", [])
+                if "secretKeyRef" in env.get("valueFrom", {})
+            }
+            assert mounted == SECRETS_READ[name], f"{overlay}: {name}"
+
+
+def test_the_secret_example_makes_a_webhook_secret_automation_accepts() -> None:
+    assert shutil.which("openssl"), "the example's command uses openssl, as operators would"
+    example = (K8S / "base" / "secret.example.yaml").read_text()
+    (command,) = re.findall(r'--from-literal=webhook-secret=("[^"]*")', example)
+    made = subprocess.run(
+        ["sh", "-c", f"printf %s {command}"], capture_output=True, text=True, check=True
+    ).stdout
+    AutomationSettings.model_validate({WEBHOOK_SECRET: made, "admin_token": "x"})
+
+
 def test_config_maps_carry_the_services_default_files() -> None:
     sync = sync_module()
     for target, source in sync.CONFIG_COPIES.items():
@@ -154,6 +242,25 @@ def test_ingress_is_denied_by_default(overlay: str) -> None:
     assert deny["podSelector"] == {}
     assert deny["policyTypes"] == ["Ingress"]
     assert "ingress" not in deny
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_scoring_pods_advertise_their_own_address_and_may_call_each_other(overlay: str) -> None:
+    """Faust forwards an explain request to the pod owning the person, at the address that pod
+    advertises: 0.0.0.0 (the bind address) would be every pod's, so none would forward."""
+    docs = render(overlay)
+    deployments = by_kind(docs, "Deployment")
+    (container,) = containers(deployments["scoring"])
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TIERFLOW_SCORING_HOST"]["value"] == "0.0.0.0"
+    advertised = env["TIERFLOW_SCORING_ADVERTISED_HOST"]["valueFrom"]["fieldRef"]
+    assert advertised["fieldPath"] == "status.podIP"
+    policies = list(by_kind(docs, "NetworkPolicy").values())
+    scoring, identity = pod_labels(deployments["scoring"]), pod_labels(deployments["identity"])
+    assert admits(policies, to=scoring, source=scoring)
+    assert admits(policies, to=scoring, source=identity)
+    # guards the matcher: scoring has no business calling automation
+    assert not admits(policies, to=pod_labels(deployments["automation"]), source=scoring)
 
 
 def test_prod_scales_consumers_on_lag_up_to_the_partition_count_and_ingest_on_cpu() -> None:
