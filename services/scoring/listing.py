@@ -19,6 +19,15 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 
 
+ONEID_LENGTH = 64  # as the contracts' OneId
+
+
+def usable_oneid(oneid: object) -> bool:
+    """Whether ``oneid`` can be a person's id: a string of 1 to 64 characters without NUL
+    (Postgres refuses NUL in text, which answered 500 instead of 400 or 404)."""
+    return type(oneid) is str and 0 < len(oneid) <= ONEID_LENGTH and "\x00" not in oneid
+
+
 @dataclass(frozen=True, slots=True)
 class Cursor:
     """Where a page ended: the last member's total and oneid."""
@@ -37,7 +46,7 @@ class Cursor:
             total, oneid = orjson.loads(base64.urlsafe_b64decode(text.encode()))
         except (binascii.Error, orjson.JSONDecodeError, TypeError, ValueError):
             total = oneid = None
-        if type(total) not in (int, float) or type(oneid) is not str:
+        if type(total) not in (int, float) or not usable_oneid(oneid):
             raise ValueError("not a cursor this API returned: pass the previous page's next")
         return cls(float(total), oneid)
 
@@ -68,7 +77,11 @@ def parse_members_query(
     limit = DEFAULT_LIMIT
     if "limit" in params:
         raw = params["limit"]
-        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
+        # at most 4 digits before int(): Python refuses to read more than 4,300 (a 500)
+        if (
+            not (raw.isascii() and raw.isdigit() and len(raw) <= 4)
+            or not 1 <= int(raw) <= MAX_LIMIT
+        ):
             errors.append(FieldError("limit", f"must be a whole number from 1 to {MAX_LIMIT}"))
         else:
             limit = int(raw)

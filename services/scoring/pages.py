@@ -3,22 +3,64 @@ answers for anyone: one person's scores, people per tier, and a tier's members p
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import faust
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scoring import repository
-from services.scoring.listing import parse_members_query
+from services.scoring.listing import parse_members_query, usable_oneid
 from services.scoring.rules import ScoringModel
 from shared.db import build_engine, build_sessionmaker, unit_of_work
-from shared.errors import BadRequest, NotFound, TierflowError
+from shared.errors import BadRequest, NotFound, TierflowError, Unavailable
 from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
 
 
 def error_page(web: Any, error: TierflowError) -> Any:
     """A typed error in the shared ``{"error", "detail"}`` shape, as Faust's web answers it,
     with ``Retry-After`` when the error carries one."""
     return web.json(error.body(), status=error.status_code, headers=error.headers())
+
+
+READ_MODEL_DOWN_RETRY_AFTER_S = 5
+
+
+@asynccontextmanager
+async def read(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A unit of work on the read model whose failure to reach Postgres is a 503 with
+    ``Retry-After`` (as explain and ingest answer), not a bare 500."""
+    try:
+        async with unit_of_work(sessions) as session:
+            yield session
+    except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
+        log.warning("read model unavailable: %r", exc)
+        raise Unavailable(
+            "the profiles read model is unavailable", retry_after=READ_MODEL_DOWN_RETRY_AFTER_S
+        ) from exc
+
+
+Page = Callable[..., Awaitable[Any]]
+
+
+def answering_errors(page: Page) -> Page:
+    """``page`` with a typed error it raises answered in the shared shape (a Faust page that
+    raises answers a bare text/plain 500)."""
+
+    @functools.wraps(page)
+    async def answered(web: Any, request: Any, **params: Any) -> Any:
+        try:
+            return await page(web, request, **params)
+        except TierflowError as error:
+            return error_page(web, error)
+
+    return answered
 
 
 def add_read_model_pages(app: faust.App, model: ScoringModel, settings: CommonSettings) -> None:
@@ -28,19 +70,23 @@ def add_read_model_pages(app: faust.App, model: ScoringModel, settings: CommonSe
     stage_names = [stage.name for stage in model.stages]
 
     @app.page("/v1/scores/{oneid}")
+    @answering_errors
     async def scores(web: Any, request: Any, oneid: str) -> Any:
         """From the read model, so any worker answers for anyone."""
-        async with unit_of_work(sessions) as session:
-            profile = await repository.get_profile(session, oneid)
+        profile = None
+        if usable_oneid(oneid):
+            async with read(sessions) as session:
+                profile = await repository.get_profile(session, oneid)
         if profile is None:
             return error_page(web, NotFound(f"no scores for {oneid}"))
         return web.json(profile.model_dump(mode="json"))
 
     @app.page("/v1/tiers")
+    @answering_errors
     async def tiers(web: Any, request: Any) -> Any:
         """People per tier of the model, from the read model; names the model no longer has
         (people not re-evaluated since a model change) are counted apart."""
-        async with unit_of_work(sessions) as session:
+        async with read(sessions) as session:
             counts = await repository.tier_counts(session)
         return web.json(
             {
@@ -52,6 +98,7 @@ def add_read_model_pages(app: faust.App, model: ScoringModel, settings: CommonSe
         )
 
     @app.page("/v1/tiers/{tier}/members")
+    @answering_errors
     async def members(web: Any, request: Any, tier: str) -> Any:
         """A page of the tier's members, highest total first; ``next`` is the cursor of the
         next page (``?after=``), null on the last. ``?stage=`` keeps one lifecycle stage."""
@@ -62,7 +109,7 @@ def add_read_model_pages(app: faust.App, model: ScoringModel, settings: CommonSe
         if isinstance(query, list):
             refused = [{"field": e.field, "reason": e.reason} for e in query]
             return error_page(web, BadRequest(refused))
-        async with unit_of_work(sessions) as session:
+        async with read(sessions) as session:
             page, after = await repository.tier_members(session, query)
         return web.json(
             {

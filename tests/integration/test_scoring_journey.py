@@ -145,6 +145,10 @@ async def test_journey_ends_at_risk_by_the_timer_with_no_event(
     assert explained["why"]["tier"] == "at_risk"
     assert explained["rfm"] == {"recency": 3, "frequency": 1, "monetary": 4}
     assert (await eventually(f"{scoring.url}/v1/scores/nobody", 404)).status_code == 404
+    # no person has these ids: Postgres refused the NUL, and the page answered a bare 500
+    for path in ("/v1/scores/a%00b", f"/v1/scores/{'x' * 65}"):
+        refused = await eventually(f"{scoring.url}{path}", 404)
+        assert refused.json()["error"] == "not_found"
     # the worker counts its table as it writes (a scrape never walks it): every entry is in
     # exactly one tier's population ("none" for people not in a tier yet and for markers)
     entries = await scoring.metric("tierflow_scoring_table_entries", table="people")
