@@ -10,6 +10,7 @@ those records are acknowledged: after a crash, work is redone, never lost.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import aiohttp
@@ -34,6 +35,7 @@ from shared.errors import NotFound, Unavailable
 from shared.topics import EVENTS_RESOLVED, IDENTITY_MERGES, SCORING_COMMANDS
 
 EXPLAIN_RETRY_AFTER_SECONDS = 2  # the owner is back once the group has rebalanced
+EXPLAIN_FORWARD_TIMEOUT_SECONDS = 5.0
 
 
 FED_TOPICS = (EVENTS_RESOLVED.name, IDENTITY_MERGES.name, SCORING_COMMANDS.name)
@@ -185,15 +187,9 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
             return error_page(
                 web, Unavailable(taking_over, retry_after=EXPLAIN_RETRY_AFTER_SECONDS)
             )
-        try:
-            return await app.router.route_req(people.name, oneid, web, request)
-        except SameNode:
-            pass
-        except (ServiceUnavailable, aiohttp.ClientError, TimeoutError):
-            unreachable = f"the worker holding {oneid} cannot be reached now; retry"
-            return error_page(
-                web, Unavailable(unreachable, retry_after=EXPLAIN_RETRY_AFTER_SECONDS)
-            )
+        answer = await _forwarded(app, people.name, oneid, web, request)
+        if answer is not None:
+            return answer
         state = loop.state_of(oneid.encode())
         if state is None or not is_live(state):
             return error_page(web, NotFound(f"no scores for {oneid}"))
@@ -201,3 +197,21 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
 
     del score, due, read_model, healthz, readyz, prometheus, explain
     return app
+
+
+async def _forwarded(app: faust.App, table: str, oneid: str, web: Any, request: Any) -> Any:
+    """The owner's answer to ``request`` when another worker owns ``oneid`` (None when this
+    one does), or 503 with Retry-After while the owner is unknown or cannot be reached."""
+    try:
+        # Faust's client waits 300 s: an owner that accepts and never answers (stopped, or busy
+        # with a long batch) would hold the request that long
+        async with asyncio.timeout(EXPLAIN_FORWARD_TIMEOUT_SECONDS):
+            forwarded = await app.router.route_req(table, oneid, web, request)
+    except SameNode:
+        return None
+    except (ServiceUnavailable, aiohttp.ClientError, TimeoutError):
+        unreachable = f"the worker holding {oneid} cannot be reached now; retry"
+        return error_page(web, Unavailable(unreachable, retry_after=EXPLAIN_RETRY_AFTER_SECONDS))
+    if forwarded.status == Unavailable.status_code:  # Faust relays no header
+        forwarded.headers["Retry-After"] = str(EXPLAIN_RETRY_AFTER_SECONDS)
+    return forwarded

@@ -5,6 +5,7 @@ state older than the changelog's while the survivor takes the partitions over.""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,45 @@ async def test_explain_answers_503_for_people_of_a_dead_member(
                 for a in unavailable
             )
             await _until_all_answer(client, survivor, expected)  # it took the people over
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+async def test_explain_forwarded_to_an_owner_that_never_answers_is_503_not_a_hang(
+    settings: CommonSettings, tmp_path: Path, fresh_app: Callable[..., Replayed]
+) -> None:
+    """An owner that accepts the connection and never answers (stopped here; a wedged loop or
+    a long batch alike): Faust's forwarding client waited 300 s."""
+    bootstrap = settings.kafka_bootstrap
+    setup = fresh_app("scoring-stopped")
+    expected, env = setup.expected, setup.env
+    workers = [Worker("a", env, tmp_path), Worker("b", env, tmp_path)]
+    stopped = workers[1].child.process
+    try:
+        await asyncio.gather(*(w.ready() for w in workers))
+        await produce_events(bootstrap, setup.stream)
+        await changelog_states(bootstrap, setup.app_id, expected, timeout=60)
+        survivor = workers[0]
+        async with httpx.AsyncClient(timeout=60) as client:
+            await _until_all_answer(client, survivor, expected)
+            stopped.send_signal(signal.SIGSTOP)
+            try:
+                answers = await asyncio.gather(
+                    *(
+                        client.get(f"{survivor.url}/v1/scores/{key.decode()}/explain")
+                        for key in expected
+                    )
+                )
+            finally:
+                stopped.send_signal(signal.SIGCONT)
+        statuses = {a.status_code for a in answers}
+        assert statuses == {200, 503}, statuses  # its own people, and the stopped one's
+        assert all(
+            a.headers["Retry-After"] == str(EXPLAIN_RETRY_AFTER_SECONDS)
+            for a in answers
+            if a.status_code == 503
+        )
     finally:
         for worker in workers:
             worker.stop()
