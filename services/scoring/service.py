@@ -266,7 +266,9 @@ def _scores_json(value: float, engagement: float, fit: float) -> dict[str, float
 
 def explain(oneid: str, state: State, model: ScoringModel, now: float) -> dict[str, Any]:
     """Scores, every rule's contribution, the decay applied, why this tier, what would change it."""
-    at = max(now, state["engagement_at"])
+    # never before the last evaluation: a worker whose clock is behind would otherwise show
+    # the current tier as not holding
+    at = max(now, _evaluation_time(state))
     decision = scorer.decide(state, at, model, detail=True)
     facts = decision.facts
     factor = scorer.decay_factor(at - state["engagement_at"], model.half_life_days)
@@ -327,6 +329,9 @@ def explain(oneid: str, state: State, model: ScoringModel, now: float) -> dict[s
             if held is not None and held is not model.tiers[-1]
             else [],
             "dwell_until": _at(dwell_until).isoformat() if dwell_until is not None else None,
-            "next_evaluation": _at(scorer.next_deadline(state, at, model)).isoformat(),
+            # the deadline the timer holds (recomputed from now, it slid with every request)
+            "next_evaluation": _at(state["deadline"]).isoformat()
+            if state["deadline"] is not None
+            else None,
         },
     }

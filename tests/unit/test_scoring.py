@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -482,6 +482,25 @@ def test_explain_says_what_keeps_the_tier_and_until_when_a_drop_waits() -> None:
     later = explain("p-1", state, MODEL, BASE + 4 * DAY)["what_would_change_it"]
     assert later["dwell_until"] is None  # over
     assert set(changing["to_reach"]) == {"at_risk", "vip"}
+
+
+def test_explain_shows_the_deadline_the_timer_holds_and_never_measures_before_it() -> None:
+    state, _, _ = score_event(None, make_resolved(event="Page Viewed", type="page"), MODEL)
+    held = state["deadline"]
+    for hours in (6, 23):  # recomputed from the request, it slid with every request
+        report = explain("p-1", state, MODEL, BASE + hours * 3600)
+        assert report["what_would_change_it"]["next_evaluation"] == scorer_time(held)
+    # the timer moved the person to at_risk; a worker whose clock is 2 s behind explains it
+    dropped, change = reevaluate("p-1", state, BASE + 30 * DAY + 1, MODEL)
+    assert change is not None
+    assert dropped["tier"] == "at_risk"
+    report = explain("p-1", dropped, MODEL, BASE + 30 * DAY - 1)
+    at_risk = next(t for t in report["why"]["tiers"] if t["tier"] == "at_risk")
+    assert at_risk["holds"], at_risk  # measured before the drop, it said it did not hold
+
+
+def scorer_time(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat()
 
 
 def test_invalid_models_are_refused_with_the_cause() -> None:
