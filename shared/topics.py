@@ -48,7 +48,9 @@ PROFILES = TopicSpec(
     "tierflow.profiles",
     key="oneid",
     description="Latest scored profile per OneID.",
-    configs={"cleanup.policy": "compact"},
+    # compaction keeps a tombstone this long (Kafka's default: a day): a read model or an
+    # automation consumer further behind would never see the erasure
+    configs={"cleanup.policy": "compact", "delete.retention.ms": SEVEN_DAYS_MS},
 )
 SCORING_COMMANDS = TopicSpec(
     "tierflow.scoring.commands",
