@@ -39,6 +39,7 @@ def new_state(first_seen: float) -> State:
         "engagement": {},
         "earned": {},
         "days": {},
+        "cap_times": {},
         "purchases": [],
         "last_purchase_at": None,
         "traits": {},
@@ -171,19 +172,25 @@ def _count_day(
     return what the rule's points change by under the daily cap: as earned, and decayed to
     ``ref``.
 
-    A day's entry is ``[count, used]``, then, for a capped rule, the times of its earliest
-    matching events, as many as earn a share of the cap (``rule.cap_shares``). The cap goes to
-    the day's earliest events whatever order they arrive in: a late event from earlier in the
-    day takes its share from a later one, so the scores do not depend on arrival order and a
-    merge can combine two people's days exactly. An entry without times (written before they
-    were kept, or for a rule whose cap needs too many) caps in arrival order.
+    A day's entry in ``days`` is ``[count, used]``. For a capped rule, ``cap_times`` also keeps
+    the times of the day's earliest matching events, as many as earn a share of the cap
+    (``rule.cap_shares``): the cap goes to the day's earliest events whatever order they arrive
+    in, so a late event from earlier in the day takes its share from a later one, the scores
+    do not depend on arrival order, and a merge combines two people's days exactly. Times are
+    kept apart from ``[count, used]`` so that a worker of the previous version (a rolling
+    deploy, a rollback) reads the state as before. A day caps in arrival order when its times
+    do not account for its use: none kept (written before they were, or a cap needing too
+    many events), written under another model's points or cap, or by an older worker.
     """
     per_day = state["days"].get(rule.name, {})
+    timed = state.get("cap_times", {}).get(rule.name, {})
     day = _day(at)
-    entry = per_day.get(str(day))
+    key = str(day)
+    entry = per_day.get(key)
+    count, used = (entry[0], entry[1]) if entry else (0, 0.0)
     shares = rule.cap_shares
-    if shares and (entry is None or len(entry) > 2):
-        times: list[float] = entry[2:] if entry else []
+    times: list[float] | None = timed.get(key) if entry else []
+    if shares and times is not None and _accounts_for(times, used, shares):
         if len(times) < len(shares) and (not times or at >= times[-1]):
             points = shares[len(times)]  # in time order: the next share is the event's own
             weighted = points * decay_factor(ref - at, model.half_life_days)
@@ -197,21 +204,33 @@ def _count_day(
             weighted = _shares_at(times, shares, ref, model) - _shares_at(
                 earlier, shares, ref, model
             )
-        count = entry[0] if entry else 0
-        updated = [count + 1, sum(shares[: len(times)]), *times]
+        updated = [count + 1, sum(shares[: len(times)])]
     else:
-        count, used = (entry[0], entry[1]) if entry else (0, 0.0)
         points = rule.points
         if rule.daily_cap is not None and points > 0:
             points = max(0.0, min(points, rule.daily_cap - used))
         weighted = points * decay_factor(ref - at, model.half_life_days)
         updated = [count + 1, used + max(points, 0.0)]
+        times = None
     horizon = _day(ref) - math.ceil(model.count_window_days)
     kept = {d: v for d, v in per_day.items() if int(d) > horizon}
+    kept_times = {d: v for d, v in timed.items() if int(d) > horizon and d != key}
     if day > horizon:
-        kept[str(day)] = updated
+        kept[key] = updated
+        if times is not None:
+            kept_times[key] = times
     state["days"] = {**state["days"], rule.name: kept}
+    if kept_times or timed:
+        state["cap_times"] = {**state.get("cap_times", {}), rule.name: kept_times}
     return points, weighted
+
+
+def _accounts_for(times: list[float], used: float, shares: tuple[float, ...]) -> bool:
+    """Whether a day's kept ``times`` earned exactly its ``used`` under ``shares`` (else they
+    came from another model's cap, or an older worker counted events without them)."""
+    return len(times) <= len(shares) and math.isclose(
+        used, sum(shares[: len(times)]), rel_tol=1e-9, abs_tol=1e-9
+    )
 
 
 def _shares_at(
@@ -238,8 +257,11 @@ def _apply_purchase(
     rfm = model.rfm
     purchases = state["purchases"]
     bought = rfm.match.matches(kind, name, properties)
-    if bought:
-        purchases = [*purchases, [at, _amount(properties.get(rfm.amount_property))]]
+    amount = _amount(properties.get(rfm.amount_property)) if bought else None
+    if amount is None:
+        bought = False  # a refund sent as a negative order is not a purchase
+    else:
+        purchases = [*purchases, [at, amount]]
         last = state["last_purchase_at"]
         state["last_purchase_at"] = at if last is None else max(last, at)
     window = max(model.schedule.purchase_windows)
@@ -248,14 +270,15 @@ def _apply_purchase(
         state["purchases"] = sorted(p for p in purchases if ref - p[0] < window)
 
 
-def _amount(value: Any) -> float:
-    """A purchase amount: a finite number of at least 0, else 0.
+def _amount(value: Any) -> float | None:
+    """A purchase's amount: a finite number of at least 0, or 0 when there is none usable;
+    None for a negative one.
 
-    A numeric string counts (some SDKs and shops send ``"99.90"``). A negative amount counts
-    as 0: it is a data error or a refund, and a refund is not a purchase, so it must neither
-    lower the monetary band nor raise it. NaN, infinities and integers beyond a float come only
-    from producers other than ingest (strict JSON); kept, they would turn revenue into NaN and
-    make the state unserialisable in a merge's fold (JSON has no NaN)."""
+    A numeric string counts (some SDKs and shops send ``"99.90"``). A negative amount is a
+    refund sent as an order: it is no purchase, so it moves neither frequency nor recency nor
+    the monetary band. NaN, infinities and integers beyond a float come only from producers
+    other than ingest (strict JSON); kept, they would turn revenue into NaN and make the state
+    unserialisable in a merge's fold (JSON has no NaN)."""
     if isinstance(value, str):
         try:
             value = float(value.strip())
@@ -267,7 +290,9 @@ def _amount(value: Any) -> float:
         number = float(value)
     except OverflowError:
         return 0.0
-    return number if math.isfinite(number) and number > 0 else 0.0
+    if number < 0 and math.isfinite(number):
+        return None
+    return number if math.isfinite(number) else 0.0
 
 
 def _apply_traits(state: State, traits: Mapping[str, Any], at: float) -> None:
@@ -735,7 +760,7 @@ def fold(winner: State | None, absorbed: State, model: ScoringModel) -> State:
         factor = decay_factor(ref - part["engagement_at"], model.half_life_days)
         for rule, points in part["engagement"].items():
             engagement[rule] = engagement.get(rule, 0.0) + points * factor
-    days, points, weighted = _fold_days(winner["days"], absorbed["days"], ref, model)
+    days, cap_times, points, weighted = _fold_days(winner, absorbed, ref, model)
     for rule, change in weighted.items():
         engagement[rule] = engagement.get(rule, 0.0) + change
     traits = dict(absorbed["traits"])
@@ -757,6 +782,7 @@ def fold(winner: State | None, absorbed: State, model: ScoringModel) -> State:
             for r in {*winner["earned"], *absorbed["earned"]}
         },
         days=days,
+        cap_times=cap_times,
         purchases=sorted(purchases),
         last_purchase_at=max(last_purchases) if last_purchases else None,
         traits=traits,
@@ -766,42 +792,57 @@ def fold(winner: State | None, absorbed: State, model: ScoringModel) -> State:
 
 
 def _fold_days(
-    winner: Mapping[str, Mapping[str, list[Any]]],
-    absorbed: Mapping[str, Mapping[str, list[Any]]],
-    ref: float,
-    model: ScoringModel,
-) -> tuple[dict[str, dict[str, list[Any]]], dict[str, float], dict[str, float]]:
-    """Two people's day entries as one person's, and per rule what the points change by where
-    a day both earned on under a cap goes to the earliest events of the two: as earned, and
-    decayed to ``ref``."""
+    winner: Mapping[str, Any], absorbed: Mapping[str, Any], ref: float, model: ScoringModel
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, float], dict[str, float]]:
+    """Two people's day entries and cap times as one person's, and per rule what the points
+    change by where a day both earned on under a cap goes to the earliest events of the two:
+    as earned, and decayed to ``ref``. A day whose times do not account for its use on either
+    side (see :func:`_count_day`) keeps what each earned, clipped at the cap for later events."""
     rules = {r.name: r for r in model.engagement}
-    days: dict[str, dict[str, list[Any]]] = {}
+    days: dict[str, Any] = {}
+    cap_times: dict[str, Any] = {}
     points: dict[str, float] = {}
     weighted: dict[str, float] = {}
-    for name in {*winner, *absorbed}:
-        ours, theirs = winner.get(name, {}), absorbed.get(name, {})
+    for name in {*winner["days"], *absorbed["days"]}:
+        ours, theirs = winner["days"].get(name, {}), absorbed["days"].get(name, {})
+        our_times = winner.get("cap_times", {}).get(name, {})
+        their_times = absorbed.get("cap_times", {}).get(name, {})
         rule = rules.get(name)
         shares = rule.cap_shares if rule is not None else ()
         cap = rule.daily_cap if rule is not None else None
         into: dict[str, list[Any]] = {}
+        timed: dict[str, list[float]] = {}
         for day in {*ours, *theirs}:
             one, other = ours.get(day), theirs.get(day)
             if one is None or other is None:
                 into[day] = list(one if one is not None else other or ())
+                held = our_times.get(day) if one is not None else their_times.get(day)
+                if held is not None:
+                    timed[day] = held
                 continue
             count = one[0] + other[0]
-            if shares and len(one) > 2 and len(other) > 2:
-                times = sorted([*one[2:], *other[2:]])[: len(shares)]
+            mine, yours = our_times.get(day), their_times.get(day)
+            if (
+                shares
+                and mine is not None
+                and yours is not None
+                and _accounts_for(mine, one[1], shares)
+                and _accounts_for(yours, other[1], shares)
+            ):
+                times = sorted([*mine, *yours])[: len(shares)]
                 used = sum(shares[: len(times)])
                 points[name] = points.get(name, 0.0) + used - one[1] - other[1]
                 weighted[name] = weighted.get(name, 0.0) + (
                     _shares_at(times, shares, ref, model)
-                    - _shares_at(one[2:], shares, ref, model)
-                    - _shares_at(other[2:], shares, ref, model)
+                    - _shares_at(mine, shares, ref, model)
+                    - _shares_at(yours, shares, ref, model)
                 )
-                into[day] = [count, used, *times]
+                into[day] = [count, used]
+                timed[day] = times
             else:
                 total = one[1] + other[1]
                 into[day] = [count, min(total, cap) if cap is not None else total]
         days[name] = into
-    return days, points, weighted
+        if timed:
+            cap_times[name] = timed
+    return days, cap_times, points, weighted

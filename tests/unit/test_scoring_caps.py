@@ -53,6 +53,7 @@ def run(events: list[tuple[int, float]], ids: list[int], model: ScoringModel = M
 def assert_same(got: State, want: State) -> None:
     """Equal states; the sums of floats only to rounding (their order of addition differs)."""
     assert got["days"] == want["days"]
+    assert got["cap_times"] == want["cap_times"]
     for part in ("engagement", "earned"):
         assert got[part].keys() == want[part].keys()
         for rule, points in want[part].items():
@@ -98,7 +99,8 @@ def test_a_late_event_from_earlier_in_the_day_takes_the_cap_from_a_later_one() -
     assert late["earned"]["webinar_attended"] == 30
     day = str(int(BASE // DAY) + 1)
     nine, noon = (BASE + hour(at) * DAY for at in (9, 12))
-    assert late["days"]["webinar_attended"] == {day: [3, 30.0, nine, noon]}
+    assert late["days"]["webinar_attended"] == {day: [3, 30.0]}  # as the previous version wrote
+    assert late["cap_times"]["webinar_attended"] == {day: [nine, noon]}
 
 
 def test_a_day_entry_without_times_still_caps_in_arrival_order() -> None:
@@ -107,6 +109,7 @@ def test_a_day_entry_without_times_still_caps_in_arrival_order() -> None:
     state = run([(2, hour(12))], [0])
     day = str(int(BASE // DAY) + 1)
     state["days"] = {"webinar_attended": {day: [2, 30.0]}}
+    state["cap_times"] = {}
     points = dict(state["earned"])
     scorer.apply_event(
         state,
@@ -133,4 +136,50 @@ def test_a_cap_needing_too_many_events_is_capped_in_arrival_order() -> None:
     assert MODEL.engagement[2].cap_shares == (15, 15)
     state = run([(0, hour(n / 10)) for n in range(100)], list(range(100)), many)
     assert state["earned"]["page_view"] == 40
-    assert all(len(entry) == 2 for entry in state["days"]["page_view"].values())
+    assert state["cap_times"] == {}
+
+
+def test_a_day_whose_times_another_model_wrote_caps_in_arrival_order() -> None:
+    """Webinars at 15 points (cap 30) earn 30 in two events; the model then gives them 10.
+    Read against the new shares (10, 10, 10) the two times would account for 20 of the 30
+    used, and a third webinar would have earned 10 past the cap."""
+    state = run([(2, hour(9)), (2, hour(10))], [0, 1])
+    raw = MODEL.model_dump()
+    raw["engagement"][2] = {**raw["engagement"][2], "points": 10}
+    raw["version"] = "test-cheaper-webinars"
+    cheaper = ScoringModel.model_validate(raw)
+    for n, at in enumerate((11, 8)):
+        scorer.apply_event(
+            state,
+            event_id=f"v2-{n}",
+            kind="track",
+            name="Webinar Attended",
+            properties={},
+            traits={},
+            at=BASE + hour(at) * DAY,
+            model=cheaper,
+        )
+    assert state["earned"]["webinar_attended"] == 30
+    day = str(int(BASE // DAY) + 1)
+    assert state["days"]["webinar_attended"][day] == [4, 30.0]
+    assert day not in state["cap_times"]["webinar_attended"]  # arrival order from now on
+
+
+def test_a_worker_of_the_previous_version_reads_the_state_and_its_events_stay_capped() -> None:
+    """Times live apart from ``[count, used]``, which the previous version unpacks as a pair.
+    Events it counted without times (a rolling deploy) make the day cap in arrival order."""
+    state = run([(2, hour(12))], [0])
+    day = str(int(BASE // DAY) + 1)
+    assert all(len(entry) == 2 for per_day in state["days"].values() for entry in per_day.values())
+    state["days"]["webinar_attended"][day] = [3, 30.0]  # the older worker counted two more
+    scorer.apply_event(
+        state,
+        event_id="after",
+        kind="track",
+        name="Webinar Attended",
+        properties={},
+        traits={},
+        at=BASE + hour(6) * DAY,
+        model=MODEL,
+    )
+    assert state["earned"]["webinar_attended"] == 15  # the day's 30 were used: nothing more
