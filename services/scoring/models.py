@@ -22,10 +22,9 @@ class ProfileRow(Base):
     """The latest profile of one person, as published on ``tierflow.profiles``, or the
     tombstone of one erased or merged away (``profile`` and the columns read from it NULL).
 
-    ``version`` is the record's offset in ``tierflow.profiles`` plus one: a person's records
-    share a partition, so it orders them, and a row is replaced only by a higher one. Profile
-    times did not (a late event is evaluated at the time of the one before), and a deleted row
-    kept no version, so an older profile landing after its tombstone brought the person back.
+    ``version`` is the record's offset in ``tierflow.profiles`` plus one, which breaks ties of
+    ``updated_at`` (see ``repository.store_versions``); a tombstone row is kept, since a
+    deleted row kept nothing to refuse an older profile landing after it.
     """
 
     __tablename__ = "profiles"

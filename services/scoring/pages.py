@@ -3,6 +3,7 @@ answers for anyone: one person's scores, people per tier, and a tier's members p
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -10,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import faust
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scoring import repository
@@ -30,16 +31,21 @@ def error_page(web: Any, error: TierflowError) -> Any:
 
 
 READ_MODEL_DOWN_RETRY_AFTER_S = 5
+READ_TIMEOUT_S = 10.0  # a page waits no longer for Postgres (the pool alone waits 30 s)
 
 
 @asynccontextmanager
 async def read(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """A unit of work on the read model whose failure to reach Postgres is a 503 with
-    ``Retry-After`` (as explain and ingest answer), not a bare 500."""
+    """A unit of work on the read model whose failure to reach Postgres in time is a 503 with
+    ``Retry-After`` (as explain and ingest answer), not a bare 500: refused or lost
+    connections, "starting up" and "too many clients" (plain DBAPIErrors from asyncpg), pool
+    and query timeouts."""
     try:
-        async with unit_of_work(sessions) as session:
+        async with asyncio.timeout(READ_TIMEOUT_S), unit_of_work(sessions) as session:
             yield session
-    except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
+    except (DataError, IntegrityError, ProgrammingError):
+        raise  # a bug or a query Postgres refuses, not an outage
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:  # sqlalchemy's TimeoutError too
         log.warning("read model unavailable: %r", exc)
         raise Unavailable(
             "the profiles read model is unavailable", retry_after=READ_MODEL_DOWN_RETRY_AFTER_S

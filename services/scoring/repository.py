@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, func, or_, select
+from sqlalchemy import Table, func, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,9 +24,15 @@ tombstone)."""
 
 async def store_versions(session: AsyncSession, records: Sequence[Versioned]) -> None:
     """Store each person's latest record: a profile, or a tombstone row (an erased or merged
-    away person). A row is replaced only by a higher version, so neither a redelivered older
-    profile nor one that lands after the tombstone (two workers' commits during a rebalance)
-    brings back what is newer or gone."""
+    away person, for good: such an id never gets a profile again).
+
+    Profiles are ordered by ``(updated_at, version)``: a person's evaluation time never goes
+    back, and the offset breaks its ties (a late event is evaluated at the time of the one
+    before, and a stale copy of that time used to overwrite the newer row). Offsets alone would
+    not do: they restart when the topic is re-created or re-partitioned, or when the embedded
+    broker starts afresh over a kept database. A tombstone replaces any profile, and nothing
+    replaces a tombstone: an older profile committed after it (the previous writer of a
+    rebalance) used to bring the erased person back."""
     latest: dict[str, Versioned] = {}
     for record in records:
         held = latest.get(record[0])
@@ -56,7 +62,14 @@ async def store_versions(session: AsyncSession, records: Sequence[Versioned]) ->
         statement.on_conflict_do_update(
             index_elements=[table.c.oneid],
             set_={name: excluded[name] for name in rows[0] if name != "oneid"},
-            where=table.c.version < excluded.version,
+            where=table.c.profile.is_not(None)
+            & (
+                excluded.profile.is_(None)
+                | (
+                    tuple_(table.c.updated_at, table.c.version)
+                    < tuple_(excluded.updated_at, excluded.version)
+                )
+            ),
         ),
         rows,
     )

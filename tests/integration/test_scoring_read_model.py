@@ -6,13 +6,19 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+import pytest
 from aiokafka.structs import ConsumerRecord
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.scoring.pages import READ_MODEL_DOWN_RETRY_AFTER_S, read
 from services.scoring.profiles import store_profiles
 from services.scoring.repository import get_profile, tier_counts
 from shared.contracts import Profile, Scores, encode
-from shared.db import build_sessionmaker, unit_of_work
+from shared.db import build_engine, build_sessionmaker, unit_of_work
+from shared.errors import Unavailable
+from shared.settings import CommonSettings
 from shared.topics import PROFILES
 from tests.factories import T0
 
@@ -58,6 +64,12 @@ async def test_older_records_never_replace_newer_ones_or_bring_back_the_gone(
     assert held_events(await held(late)) == 2
     await store_profiles(sessions, [record(late, 20, profile(late, 1))])  # redelivered
     assert held_events(await held(late)) == 2
+    # offsets restart (a re-created or re-partitioned topic, a fresh embedded broker over a
+    # kept database): a later evaluation still replaces the row
+    restarted = f"restarted-{uuid.uuid4().hex[:8]}"
+    await store_profiles(sessions, [record(restarted, 500, profile(restarted, 3))])
+    await store_profiles(sessions, [record(restarted, 0, profile(restarted, 40, minutes=1440))])
+    assert held_events(await held(restarted)) == 40
     # in one batch the last record of a person wins
     await store_profiles(sessions, [record(late, 22, profile(late, 3)), record(late, 23, None)])
     assert await held(late) is None
@@ -79,3 +91,18 @@ async def test_stage_names_as_long_as_the_model_allows_are_stored(engine: AsyncE
 
 def held_events(stored: Profile | None) -> int | None:
     return None if stored is None else stored.events_counted
+
+
+async def test_a_refusal_at_connect_is_unavailable_not_a_500(settings: CommonSettings) -> None:
+    """asyncpg's refusals at connect ("starting up", "too many clients", no such database)
+    reach SQLAlchemy as plain DBAPIErrors, which the pages answered with a bare 500."""
+    url = make_url(settings.database_url).set(database=f"missing_{uuid.uuid4().hex[:8]}")
+    missing = CommonSettings(database_url=url.render_as_string(hide_password=False))
+    engine = build_engine(missing, application_name="tierflow-tests")
+    try:
+        with pytest.raises(Unavailable) as raised:
+            async with read(build_sessionmaker(engine)) as session:
+                await session.execute(text("select 1"))
+    finally:
+        await engine.dispose()
+    assert raised.value.headers() == {"Retry-After": str(READ_MODEL_DOWN_RETRY_AFTER_S)}
