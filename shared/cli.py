@@ -7,8 +7,9 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 import yaml
@@ -41,6 +42,7 @@ for sub, name in (
 ):
     app.add_typer(sub, name=name)
 
+T = TypeVar("T")
 console = Console()
 errors = Console(stderr=True)
 SCHEMAS_DIR = Path("docs/schemas")
@@ -222,9 +224,11 @@ def playbooks_validate(path: Path, model: ModelOption = None) -> None:
     from services.automation.playbooks import load_playbooks, unknown_names
     from services.scoring.rules import DEFAULT_MODEL_PATH, load_model
 
+    model_path = model or DEFAULT_MODEL_PATH
+    scoring = _validate(lambda: load_model(model_path), model_path, quiet=True)
+
     def load() -> object:
         playbooks = load_playbooks(path)
-        scoring = load_model(model or DEFAULT_MODEL_PATH)
         unknown = unknown_names(
             playbooks,
             tiers=[tier.name for tier in scoring.tiers],
@@ -233,22 +237,24 @@ def playbooks_validate(path: Path, model: ModelOption = None) -> None:
         )
         if unknown:
             raise ValueError(
-                f"against the scoring model {model or DEFAULT_MODEL_PATH} "
-                f"(version {scoring.version}):\n" + "\n".join(unknown)
+                f"against the scoring model {model_path} (version {scoring.version}):\n"
+                + "\n".join(unknown)
             )
         return playbooks
 
     _validate(load, path)
 
 
-def _validate(load: object, path: Path) -> None:
-    assert callable(load)
+def _validate(load: Callable[[], T], path: Path, *, quiet: bool = False) -> T:
+    """What ``load`` reads from ``path``, or exit 1 naming the file and what is wrong."""
     try:
         loaded = load()
     except (ValidationError, ValueError, OSError, yaml.YAMLError) as exc:
         console.print(f"[red]{path} is invalid[/]\n{exc}")
         raise typer.Exit(1) from exc
-    console.print(f"{path} is valid ({type(loaded).__name__})")
+    if not quiet:
+        console.print(f"{path} is valid ({type(loaded).__name__})")
+    return loaded
 
 
 RateOption = Annotated[

@@ -11,6 +11,7 @@ those records are acknowledged: after a crash, work is redone, never lost.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from typing import Any, cast
 
 import aiohttp
@@ -42,6 +43,16 @@ FED_TOPICS = (EVENTS_RESOLVED.name, IDENTITY_MERGES.name, SCORING_COMMANDS.name)
 """What the scoring loop consumes (each partitioned by OneID like the people table)."""
 PEOPLE_TABLE = "people"
 """The table of every person's state (one value per OneID)."""
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets (a pod IP on an IPv6 cluster
+    made Faust fail to build its own URL, and the worker to start)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a name, or already bracketed
+    return f"[{host}]" if address.version == 6 else host
 
 
 def people_changelog(app_id: str) -> str:
@@ -79,7 +90,7 @@ def create_app(settings: ScoringSettings, model: ScoringModel | None = None) -> 
         web_enabled=True,
         web_port=settings.port,
         web_bind=settings.host,
-        web_host=settings.advertised_host or settings.host,
+        web_host=url_host(settings.advertised_host or settings.host),
         web_in_thread=False,
         stream_wait_empty=False,
         web_application_options={"middlewares": [request_metrics("scoring")]},

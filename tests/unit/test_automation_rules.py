@@ -257,6 +257,11 @@ def test_playbooks_validate_refuses_a_file_naming_a_tier_the_model_lacks(tmp_pat
     assert "tier 'gold'" in result.output
     shipped = ["playbooks", "validate", str(DEFAULT_PLAYBOOKS_PATH)]
     assert CliRunner().invoke(cli.app, shipped).exit_code == 0
+    missing = tmp_path / "no-model.yaml"  # the model is blamed for its own faults
+    result = CliRunner().invoke(cli.app, [*shipped, "--model", str(missing)])
+    assert result.exit_code == 1
+    assert f"{missing} is invalid" in result.output.replace("\n", "")
+    assert f"{DEFAULT_PLAYBOOKS_PATH} is invalid" not in result.output.replace("\n", "")
 
 
 def test_a_webhook_secret_must_be_base64_after_its_prefix() -> None:

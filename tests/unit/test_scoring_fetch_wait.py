@@ -41,3 +41,11 @@ def test_a_worker_advertises_its_own_address_not_the_one_it_binds(tmp_path: Path
     assert app.conf.web_bind == "0.0.0.0"
     local = ScoringSettings(scoring_data_dir=tmp_path)
     assert str(create_app(local).conf.canonical_url) == "http://127.0.0.1:8082"
+
+
+def test_an_ipv6_advertised_address_is_bracketed(tmp_path: Path) -> None:
+    settings = ScoringSettings.model_validate(
+        {"TIERFLOW_SCORING_ADVERTISED_HOST": "fd00:10:244::5", "scoring_data_dir": tmp_path}
+    )
+    app: Any = create_app(settings)
+    assert str(app.conf.canonical_url) == "http://[fd00:10:244::5]:8082"
