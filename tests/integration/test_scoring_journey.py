@@ -4,14 +4,16 @@ timer with no event, a merge equals one person with every event, an erasure forg
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from faust.serializers import codecs
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.scoring.app import people_changelog
 from services.scoring.repository import store_versions
 from services.scoring.rules import load_model
-from services.scoring.service import profile_of, score_event
+from services.scoring.scorer import each_seen, seen_token
+from services.scoring.service import explain, profile_of, score_event
 from shared.contracts import (
     IdentityErasure,
     IdentityMerge,
@@ -39,6 +42,9 @@ from tests.support.services import collect
 
 MODEL = load_model()
 DAY = timedelta(days=1)
+KEPT_FROM_WINNER = ("tier_since", "at_change")
+"""A merged person's tier history stays the winner's: when it entered its tier, and the
+contributions at its last change (the next change's are measured from them)."""
 
 
 @pytest.fixture
@@ -59,17 +65,28 @@ async def worker(settings: CommonSettings, tmp_path: Path) -> AsyncIterator[tupl
         started.stop()
 
 
-def changes_of(oneid: str, count: int) -> Any:
-    async def read(bootstrap: str) -> list[TierChangeEvent]:
-        records = await read_until(
-            bootstrap,
-            TIERS_CHANGES.name,
-            lambda kept: len(kept) >= count,
-            keep=lambda r: r.key == oneid.encode(),
-        )
-        return [decode(TierChangeEvent, r.value or b"") for r in records]
+async def changes_of(
+    bootstrap: str, oneid: str, count: int, *, linger: float = 1.5
+) -> list[TierChangeEvent]:
+    """``oneid``'s tier changes from the start of the topic: read until ``count`` are there, then
+    ``linger`` seconds more, so that one too many would be seen."""
+    found = await collect(
+        bootstrap,
+        TIERS_CHANGES.name,
+        lambda change: change.get("subject") == oneid,
+        count=count,
+        timeout=60,
+        linger=linger,
+    )
+    return [decode(TierChangeEvent, orjson.dumps(change)) for change in found]
 
-    return read
+
+def oneid_where(prefix: str, partitions: int, wanted: Callable[[int], bool]) -> str:
+    """A new oneid starting with ``prefix`` whose partition (of ``partitions``) is ``wanted``."""
+    while True:
+        oneid = f"{prefix}-{uuid.uuid4()}"
+        if wanted(partition_of(oneid.encode(), partitions)):
+            return oneid
 
 
 async def send_events(bootstrap: str, oneid: str, events: list[dict[str, Any]]) -> list[Any]:
@@ -105,7 +122,7 @@ async def test_journey_ends_at_risk_by_the_timer_with_no_event(
         {"event": "Order Completed", "properties": {"revenue": 2000}, "timestamp": T0 + 6 * DAY},
     ]
     await send_events(settings.kafka_bootstrap, oneid, journey)
-    by_events = await changes_of(oneid, 3)(settings.kafka_bootstrap)
+    by_events = await changes_of(settings.kafka_bootstrap, oneid, 3)
     assert [(c.data.from_tier, c.data.to_tier, c.data.from_stage) for c in by_events] == [
         (None, "prospect", None),  # three page views: 3 points; the first evaluation
         ("prospect", "growth", "new"),  # pricing pages, a webinar, a form, a webinar: ~49.2
@@ -115,9 +132,9 @@ async def test_journey_ends_at_risk_by_the_timer_with_no_event(
     # silent 29 days: still vip (value 62), but the stage moves (new -> declining at once:
     # the clock jumped past day 14, where "growing" would have started)
     set_clock(env, (T0 + 35 * DAY).timestamp())
-    await changes_of(oneid, 4)(settings.kafka_bootstrap)
+    assert len(await changes_of(settings.kafka_bootstrap, oneid, 4)) == 4
     set_clock(env, (T0 + 36.5 * DAY).timestamp())  # silent 30.5 days
-    changes = await changes_of(oneid, 5)(settings.kafka_bootstrap)
+    changes = await changes_of(settings.kafka_bootstrap, oneid, 5, linger=2.0)
     assert [
         (d.from_tier, d.to_tier, d.from_stage, d.lifecycle_stage, d.cause.kind)
         for d in (c.data for c in changes)
@@ -128,7 +145,12 @@ async def test_journey_ends_at_risk_by_the_timer_with_no_event(
         ("vip", "vip", "new", "declining", "timer"),
         ("vip", "at_risk", "declining", "declining", "timer"),
     ]
+    # the timer evaluates at the clock's time: the deadline (T0 + 36 days, silent exactly 30
+    # days after the order; silent_days >= 30 holds on the boundary) passed while the clock
+    # jumped, so the drop is stamped with the clock's T0 + 36.5 days, as the stage change is
+    # with its T0 + 35 days
     assert changes[3].time == T0 + 35 * DAY
+    assert changes[4].time == changes[4].data.changed_at == T0 + 36.5 * DAY
     drop = changes[-1].data
     assert drop.cause.event_id is None
     assert drop.lifecycle_stage == "declining"
@@ -172,7 +194,11 @@ async def test_merge_equals_one_person_and_erasure_forgets_both(
     settings: CommonSettings, worker: tuple[Worker, Any]
 ) -> None:
     scoring, env = worker
-    winner, absorbed = f"winner-{uuid.uuid4()}", f"absorbed-{uuid.uuid4()}"
+    partitions = settings.topic_partitions
+    winner = f"winner-{uuid.uuid4()}"
+    home = partition_of(winner.encode(), partitions)
+    # on another partition: the fold must travel through the commands topic to the winner's
+    absorbed = oneid_where("absorbed", partitions, lambda p: p != home)
     split: list[tuple[str, dict[str, Any]]] = [
         (winner, {"event": "Webinar Attended"}),
         (absorbed, {"type": "page", "event": None, "properties": {"path": "/pricing"}}),
@@ -184,8 +210,9 @@ async def test_merge_equals_one_person_and_erasure_forgets_both(
         resolved += await send_events(
             settings.kafka_bootstrap, oneid, [{**fields, "timestamp": T0 + day * DAY}]
         )
-    set_clock(env, (T0 + 3 * DAY).timestamp())
-    await changes_of(absorbed, 2)(settings.kafka_bootstrap)  # prospect, then growth
+    now = T0 + 3 * DAY
+    set_clock(env, now.timestamp())
+    await changes_of(settings.kafka_bootstrap, absorbed, 2, linger=0)  # prospect, then growth
 
     merge = IdentityMerge(
         merge_id=str(uuid.uuid4()),
@@ -197,7 +224,7 @@ async def test_merge_equals_one_person_and_erasure_forgets_both(
     )
     notice = [(absorbed.encode(), encode(merge))]
     await produce(settings.kafka_bootstrap, IDENTITY_MERGES.name, notice * 2)  # redelivered
-    changes = await changes_of(winner, 2)(settings.kafka_bootstrap)
+    changes = await changes_of(settings.kafka_bootstrap, winner, 2)  # the linger: one merge
     assert [(c.data.to_tier, c.data.cause.kind) for c in changes] == [
         ("prospect", "event"),
         ("growth", "merge"),
@@ -207,11 +234,36 @@ async def test_merge_equals_one_person_and_erasure_forgets_both(
     for event in resolved:
         single, _, _ = score_event(single, event.model_copy(update={"oneid": winner}), MODEL)
     assert single is not None
-    expected = profile_of(winner, single, MODEL)
+    # /explain as for one id with every event, at the workers' clock, but for the tier
+    # history: the tier was entered at the merge, so its dwell ends a day later
+    expected = explain(winner, single, MODEL, now.timestamp())
     explained = (await eventually(f"{scoring.url}/v1/scores/{winner}/explain", 200)).json()
-    assert explained["profile"]["scores"] == expected.scores.model_dump(mode="json")
     assert explained["profile"]["events_counted"] == 4
-    assert explained["profile"]["tags"] == expected.tags
+    assert explained["profile"].pop("tier_since") == now.isoformat().replace("+00:00", "Z")
+    assert explained["what_would_change_it"].pop("dwell_until") == (now + 3 * DAY).isoformat()
+    del expected["profile"]["tier_since"], expected["what_would_change_it"]["dwell_until"]
+    assert explained == json.loads(json.dumps(expected))
+    # the table holds that state too (the winner's changelog record), with the ids of both
+    # sides and the merge's fold remembered, and engagement summed in another order
+    key = winner.encode()
+    changelog = await read_until(
+        settings.kafka_bootstrap,
+        people_changelog(env["TIERFLOW_SCORING_APP_ID"]),
+        lambda kept: bool(kept) and orjson.loads(kept[-1].value or b"{}").get("events") == 4,
+        keep=lambda r: r.key == key,
+    )
+    held = orjson.loads(changelog[-1].value or b"{}")
+    replayed = json.loads(codecs.dumps("json", single))
+    assert held["engagement"] == pytest.approx(replayed["engagement"], rel=1e-12)
+    assert set(each_seen(held["seen"])) == {
+        *each_seen(replayed["seen"]),
+        seen_token(f"merge:{merge.merge_id}"),
+    }
+    ignored = {*KEPT_FROM_WINNER, "engagement", "seen"}
+    assert {k: v for k, v in held.items() if k not in ignored} == {
+        k: v for k, v in replayed.items() if k not in ignored
+    }
+    assert held["tier"] == "growth"
     gone = await eventually(f"{scoring.url}/v1/scores/{absorbed}/explain", 404)
     assert gone.status_code == 404
 
@@ -226,14 +278,20 @@ async def test_merge_equals_one_person_and_erasure_forgets_both(
     )
     assert (await eventually(f"{scoring.url}/v1/scores/{winner}/explain", 404)).status_code == 404
     assert (await eventually(f"{scoring.url}/v1/scores/{winner}", 404)).status_code == 404
-    # a redelivered old event does not bring the erased person back
+    # a redelivered old event does not bring the erased person back: once a later event on the
+    # same partition is scored, the worker has been past the redelivered one
+    sentinel = oneid_where("sentinel", partitions, lambda p: p == home)
     await produce(
         settings.kafka_bootstrap,
         EVENTS_RESOLVED.name,
         [(winner.encode(), encode(resolved[0]))],
     )
-    await asyncio.sleep(1)
-    assert (await eventually(f"{scoring.url}/v1/scores/{winner}/explain", 404)).status_code == 404
+    await send_events(settings.kafka_bootstrap, sentinel, [{"timestamp": now}])
+    scored = await eventually(f"{scoring.url}/v1/scores/{sentinel}/explain", 200)
+    assert scored.json()["profile"]["events_counted"] == 1
+    async with httpx.AsyncClient(timeout=5) as client:
+        erased = await client.get(f"{scoring.url}/v1/scores/{winner}/explain")
+    assert erased.status_code == 404
 
 
 async def test_changelog_and_profile_records_are_what_faust_and_the_model_would_write(

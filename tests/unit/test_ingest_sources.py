@@ -48,13 +48,11 @@ async def test_a_hanging_database_is_waited_on_by_one_request_at_a_time() -> Non
     assert all(isinstance(answer, Unavailable) for answer in during)
     assert directory.lookups == 7
     await asyncio.sleep(1.05)  # the pause is over: one request probes, the rest answer at once
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     probe = asyncio.ensure_future(directory.authenticate("wk_site"))
     await asyncio.sleep(0)
     others = await _many(directory, "wk_site", 20)
     assert others == [SITE] * 20
-    assert loop.time() - started < 0.1
+    assert not probe.done()  # the others were answered while the probe still waits
     assert await probe == SITE  # after its own timeout, from the cache
     assert directory.lookups == 8
     directory.hanging = False
