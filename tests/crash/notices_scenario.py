@@ -54,6 +54,7 @@ from tests.crash.scenario import (
     Result,
     _check_changes,
     changelog_states,
+    every_change,
     make_stream,
     mismatched,
     stale_across_restart,
@@ -299,15 +300,6 @@ async def run(
                 ]
                 return result
         result.seconds = time.monotonic() - started
-        people_keys = dict.fromkeys(setup.people, 0)
-        changes = await read_until(
-            bootstrap,
-            TIERS_CHANGES.name,
-            lambda _: False,
-            keep=lambda r: (r.key or b"").decode() in people_keys,
-            timeout=3,
-        )
-        _check_changes(result, changes, people_keys, replayed.change_ids)
         result.refolds = await refolds(bootstrap, setup.people, replayed.folds)
         result.wrong_profiles = await wrong_profiles(bootstrap, replayed.profiles)
         result.wrong_rows = await wrong_rows(database_url, replayed.profiles)
@@ -316,6 +308,15 @@ async def run(
         result.stale_in_memory = await stale_across_restart(
             running, env, work_dir, replayed.after[-1], settle=settle
         )
+        # after the final restart: what the recovered worker sends is checked as well
+        people_keys = dict.fromkeys(setup.people, 0)
+        changes = await every_change(
+            bootstrap,
+            {person.encode() for person in setup.people},
+            replayed.change_ids,
+            timeout=settle,
+        )
+        _check_changes(result, changes, people_keys, replayed.change_ids)
         return result
     finally:
         for worker in running:
