@@ -7,12 +7,11 @@ Used by ``tests/crash`` (a small stream) and ``bench/scoring_crash.py`` (~50k ev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Container, Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from services.scoring.app import people_changelog
 from services.scoring.processor import Record, is_live, process
@@ -31,6 +30,7 @@ from shared.contracts import ResolvedEvent, TierChangeEvent, decode, encode
 from shared.topics import EVENTS_RESOLVED, TIERS_CHANGES
 from tests.crash.scoring_worker import Worker, produce, read_until, worker_env
 from tests.factories import T0, make_resolved
+from tests.support.services import reading_from_start
 
 MODEL = load_model()
 REGROUP_SECONDS = 60  # well past the workers' session timeout (a dead member leaves the group)
@@ -221,7 +221,7 @@ async def run(
         Worker(f"w{n}-0", held if n < unflushing else env, work_dir, module) for n in range(workers)
     ]
     try:
-        async with reading_from_end(bootstrap, TIERS_CHANGES.name) as changes_now:
+        async with reading_from_start(bootstrap, TIERS_CHANGES.name, from_end=True) as changes_now:
             await asyncio.gather(*(w.ready() for w in running))
             chunks = 40
             kill_at = set(rng.sample(range(2, chunks - 2), kills))
@@ -259,26 +259,6 @@ async def run(
     finally:
         for worker in running:
             worker.stop()
-
-
-@contextlib.asynccontextmanager
-async def reading_from_end(bootstrap: str, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
-    """A consumer of every partition of ``topic`` from where it ends now (no group)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_end(*assigned)
-        for partition in assigned:  # resolved now, not at the first read (after the stream)
-            await consumer.position(partition)
-        yield consumer
-    finally:
-        await consumer.stop()
 
 
 async def until_one_arrives(

@@ -5,9 +5,10 @@ state older than the changelog's while the survivor takes the partitions over.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -21,35 +22,46 @@ from tests.crash.scoring_worker import Worker
 REGROUP_SECONDS = 60
 
 
-async def test_explain_answers_503_for_people_of_a_dead_member(
-    settings: CommonSettings, tmp_path: Path, fresh_app: Callable[..., Replayed]
-) -> None:
-    bootstrap = settings.kafka_bootstrap
-    setup = fresh_app("scoring-route")
-    expected, env = setup.expected, setup.env
-    workers = [Worker("a", env, tmp_path), Worker("b", env, tmp_path)]
+@contextlib.asynccontextmanager
+async def two_answering(
+    bootstrap: str, setup: Replayed, work_dir: Path
+) -> AsyncIterator[list[Worker]]:
+    """Two workers that scored ``setup``'s stream, the first answering /explain for everyone;
+    both stopped at the end."""
+    workers = [Worker("a", setup.env, work_dir), Worker("b", setup.env, work_dir)]
     try:
         await asyncio.gather(*(w.ready() for w in workers))
         await produce_events(bootstrap, setup.stream)
-        await changelog_states(bootstrap, setup.app_id, expected, timeout=60)
-        survivor = workers[0]
+        await changelog_states(bootstrap, setup.app_id, setup.expected, timeout=60)
         async with httpx.AsyncClient(timeout=10) as client:
-            await _until_all_answer(client, survivor, expected)
-            workers[1].kill()  # its session lasts seconds more: it still owns its partitions
-            answers = await _answers(client, survivor, expected)
-            statuses = {a.status_code for a in answers}
-            assert statuses <= {200, 503}, statuses
-            unavailable = [a for a in answers if a.status_code == 503]
-            assert unavailable, "the dead member's people should be unavailable until it left"
-            assert all(
-                a.headers["Retry-After"] == str(EXPLAIN_RETRY_AFTER_SECONDS)
-                and a.json()["error"] == "unavailable"
-                for a in unavailable
-            )
-            await _until_all_answer(client, survivor, expected)  # it took the people over
+            await _until_all_answer(client, workers[0], setup.expected)
+        yield workers
     finally:
         for worker in workers:
             worker.stop()
+
+
+async def test_explain_answers_503_for_people_of_a_dead_member(
+    settings: CommonSettings, tmp_path: Path, fresh_app: Callable[..., Replayed]
+) -> None:
+    setup = fresh_app("scoring-route")
+    expected = setup.expected
+    async with (
+        two_answering(settings.kafka_bootstrap, setup, tmp_path) as (survivor, dying),
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        dying.kill()  # its session lasts seconds more: it still owns its partitions
+        answers = await _answers(client, survivor, expected)
+        statuses = {a.status_code for a in answers}
+        assert statuses <= {200, 503}, statuses
+        unavailable = [a for a in answers if a.status_code == 503]
+        assert unavailable, "the dead member's people should be unavailable until it left"
+        assert all(
+            a.headers["Retry-After"] == str(EXPLAIN_RETRY_AFTER_SECONDS)
+            and a.json()["error"] == "unavailable"
+            for a in unavailable
+        )
+        await _until_all_answer(client, survivor, expected)  # it took the people over
 
 
 async def test_explain_forwarded_to_an_owner_that_never_answers_is_503_not_a_hang(
@@ -57,38 +69,29 @@ async def test_explain_forwarded_to_an_owner_that_never_answers_is_503_not_a_han
 ) -> None:
     """An owner that accepts the connection and never answers (stopped here; a wedged loop or
     a long batch alike): Faust's forwarding client waited 300 s."""
-    bootstrap = settings.kafka_bootstrap
     setup = fresh_app("scoring-stopped")
-    expected, env = setup.expected, setup.env
-    workers = [Worker("a", env, tmp_path), Worker("b", env, tmp_path)]
-    stopped = workers[1].child.process
-    try:
-        await asyncio.gather(*(w.ready() for w in workers))
-        await produce_events(bootstrap, setup.stream)
-        await changelog_states(bootstrap, setup.app_id, expected, timeout=60)
-        survivor = workers[0]
-        async with httpx.AsyncClient(timeout=60) as client:
-            await _until_all_answer(client, survivor, expected)
-            stopped.send_signal(signal.SIGSTOP)
-            try:
-                answers = await asyncio.gather(
-                    *(
-                        client.get(f"{survivor.url}/v1/scores/{key.decode()}/explain")
-                        for key in expected
-                    )
+    async with (
+        two_answering(settings.kafka_bootstrap, setup, tmp_path) as (survivor, stopping),
+        httpx.AsyncClient(timeout=60) as client,
+    ):
+        stopped = stopping.child.process
+        stopped.send_signal(signal.SIGSTOP)
+        try:
+            answers = await asyncio.gather(
+                *(
+                    client.get(f"{survivor.url}/v1/scores/{key.decode()}/explain")
+                    for key in setup.expected
                 )
-            finally:
-                stopped.send_signal(signal.SIGCONT)
-        statuses = {a.status_code for a in answers}
-        assert statuses == {200, 503}, statuses  # its own people, and the stopped one's
-        assert all(
-            a.headers["Retry-After"] == str(EXPLAIN_RETRY_AFTER_SECONDS)
-            for a in answers
-            if a.status_code == 503
-        )
-    finally:
-        for worker in workers:
-            worker.stop()
+            )
+        finally:
+            stopped.send_signal(signal.SIGCONT)
+    statuses = {a.status_code for a in answers}
+    assert statuses == {200, 503}, statuses  # its own people, and the stopped one's
+    assert all(
+        a.headers["Retry-After"] == str(EXPLAIN_RETRY_AFTER_SECONDS)
+        for a in answers
+        if a.status_code == 503
+    )
 
 
 async def _answers(

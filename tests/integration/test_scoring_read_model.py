@@ -20,7 +20,7 @@ from shared.db import build_engine, build_sessionmaker, unit_of_work
 from shared.errors import Unavailable
 from shared.settings import CommonSettings
 from shared.topics import PROFILES
-from tests.factories import T0
+from tests.factories import T0, free_port
 
 
 def profile(oneid: str, events: int, stage: str = "new", minutes: int = 0) -> Profile:
@@ -93,16 +93,25 @@ def held_events(stored: Profile | None) -> int | None:
     return None if stored is None else stored.events_counted
 
 
-async def test_a_refusal_at_connect_is_unavailable_not_a_500(settings: CommonSettings) -> None:
-    """asyncpg's refusals at connect ("starting up", "too many clients", no such database)
-    reach SQLAlchemy as plain DBAPIErrors, which the pages answered with a bare 500."""
-    url = make_url(settings.database_url).set(database=f"missing_{uuid.uuid4().hex[:8]}")
-    missing = CommonSettings(database_url=url.render_as_string(hide_password=False))
-    engine = build_engine(missing, application_name="tierflow-tests")
+@pytest.mark.parametrize("where", ["no such database", "nothing listening"])
+async def test_a_read_model_out_of_reach_is_unavailable_not_a_500(
+    settings: CommonSettings, where: str
+) -> None:
+    """A refused connection, and asyncpg's refusals at connect ("starting up", "too many
+    clients", no such database), which reach SQLAlchemy as plain DBAPIErrors: the pages
+    answered both with a bare 500."""
+    url = make_url(settings.database_url)
+    if where == "no such database":
+        url = url.set(database=f"missing_{uuid.uuid4().hex[:8]}")
+    else:
+        url = url.set(port=free_port())
+    unreachable = CommonSettings(database_url=url.render_as_string(hide_password=False))
+    engine = build_engine(unreachable, application_name="tierflow-tests")
     try:
         with pytest.raises(Unavailable) as raised:
             async with read(build_sessionmaker(engine)) as session:
                 await session.execute(text("select 1"))
     finally:
         await engine.dispose()
+    assert raised.value.status_code == 503
     assert raised.value.headers() == {"Retry-After": str(READ_MODEL_DOWN_RETRY_AFTER_S)}

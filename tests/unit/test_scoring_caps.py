@@ -88,6 +88,20 @@ def hour(at: float) -> float:
     return (12 + at) / 24
 
 
+def webinar(state: State, event_id: str, at: float, model: ScoringModel = MODEL) -> None:
+    """A webinar at ``at`` o'clock on the next UTC day (see :func:`hour`)."""
+    scorer.apply_event(
+        state,
+        event_id=event_id,
+        kind="track",
+        name="Webinar Attended",
+        properties={},
+        traits={},
+        at=BASE + hour(at) * DAY,
+        model=model,
+    )
+
+
 def test_a_late_event_from_earlier_in_the_day_takes_the_cap_from_a_later_one() -> None:
     """Webinars earn 15, at most 30 a day. Of three on one day at 09:00, 12:00 and 15:00, the
     two earliest earn, whichever arrives first (arriving first, the 15:00 one kept its 15
@@ -111,16 +125,7 @@ def test_a_day_entry_without_times_still_caps_in_arrival_order() -> None:
     state["days"] = {"webinar_attended": {day: [2, 30.0]}}
     state["cap_times"] = {}
     points = dict(state["earned"])
-    scorer.apply_event(
-        state,
-        event_id="late",
-        kind="track",
-        name="Webinar Attended",
-        properties={},
-        traits={},
-        at=BASE + hour(6) * DAY,
-        model=MODEL,
-    )
+    webinar(state, "late", 6)
     assert state["earned"] == points  # the day's 30 were used
     assert state["days"]["webinar_attended"][day] == [3, 30.0]
 
@@ -149,16 +154,7 @@ def test_a_day_whose_times_another_model_wrote_caps_in_arrival_order() -> None:
     raw["version"] = "test-cheaper-webinars"
     cheaper = ScoringModel.model_validate(raw)
     for n, at in enumerate((11, 8)):
-        scorer.apply_event(
-            state,
-            event_id=f"v2-{n}",
-            kind="track",
-            name="Webinar Attended",
-            properties={},
-            traits={},
-            at=BASE + hour(at) * DAY,
-            model=cheaper,
-        )
+        webinar(state, f"v2-{n}", at, cheaper)
     assert state["earned"]["webinar_attended"] == 30
     day = str(int(BASE // DAY) + 1)
     assert state["days"]["webinar_attended"][day] == [4, 30.0]
@@ -172,14 +168,5 @@ def test_a_worker_of_the_previous_version_reads_the_state_and_its_events_stay_ca
     day = str(int(BASE // DAY) + 1)
     assert all(len(entry) == 2 for per_day in state["days"].values() for entry in per_day.values())
     state["days"]["webinar_attended"][day] = [3, 30.0]  # the older worker counted two more
-    scorer.apply_event(
-        state,
-        event_id="after",
-        kind="track",
-        name="Webinar Attended",
-        properties={},
-        traits={},
-        at=BASE + hour(6) * DAY,
-        model=MODEL,
-    )
+    webinar(state, "after", 6)
     assert state["earned"]["webinar_attended"] == 15  # the day's 30 were used: nothing more
