@@ -741,8 +741,8 @@ def fold(winner: State | None, absorbed: State, model: ScoringModel) -> State:
 
     Scores, counts, purchases, caps and traits combine as if every event had carried one id;
     the tier history stays the winner's. A day both people earned on under a cap goes to the
-    day's earliest events of the two (:func:`_count_day`); only for a day entry without times
-    does each keep what it earned (the day's use is clipped at the cap for later events).
+    day's earliest events of the two (:func:`_count_day`); only where a side's times do not
+    account for its use does each keep what it earned (clipped at the cap for later events).
     """
     if winner is None:
         return {
