@@ -15,17 +15,10 @@ from dataclasses import dataclass
 
 import orjson
 
+from shared.contracts.base import usable_oneid
+
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-
-
-ONEID_LENGTH = 64  # as the contracts' OneId
-
-
-def usable_oneid(oneid: object) -> bool:
-    """Whether ``oneid`` can be a person's id: a string of 1 to 64 characters without NUL
-    (Postgres refuses NUL in text, which answered 500 instead of 400 or 404)."""
-    return type(oneid) is str and 0 < len(oneid) <= ONEID_LENGTH and "\x00" not in oneid
 
 
 @dataclass(frozen=True, slots=True)

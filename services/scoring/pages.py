@@ -15,8 +15,9 @@ from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError, SQLAlche
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scoring import repository
-from services.scoring.listing import parse_members_query, usable_oneid
+from services.scoring.listing import parse_members_query
 from services.scoring.rules import ScoringModel
+from shared.contracts.base import usable_oneid
 from shared.db import build_engine, build_sessionmaker, unit_of_work
 from shared.errors import BadRequest, NotFound, TierflowError, Unavailable
 from shared.settings import CommonSettings

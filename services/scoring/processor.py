@@ -27,6 +27,7 @@ from shared.contracts import (
     decode,
     encode,
 )
+from shared.contracts.base import usable_oneid
 from shared.deadletters import from_record
 from shared.topics import (
     DEADLETTER,
@@ -210,14 +211,11 @@ class _Batch:
                 self.send(PROFILES.name, key, profile)
 
 
-ONEID_LENGTH = 64  # as the contracts' OneId
-
-
 def _keyed(key: bytes | None, oneid: str) -> bytes:
     """The record's key, which must be the person it applies to: the state is stored and the
     profile published under it, so a key that is empty, too long or not the person's id would
     write a stranger's state, or fail the batch's profiles after every record was handled."""
-    if key is None or key != oneid.encode() or not 0 < len(oneid) <= ONEID_LENGTH:
+    if key is None or not usable_oneid(oneid) or key != oneid.encode():
         raise ValueError(f"record key {key!r} is not the person it applies to ({oneid!r})")
     return key
 

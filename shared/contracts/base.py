@@ -28,6 +28,13 @@ def decode(model: type[M], raw: bytes | str) -> M:
 
 JsonObject = dict[str, Any]
 Timestamp = AwareDatetime
-OneId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+ONEID_LENGTH = 64
+OneId = Annotated[str, StringConstraints(min_length=1, max_length=ONEID_LENGTH)]
 """A person's id: identity issues UUIDs; every store keeps up to 64 characters, so a longer one is
 refused where it is read (a dead letter), never half-written."""
+
+
+def usable_oneid(oneid: object) -> bool:
+    """Whether ``oneid`` can be a person's id where no contract validates it (a record key, a
+    URL path, a cursor): a string of 1 to 64 characters without NUL, which Postgres refuses."""
+    return type(oneid) is str and 0 < len(oneid) <= ONEID_LENGTH and "\x00" not in oneid
