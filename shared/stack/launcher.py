@@ -21,9 +21,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.kafka import create_topics, wait_for_broker
 from shared.migrations import migrate
 from shared.settings import CommonSettings
-from shared.stack.broker import start_broker
+from shared.stack.broker import port_open, start_broker
 from shared.stack.postgres import start_postgres
-from shared.stack.processes import Child, spawn, tail
+from shared.stack.processes import Child, StackFailed, spawn, tail
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,26 @@ class Stack:
 
 def _new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def check_ports(settings: StackSettings) -> None:
+    """Refuse to start, naming the setting to change, when a port the stack binds is taken
+    (before anything starts, rather than as a child's log tail half-way through)."""
+    wanted = {
+        "TIERFLOW_INGEST_PORT": settings.ingest_port,
+        "TIERFLOW_IDENTITY_PORT": settings.identity_port,
+        "TIERFLOW_SCORING_PORT": settings.scoring_port,
+        "TIERFLOW_AUTOMATION_PORT": settings.automation_port,
+    }
+    if settings.kafka_bootstrap is None:
+        wanted["TIERFLOW_STACK_BROKER_PORT"] = settings.stack_broker_port
+    if settings.database_url is None:
+        wanted["TIERFLOW_STACK_POSTGRES_PORT"] = settings.stack_postgres_port
+    if settings.webhook_base_url is None:
+        wanted["TIERFLOW_STACK_SINK_PORT"] = settings.stack_sink_port
+    for name, port in wanted.items():
+        if port_open("127.0.0.1", port):
+            raise StackFailed(f"port {port} is taken; set {name} to a free port")
 
 
 def start_infrastructure(settings: StackSettings, stack: Stack) -> None:
@@ -168,7 +188,7 @@ async def wait_ready(stack: Stack, timeout: float = 90.0) -> None:
         while pending:
             dead = stack.failed()
             if dead is not None:
-                raise RuntimeError(f"{dead.name} exited during start:\n{tail(dead.log_path)}")
+                raise StackFailed(f"{dead.name} exited during start:\n{tail(dead.log_path)}")
             for name in sorted(pending):
                 try:
                     response = await client.get(f"{stack.urls[name]}/readyz")
@@ -177,12 +197,16 @@ async def wait_ready(stack: Stack, timeout: float = 90.0) -> None:
                 if response.status_code == 200:
                     pending.discard(name)
             if time.monotonic() > deadline:
-                raise TimeoutError(f"not ready after {timeout:.0f}s: {sorted(pending)}")
+                raise StackFailed(
+                    f"not ready after {timeout:.0f}s: {', '.join(sorted(pending))}"
+                    f" (logs in {stack.work_dir / 'logs'})"
+                )
             await asyncio.sleep(0.3)
 
 
 async def start_stack(settings: StackSettings, *, demo: bool) -> Stack:
     """Start everything and wait until every service is ready; the caller must ``stop()``."""
+    check_ports(settings)
     owns = settings.stack_dir is None
     work_dir = Path(tempfile.mkdtemp(prefix="tierflow-")) if owns else settings.stack_dir
     assert work_dir is not None

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from shared.stack.broker import port_open
-from shared.stack.processes import Child, spawn, tail, wait_until
+from shared.stack.processes import Child, StackFailed, spawn, tail, wait_until
 
 SYSTEM_USER = "embedded_postgres"  # Postgres refuses to run as root
 
@@ -42,7 +42,7 @@ def _run_as() -> str | None:
 def start_postgres(data_dir: Path, port: int, log_dir: Path, host: str = "127.0.0.1") -> Child:
     """initdb a fresh cluster in ``data_dir`` and run it on ``host:port``; waits until ready."""
     if port_open(host, port):
-        raise RuntimeError(f"port {port} is taken; set TIERFLOW_STACK_POSTGRES_PORT")
+        raise StackFailed(f"port {port} is taken; set TIERFLOW_STACK_POSTGRES_PORT")
     user = _run_as()
     data_dir.mkdir(parents=True, exist_ok=True)
     socket_dir = data_dir.parent / "pgsocket"
@@ -74,7 +74,7 @@ def start_postgres(data_dir: Path, port: int, log_dir: Path, host: str = "127.0.
         user=user,
     )
     if initdb.returncode != 0:
-        raise RuntimeError(f"initdb failed: {initdb.stderr.decode(errors='replace')}")
+        raise StackFailed(f"initdb failed: {initdb.stderr.decode(errors='replace')}")
     child = spawn(
         "postgres",
         [
@@ -105,12 +105,18 @@ def start_postgres(data_dir: Path, port: int, log_dir: Path, host: str = "127.0.
         probe = subprocess.run([_bin("pg_isready"), "-h", host, "-p", str(port), "-q"], check=False)
         return probe.returncode == 0
 
-    wait_until(ready, 30, "postgres")
-    if not child.alive():
-        raise RuntimeError(f"postgres exited:\n{tail(child.log_path)}")
-    subprocess.run(
-        [_bin("createdb"), "-h", host, "-p", str(port), "-U", "postgres", "tierflow"],
-        check=True,
-        capture_output=True,
-    )
+    try:
+        wait_until(ready, 30, "postgres")
+        if not child.alive():
+            raise StackFailed(f"postgres exited:\n{tail(child.log_path)}")
+        created = subprocess.run(
+            [_bin("createdb"), "-h", host, "-p", str(port), "-U", "postgres", "tierflow"],
+            check=False,
+            capture_output=True,
+        )
+        if created.returncode != 0:
+            raise StackFailed(f"createdb failed: {created.stderr.decode(errors='replace')}")
+    except StackFailed:
+        child.stop()
+        raise
     return child

@@ -87,12 +87,17 @@ def tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+class StackFailed(RuntimeError):
+    """A part of the embedded stack did not start. The message names it and what to change,
+    so ``tierflow up`` prints it as one line rather than as a traceback."""
+
+
 def wait_until(check: object, timeout: float, what: str, interval: float = 0.2) -> None:
-    """Poll ``check()`` until it is truthy, or raise TimeoutError naming ``what``."""
+    """Poll ``check()`` until it is truthy, or raise StackFailed naming ``what``."""
     assert callable(check)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(interval)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+    raise StackFailed(f"{what} not ready after {timeout:.0f}s")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -82,6 +83,37 @@ def test_broken_yaml_names_the_file(tmp_path: Path) -> None:
         assert result.returncode == 1
         assert f"{broken} is invalid" in result.stdout.replace("\n", "")
         assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_up_with_a_port_taken_names_the_setting_and_starts_nothing(tmp_path: Path) -> None:
+    """A taken port is one line naming the setting to change, before any child starts."""
+    ports = {
+        name: str(free_port())
+        for name in (
+            "TIERFLOW_STACK_BROKER_PORT",
+            "TIERFLOW_STACK_POSTGRES_PORT",
+            "TIERFLOW_STACK_SINK_PORT",
+            "TIERFLOW_IDENTITY_PORT",
+            "TIERFLOW_SCORING_PORT",
+            "TIERFLOW_AUTOMATION_PORT",
+        )
+    }
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = tierflow(
+            "up",
+            "--no-demo",
+            "--no-dashboard",
+            TIERFLOW_INGEST_PORT=str(port),
+            TIERFLOW_STACK_DIR=str(tmp_path),
+            **ports,
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"port {port} is taken; set TIERFLOW_INGEST_PORT to a free port" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "logs" / "broker.log").exists()
 
 
 async def test_up_reports_a_part_of_the_stack_that_died(tmp_path: Path) -> None:
