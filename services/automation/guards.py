@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -33,7 +33,9 @@ class Person:
         return cls(value.get("timezone") or default_timezone, frozenset(value.get("optouts", ())))
 
 
-def _zone_or_none(name: object) -> str | None:
+def known_zone(name: object) -> str | None:
+    """``name`` when it names a zone this host can load, else None: time zones come from
+    traits and profiles, where any string passes (``"GMT+8"``)."""
     if not isinstance(name, str) or not name:
         return None
     try:
@@ -60,7 +62,7 @@ def person_from_event(data: Mapping[str, Any], default_timezone: str) -> Person:
     assert isinstance(contact, Mapping)
     sources: list[Mapping[str, Any]] = [contact, data, profile, traits]
     timezone = next(
-        (zone for src in sources if (zone := _zone_or_none(src.get("timezone")))),
+        (zone for src in sources if (zone := known_zone(src.get("timezone")))),
         default_timezone,
     )
     optouts: set[str] = set()
@@ -124,18 +126,50 @@ def frequency_capped(recent: Sequence[datetime], now: datetime, cap: FrequencyCa
     return sum(1 for at in recent if since < at) >= cap.max
 
 
+def usable_zone(name: object, default_timezone: str) -> str:
+    """``name`` when it is a zone this host can load, else ``default_timezone``: a stored time
+    zone that is not IANA (``"GMT+8"``) must not fail the dispatch batch it is guarded in."""
+    return known_zone(name) or default_timezone
+
+
+def _first_end_after(now: datetime, day: date, end: time, zone: ZoneInfo) -> datetime:
+    """The first instant after ``now`` (UTC) at which the wall clock in ``zone`` reads ``end``,
+    on ``day`` or else the day after.
+
+    fold=0 comes first: the first pass of a repeated (fall-back) hour, and the later mapping of
+    a time in a spring-forward gap. When that instant is already past, ``now`` is in the second
+    pass of the repeated hour and quiet hours end on that pass (fold=1); without it the
+    postponement was "until now", re-claimed and postponed again on every dispatch round.
+    """
+    candidates = (
+        datetime.combine(day, end.replace(fold=0), tzinfo=zone),
+        datetime.combine(day, end.replace(fold=1), tzinfo=zone),
+    )
+    for candidate in candidates:
+        if candidate.astimezone(UTC) > now:
+            return candidate.astimezone(UTC)
+    return datetime.combine(day + timedelta(days=1), end.replace(fold=0), tzinfo=zone).astimezone(
+        UTC
+    )
+
+
 def quiet_until(
-    now: datetime, timezone: str, quiet: QuietHours | None, channel: str
+    now: datetime,
+    timezone: str,
+    quiet: QuietHours | None,
+    channel: str,
+    default_timezone: str = "UTC",
 ) -> datetime | None:
     """The next allowed moment (UTC) when ``now`` is inside quiet hours, else None.
 
-    Wall-clock arithmetic in the person's zone, so DST days keep "08:00 local"; an end time
-    that does not exist that day (spring forward) moves on by the gap, as a wall clock does
-    (02:30 in a gap from 02:00 to 03:00 is 03:30).
+    Wall-clock arithmetic in the person's zone (``default_timezone`` when that name cannot be
+    loaded), so DST days keep "08:00 local"; an end time that does not exist that day (spring
+    forward) moves on by the gap, as a wall clock does (02:30 in a gap from 02:00 to 03:00 is
+    03:30), and one inside a repeated hour (fall back) is the end on the pass ``now`` is in.
     """
     if quiet is None or channel not in quiet.channels or quiet.start == quiet.end:
         return None
-    zone = ZoneInfo(timezone)
+    zone = ZoneInfo(usable_zone(timezone, default_timezone))
     local = now.astimezone(zone)
     clock = local.time().replace(tzinfo=None)
     overnight = quiet.start > quiet.end
@@ -147,8 +181,7 @@ def quiet_until(
     if not inside:
         return None
     day = local.date() + timedelta(days=1) if overnight and clock >= quiet.start else local.date()
-    end = datetime.combine(day, quiet.end, tzinfo=zone).astimezone(UTC)
-    return max(end, now)
+    return _first_end_after(now, day, quiet.end, zone)
 
 
 def held_out(oneid: str, tier: str, holdout_shares: Mapping[str, float], salt: str) -> bool:
@@ -184,7 +217,8 @@ def decide(
     if frequency_capped(recent, now, cap):
         assert cap is not None
         return Decision("capped", f"{cap.max} {channel} per {cap.per}")
-    until = quiet_until(now, person.timezone, guards.quiet_hours, channel)
+    zone = usable_zone(person.timezone, guards.default_timezone)
+    until = quiet_until(now, zone, guards.quiet_hours, channel)
     if until is not None:
-        return Decision("postponed", f"quiet hours in {person.timezone}", until)
+        return Decision("postponed", f"quiet hours in {zone}", until)
     return Decision("send")

@@ -128,3 +128,14 @@ class Erased(Base):
 
     oneid: Mapped[str] = mapped_column(String(64), primary_key=True)
     erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Merged(Base):
+    """Each absorbed OneID and the one it joined: merge notices arrive in any order (they are
+    keyed by the absorbed id), so a merge follows the chain to the OneID that still exists."""
+
+    __tablename__ = "merged"
+
+    absorbed: Mapped[str] = mapped_column(String(64), primary_key=True)
+    winner: Mapped[str] = mapped_column(String(64))
+    merged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

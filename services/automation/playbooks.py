@@ -17,6 +17,7 @@ from zoneinfo import available_timezones
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -42,16 +43,39 @@ Name = Annotated[str, Field(pattern=NAME, max_length=NAME_LENGTH)]
 TierName = Annotated[str, Field(min_length=1, max_length=NAME_LENGTH)]
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_DURATION = timedelta(days=3650)
+"""The longest wait, path of waits through a playbook, and frequency cap window: ten years. A
+step is due at the handling time plus the waits before it and a cap counts back from now, so a
+longer value validated and then overflowed ``datetime`` while planning or guarding."""
+
+
+def _too_long(value: object) -> str:
+    return f"{value} is longer than the {MAX_DURATION.days} days a duration may last"
 
 
 def parse_duration(value: object) -> object:
-    """``"3d"``, ``"12h"``, ``"30m"``, ``"45s"``, ``"2w"``; other forms go to pydantic as is."""
+    """``"3d"``, ``"12h"``, ``"30m"``, ``"45s"``, ``"2w"``; other forms go to pydantic as is.
+
+    Longer than ``MAX_DURATION`` is a ValueError here, before ``timedelta`` itself can overflow.
+    """
     if isinstance(value, str) and (match := _DURATION.match(value)):
-        return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+        seconds = int(match[1]) * _UNITS[match[2]]
+        if seconds > MAX_DURATION.total_seconds():
+            raise ValueError(_too_long(value.strip()))
+        return timedelta(seconds=seconds)
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+def _at_most_max_duration(value: timedelta) -> timedelta:
+    """The same bound for durations pydantic parsed itself (seconds, ISO 8601)."""
+    if value > MAX_DURATION:
+        raise ValueError(_too_long(value))
+    return value
+
+
+Duration = Annotated[
+    timedelta, BeforeValidator(parse_duration), AfterValidator(_at_most_max_duration)
+]
 
 
 class Strict(BaseModel):
@@ -172,6 +196,18 @@ Step = Annotated[
 ]
 
 
+def longest_wait(steps: list[Step]) -> timedelta:
+    """The most the waits can add up to before a step: every wait, and the longer side of
+    each branch (which side runs is only known from the change)."""
+    total = timedelta(0)
+    for step in steps:
+        if isinstance(step, WaitStep):
+            total += step.wait
+        elif isinstance(step, BranchStep):
+            total += max(longest_wait(step.then), longest_wait(step.otherwise))
+    return total
+
+
 def send_names(steps: list[Step]) -> list[str]:
     """Every send step's name, branches included, in file order."""
     names: list[str] = []
@@ -200,6 +236,16 @@ class Playbook(Strict):
             raise ValueError(f"playbook {self.name}: no send step")
         if len(names) != len(set(names)):
             raise ValueError(f"playbook {self.name}: send step names must be unique")
+        return self
+
+    @model_validator(mode="after")
+    def _bounded_waits(self) -> Playbook:
+        longest = longest_wait(self.steps)
+        if longest > MAX_DURATION:
+            raise ValueError(
+                f"playbook {self.name}: its waits add up to {longest}, longer than the "
+                f"{MAX_DURATION.days} days a playbook may last"
+            )
         return self
 
 

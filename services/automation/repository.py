@@ -32,6 +32,7 @@ from services.automation.models import (
     ActionLog,
     CurrentTier,
     Erased,
+    Merged,
     StoredContact,
     metadata,
 )
@@ -56,6 +57,53 @@ async def erased_among(session: AsyncSession, oneids: Iterable[str]) -> set[str]
         return set()
     result = await session.execute(select(Erased.oneid).where(one_of(Erased.oneid, wanted)))
     return set(result.scalars())
+
+
+async def lock_identities(session: AsyncSession, oneids: Iterable[str]) -> None:
+    """Serialise what an identity notice changes with what plans or stores for the same people,
+    until commit: an erasure committed between planning's check and its insert left the erased
+    person's steps to be sent. Its own key space, so the dispatcher, which locks rows first and
+    persons second, never waits for it (sorted: no deadlock among these)."""
+    await session.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(hashtextextended(o, 11)) "
+            "FROM unnest(CAST(:ids AS text[])) AS o"
+        ),
+        {"ids": sorted(set(oneids))},
+    )
+
+
+async def absorbed_among(session: AsyncSession, oneids: Iterable[str]) -> set[str]:
+    """Which of these OneIDs were merged into another."""
+    wanted = list(set(oneids))
+    if not wanted:
+        return set()
+    result = await session.execute(select(Merged.absorbed).where(one_of(Merged.absorbed, wanted)))
+    return set(result.scalars())
+
+
+MAX_CHAIN = 64
+"""Hops followed from an absorbed id to its root; identity's merges never form a cycle, and
+this bounds the walk if a corrupted table ever held one."""
+
+
+async def root_of(session: AsyncSession, oneid: str) -> str:
+    """The OneID that ``oneid`` ended up in, following merges applied so far (itself if none)."""
+    for _ in range(MAX_CHAIN):
+        winner = await session.scalar(select(Merged.winner).where(Merged.absorbed == oneid))
+        if winner is None:
+            return oneid
+        oneid = winner
+    return oneid
+
+
+async def record_merge(session: AsyncSession, absorbed: str, winner: str, at: datetime) -> None:
+    """Remember that ``absorbed`` joined ``winner`` (a redelivered notice changes nothing)."""
+    await session.execute(
+        insert(Merged)
+        .values(absorbed=absorbed, winner=winner, merged_at=at)
+        .on_conflict_do_nothing(index_elements=[Merged.absorbed])
+    )
 
 
 async def insert_actions(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> set[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +26,7 @@ from services.automation.guards import (
     decide,
     has_left,
     held_out,
+    known_zone,
     person_from_event,
     refreshed,
 )
@@ -147,8 +148,13 @@ class AutomationService:
         """Store every planned action once, apply exit rules; returns the new actions' count."""
         now = self._clock.now()
         async with unit_of_work(self._sessions) as session:
-            erased = await repository.erased_among(session, (c.event.data.oneid for c in changes))
-            live = [c for c in changes if c.event.data.oneid not in erased]
+            oneids = {c.event.data.oneid for c in changes}
+            await repository.lock_identities(session, oneids)
+            gone = await repository.erased_among(session, oneids)
+            gone |= await repository.absorbed_among(session, oneids)
+            # an absorbed id's change was scored before its merge: the winner's own
+            # re-evaluation is what plans steps for the merged person
+            live = [c for c in changes if c.event.data.oneid not in gone]
             rows, held = self._plan(live, now)
             new_ids = await repository.insert_actions(session, rows)
             moves = [
@@ -241,9 +247,9 @@ class AutomationService:
         default = self._guards.default_timezone
         latest = {c.event.data.oneid: person_from_event(c.raw_data, default) for c in live}
         for oneid, (optouts, zone) in (await repository.contacts_of(session, list(latest))).items():
-            profile = Person(zone or latest[oneid].timezone, frozenset(optouts))
+            profile = Person(known_zone(zone) or latest[oneid].timezone, frozenset(optouts))
             latest[oneid] = refreshed(latest[oneid], profile)
-        await self._refresh(session, latest)
+        await self._refresh(session, list(latest), lambda o, stored: refreshed(stored, latest[o]))
 
     async def refresh_contacts(
         self, contacts: Mapping[str, tuple[Mapping[str, Any], datetime]]
@@ -252,26 +258,36 @@ class AutomationService:
         the profile's ``contact`` and time) to their steps not yet sent: a consent change
         reaches them even when it moves neither tier nor stage."""
         default = self._guards.default_timezone
-        latest = {
-            oneid: person_from_event({"contact": contact}, default)
-            for oneid, (contact, _) in contacts.items()
-        }
-        stored = {
-            oneid: (sorted(latest[oneid].optouts), contact.get("timezone"), at)
-            for oneid, (contact, at) in contacts.items()
-        }
         async with unit_of_work(self._sessions) as session:
+            await repository.lock_identities(session, contacts)
+            gone = await repository.erased_among(session, contacts)
+            gone |= await repository.absorbed_among(session, contacts)
+            kept = {oneid: value for oneid, value in contacts.items() if oneid not in gone}
+            latest = {
+                oneid: person_from_event({"contact": contact}, default)
+                for oneid, (contact, _) in kept.items()
+            }
+            stored = {
+                oneid: (sorted(latest[oneid].optouts), known_zone(contact.get("timezone")), at)
+                for oneid, (contact, at) in kept.items()
+            }
             await repository.record_contacts(session, stored)
-            await self._refresh(session, latest)
+            await self._refresh(
+                session, list(latest), lambda o, stored: refreshed(stored, latest[o])
+            )
 
-    async def _refresh(self, session: AsyncSession, latest: Mapping[str, Person]) -> None:
+    async def _refresh(
+        self,
+        session: AsyncSession,
+        oneids: Sequence[str],
+        guard: Callable[[str, Person], Person],
+    ) -> None:
+        """Guard these people's steps not yet sent with ``guard(oneid, stored person)``."""
         default = self._guards.default_timezone
         updates = []
-        for action_id, oneid, stored_json in await repository.pending_persons(
-            session, list(latest)
-        ):
+        for action_id, oneid, stored_json in await repository.pending_persons(session, oneids):
             stored = Person.from_json(stored_json, default)
-            person = refreshed(stored, latest[oneid])
+            person = guard(oneid, stored)
             if person != stored:
                 updates.append({"action_id": action_id, "person": person.as_json()})
         await repository.update_actions(session, updates)
@@ -523,23 +539,49 @@ class AutomationService:
         async with unit_of_work(self._sessions) as session:
             if isinstance(notice, IdentityErasure):
                 oneids = sorted({notice.oneid, *notice.oneids})
+                await repository.lock_identities(session, oneids)
                 deleted = await repository.erase(session, oneids, now)
                 log.info("erased %d actions", deleted, extra={"erasure_id": notice.erasure_id})
                 return
             assert isinstance(notice, IdentityMerge)
-            if await repository.erased_among(session, [notice.winner]):
-                await repository.erase(session, [notice.absorbed], now)
-                return
-            _, exited = await repository.merge(session, notice.absorbed, notice.winner, now)
-            records = [
-                record_of(a, "exited", now, detail=a.last_error).model_copy(
-                    update={"oneid": notice.winner}
-                )
-                for a in exited
-            ]
+            records = await self._merge(session, notice, now)
             await repository.append_log(session, records)
         self._count(records)
         self.outbox_wake.set()
+
+    async def _merge(
+        self, session: AsyncSession, notice: IdentityMerge, now: datetime
+    ) -> list[ActionRecord]:
+        """Move the absorbed person's steps to the OneID the winner ended up in (a later merge
+        of the winner may have been applied first), guarded by every refusal either person
+        gave; returns the records of the steps exited."""
+        absorbed = notice.absorbed
+        root = await repository.root_of(session, notice.winner)
+        await repository.lock_identities(session, [absorbed, root])
+        if (moved_on := await repository.root_of(session, notice.winner)) != root:
+            root = moved_on  # merged further meanwhile: rare, and locked out of order
+            await repository.lock_identities(session, [root])
+        await repository.record_merge(session, absorbed, notice.winner, notice.merged_at)
+        if root == absorbed:
+            return []
+        if await repository.erased_among(session, [root]):
+            await repository.erase(session, [absorbed], now)
+            return []
+        contacts = await repository.contacts_of(session, [absorbed, root])
+        _, exited = await repository.merge(session, absorbed, root, now)
+        if contacts:
+            zones = (known_zone(contacts[o][1]) for o in (root, absorbed) if o in contacts)
+            zone = next((z for z in zones if z is not None), None)
+            refused = frozenset(r for optouts, _ in contacts.values() for r in optouts)
+            await self._refresh(
+                session,
+                [root],
+                lambda _, stored: Person(zone or stored.timezone, stored.optouts | refused),
+            )
+        return [
+            record_of(a, "exited", now, detail=a.last_error).model_copy(update={"oneid": root})
+            for a in exited
+        ]
 
     async def retry_dead(self, action_id: str) -> Action | None:
         """An operator's retry of a dead-lettered action: a fresh schedule, due now."""

@@ -14,6 +14,11 @@ from services.automation.playbooks import DEFAULT_PLAYBOOKS_PATH
 from shared.settings import CommonSettings
 from shared.webhooks import SECRET_PREFIX
 
+MIN_KEY_BYTES = 24
+MAX_KEY_BYTES = 64
+"""Standard Webhooks key sizes: ``whsec_`` alone (an empty HMAC key) or a 1-byte key validated,
+and anyone could forge the signatures receivers trust."""
+
 
 class AutomationSettings(CommonSettings):
     """Where automation listens, where webhooks go, and how they are signed and retried."""
@@ -67,9 +72,15 @@ class AutomationSettings(CommonSettings):
             if not raw.startswith(SECRET_PREFIX):
                 raise ValueError(f"webhook secrets must start with {SECRET_PREFIX}")
             try:  # else every delivery would fail to sign, and be dead-lettered
-                base64.b64decode(raw.removeprefix(SECRET_PREFIX), validate=True)
+                key = base64.b64decode(raw.removeprefix(SECRET_PREFIX), validate=True)
             except binascii.Error as exc:
                 raise ValueError(f"a webhook secret is not base64 after {SECRET_PREFIX}") from exc
+            if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
+                raise ValueError(
+                    f"TIERFLOW_WEBHOOK_SECRET: a secret holds {len(key)} key bytes after "
+                    f"{SECRET_PREFIX}; Standard Webhooks requires {MIN_KEY_BYTES} to "
+                    f"{MAX_KEY_BYTES} (e.g. {SECRET_PREFIX}$(openssl rand -base64 32))"
+                )
         return value
 
     @model_validator(mode="after")

@@ -24,11 +24,12 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.automation import repository
 from services.automation.app import create_app
 from services.automation.clock import ManualClock
 from services.automation.delivery import build_endpoints
 from services.automation.playbooks import CHANNELS, DEFAULT_PLAYBOOKS_PATH
-from services.automation.service import AutomationService, DeliveryPolicy
+from services.automation.service import AutomationService, DeliveryPolicy, IncomingChange
 from services.automation.settings import AutomationSettings
 from services.automation.worker import run_loop
 from shared.contracts import (
@@ -37,7 +38,7 @@ from shared.contracts import (
     TierChangeEvent,
     encode,
 )
-from shared.db import build_engine, build_sessionmaker
+from shared.db import build_engine, build_sessionmaker, unit_of_work
 from shared.settings import CommonSettings
 from shared.topics import ACTIONS, DEADLETTER, IDENTITY_MERGES, PROFILES, TIERS_CHANGES
 from shared.webhooks import verify
@@ -132,6 +133,18 @@ class Receiver:
         return [d for d in self.deliveries if d.payload.get("oneid") == oneid]
 
 
+def merge_of(absorbed: str, winner: str) -> IdentityMerge:
+    """Identity's notice that ``absorbed`` joined ``winner``."""
+    return IdentityMerge(
+        merge_id=f"m-{absorbed}",
+        winner=winner,
+        absorbed=absorbed,
+        cause_event_id="e",
+        rule="email",
+        merged_at=datetime.now(UTC),
+    )
+
+
 @dataclass
 class Worker:
     """The running app, its clock and its receiver."""
@@ -157,16 +170,8 @@ class Worker:
 
     async def merge(self, winner: str, absorbed: str) -> None:
         """Publish identity's notice that ``absorbed`` joined ``winner``."""
-        merge = IdentityMerge(
-            merge_id=f"m-{absorbed}",
-            winner=winner,
-            absorbed=absorbed,
-            cause_event_id="e",
-            rule="email",
-            merged_at=datetime.now(UTC),
-        )
         await self.producer.send_and_wait(
-            IDENTITY_MERGES.name, encode(merge), key=absorbed.encode()
+            IDENTITY_MERGES.name, encode(merge_of(absorbed, winner)), key=absorbed.encode()
         )
 
     async def publish(self, *events: TierChangeEvent, extra: dict[str, Any] | None = None) -> None:
@@ -894,3 +899,123 @@ async def test_playbook_list_and_admin_token(worker: Worker) -> None:
     anonymous = await worker.api.get("/v1/playbooks", headers={"authorization": "Bearer nope"})
     assert anonymous.status_code == 401
     assert anonymous.json()["error"] == "unauthorized"
+
+
+async def pending_of(engine: AsyncEngine, oneid: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(step, payload oneid, stored person) of a person's steps not yet sent."""
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT step, payload->>'oneid', person FROM automation.actions"
+                " WHERE oneid = :o AND status = 'scheduled' AND sent_at IS NULL ORDER BY step"
+            ),
+            {"o": oneid},
+        )
+        return [(step, payload_oneid, person) for step, payload_oneid, person in rows]
+
+
+async def test_a_time_zone_that_is_not_iana_blocks_no_delivery(
+    worker: Worker, engine: AsyncEngine
+) -> None:
+    """A profile's ``timezone`` trait is any string ("GMT+8"): stored as it was, it failed the
+    quiet-hours guard of every dispatch round, and nobody's due steps went out."""
+    got = worker.receiver.of
+    odd, other = person(), person()
+    await worker.service.refresh_contacts(
+        {odd: ({"optouts": [], "timezone": "GMT+8"}, worker.clock.now())}
+    )
+    await worker.publish(make_tier_change(odd, "vip", at=worker.clock.now()))
+    await wait_for(lambda: len(got(odd)) == 2, "the vip's first steps")
+    await worker.advance(timedelta(days=3, minutes=1))  # the early-access SMS is due
+    await worker.publish(make_tier_change(other, "growth", at=worker.clock.now()))
+    await wait_for(lambda: got(other), "another person's first step")
+    await wait_for(lambda: len(got(odd)) == 3, "the SMS, guarded in the default zone")
+    assert steps(got(odd))[-1] == "early_access"
+    async with engine.connect() as connection:
+        zone = await connection.scalar(
+            text("SELECT timezone FROM automation.contacts WHERE oneid = :o"), {"o": odd}
+        )
+    assert zone is None
+
+
+async def test_an_erased_persons_late_profile_stores_no_contact(
+    worker: Worker, engine: AsyncEngine
+) -> None:
+    """A profile published before the erasure and read after it (profiles have their own
+    consumer group) must not bring the person's contact data back."""
+    erased = person()
+    now = datetime.now(UTC)
+    await worker.service.apply_notice(
+        IdentityErasure(erasure_id=f"er-{erased}", oneid=erased, oneids=(erased,), requested_at=now)
+    )
+    contact = {"optouts": ["sms"], "timezone": "Asia/Shanghai"}
+    await worker.service.refresh_contacts({erased: (contact, worker.clock.now())})
+    async with engine.connect() as connection:
+        stored = await connection.scalar(
+            text("SELECT count(*) FROM automation.contacts WHERE oneid = :o"), {"o": erased}
+        )
+    assert stored == 0
+
+
+async def test_an_erasure_in_progress_holds_back_the_planning_of_its_person(
+    worker: Worker, engine: AsyncEngine
+) -> None:
+    """Planning checked for an erasure and then inserted: an erasure committed in between let
+    the erased person's steps be stored and sent. Planning now waits for the erasure."""
+    erased = person()
+    change = make_tier_change(erased, "vip", at=worker.clock.now())
+    incoming = IncomingChange(change, orjson.loads(encode(change))["data"])
+    sessions = build_sessionmaker(engine)
+    async with unit_of_work(sessions) as session:  # the notice consumer's transaction
+        await repository.lock_identities(session, [erased])
+        await repository.erase(session, [erased], worker.clock.now())
+        planning = asyncio.create_task(worker.service.handle_changes([incoming]))
+        await asyncio.sleep(1.0)
+    assert await planning == 0
+    assert await pending_of(engine, erased) == []
+    await asyncio.sleep(0.5)
+    assert worker.receiver.of(erased) == []
+
+
+async def test_merges_applied_out_of_order_end_in_the_surviving_oneid(
+    worker: Worker, engine: AsyncEngine
+) -> None:
+    """Identity merged X into B, then B into A; the notices are keyed by the absorbed id, so
+    B→A can be applied first. X's steps must end under A (not B, which nobody has any more),
+    and a late tier change of B plans nothing."""
+    got = worker.receiver.of
+    x, b, a = person(), person(), person()
+    await worker.publish(make_tier_change(a, "at_risk", "growth"))
+    await worker.publish(make_tier_change(b, "prospect"))
+    await worker.publish(make_tier_change(x, "at_risk", "growth"))
+    await wait_for(lambda: got(a) and got(b) and got(x), "first steps")
+    await worker.service.apply_notice(merge_of(b, a))
+    await worker.service.apply_notice(merge_of(x, b))
+    assert await pending_of(engine, b) == []
+    assert await pending_of(engine, x) == []
+    moved = await pending_of(engine, a)
+    assert {payload_oneid for _, payload_oneid, _ in moved} == {a}
+    late = make_tier_change(b, "vip", "prospect", at=worker.clock.now())
+    incoming = IncomingChange(late, orjson.loads(encode(late))["data"])
+    assert await worker.service.handle_changes([incoming]) == 0
+    assert await pending_of(engine, b) == []
+
+
+async def test_a_merge_applies_the_winners_refusals_to_the_steps_it_moves(
+    worker: Worker, engine: AsyncEngine
+) -> None:
+    """The winner refused email on their profile; the absorbed id's nurture emails, moved to
+    the winner, must be guarded by that refusal (they kept the absorbed id's consent)."""
+    got = worker.receiver.of
+    absorbed, winner = person(), person()
+    await worker.service.refresh_contacts(
+        {winner: ({"optouts": ["email"], "timezone": "Europe/Berlin"}, worker.clock.now())}
+    )
+    await worker.publish(make_tier_change(absorbed, "growth"))
+    await wait_for(lambda: got(absorbed), "the absorbed id's first email")
+    await worker.service.apply_notice(merge_of(absorbed, winner))
+    moved = await pending_of(engine, winner)
+    assert moved, "the rest of the nurture sequence moved"
+    for step, _, stored in moved:
+        assert "email" in stored["optouts"], step
+        assert stored["timezone"] == "Europe/Berlin", step

@@ -126,3 +126,19 @@ async def test_up_reports_a_part_of_the_stack_that_died(tmp_path: Path) -> None:
     await asyncio.wait_for(_watch_children(stack, stop, died), 30)
     assert stop.is_set()
     assert died == ["short"]
+
+
+def test_an_overlong_playbook_wait_is_one_error_not_a_traceback(tmp_path: Path) -> None:
+    """A wait too long for a due time validated, or overflowed into a traceback."""
+    for wait in ("3000000d", "99999999999d"):
+        playbooks = tmp_path / "slow.yaml"
+        steps = f"[{{send: a, channel: email}}, {{wait: {wait}}}, {{send: b, channel: email}}]"
+        playbooks.write_text(
+            f"playbooks:\n- {{name: p, trigger: {{entered: vip}}, steps: {steps}}}\n"
+        )
+        result = tierflow("playbooks", "validate", str(playbooks))
+        assert result.returncode == 1
+        output = result.stdout.replace("\n", "")
+        assert f"{playbooks} is invalid" in output
+        assert f"{wait} is longer than the 3650 days" in output
+        assert "Traceback" not in result.stdout + result.stderr

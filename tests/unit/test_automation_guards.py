@@ -5,6 +5,7 @@ from datetime import UTC, datetime, time, timedelta
 import pytest
 
 from services.automation.guards import (
+    Decision,
     Person,
     consent_allows,
     decide,
@@ -107,6 +108,29 @@ def test_quiet_hours_end_inside_a_dst_gap_maps_after_the_gap() -> None:
     assert quiet_until(at("2026-03-08T06:30:00"), "America/New_York", gap, "sms") == at(
         "2026-03-08T07:30:00"
     )
+
+
+def test_quiet_hours_ending_in_a_repeated_hour_end_on_the_pass_now_is_in() -> None:
+    late = QuietHours(start=time(22), end=time(1, 30), channels=["sms"])
+    # New York falls back 2026-11-01 02:00 EDT -> 01:00 EST; 06:15 UTC is 01:15 EST, the
+    # second pass: the first 01:30 (EDT, 05:30 UTC) is past, quiet hours end at 01:30 EST
+    second_pass = quiet_until(at("2026-11-01T06:15:00"), "America/New_York", late, "sms")
+    assert second_pass == at("2026-11-01T06:30:00")
+    # the first pass (01:15 EDT) still ends at the first 01:30
+    first_pass = quiet_until(at("2026-11-01T05:15:00"), "America/New_York", late, "sms")
+    assert first_pass == at("2026-11-01T05:30:00")
+
+
+def test_quiet_hours_in_an_unusable_zone_use_the_default_zone() -> None:
+    # "GMT+8" is not an IANA name: raising here failed the whole dispatch batch
+    evening = at("2026-11-23T14:00:00")  # 22:00 in Shanghai, 14:00 in UTC
+    guards = Guards(quiet_hours=NIGHT, default_timezone="Asia/Shanghai")
+    decision = decide("sms", Person("GMT+8", frozenset()), [], evening, guards)
+    assert decision == Decision(
+        "postponed", "quiet hours in Asia/Shanghai", at("2026-11-24T00:00:00")
+    )
+    assert quiet_until(evening, "GMT+8", NIGHT, "sms", "Asia/Shanghai") == at("2026-11-24T00:00:00")
+    assert quiet_until(evening, "GMT+8", NIGHT, "sms") is None  # the default default is UTC
 
 
 def test_quiet_hours_only_for_their_channels_and_daytime_windows() -> None:

@@ -178,6 +178,8 @@ def test_invalid_playbooks_are_refused(playbook: dict[str, Any]) -> None:
         # a window of 0 or less turned the cap off
         {"frequency_caps": {"email": {"max": 1, "per": "0s"}}},
         {"frequency_caps": {"email": {"max": 1, "per": -86400}}},
+        # counted back from now, a longer window overflowed at send time
+        {"frequency_caps": {"email": {"max": 1, "per": "3651d"}}},
     ],
 )
 def test_guards_validate(tmp_path: Any, guards: dict[str, Any]) -> None:
@@ -185,6 +187,52 @@ def test_guards_validate(tmp_path: Any, guards: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump({"guards": guards, "playbooks": []}))
     with pytest.raises(ValidationError):
         load_playbooks(path)
+
+
+def waiting(*steps: dict[str, Any]) -> dict[str, Any]:
+    return {"name": "slow", "trigger": {"entered": "vip"}, "steps": [SEND, *steps]}
+
+
+# 3000000d validated, then planning overflowed (now + delay); 99999999999d overflowed timedelta
+# itself, a bare OverflowError out of validation; 400000000 is seconds, parsed by pydantic
+@pytest.mark.parametrize("wait", ["3000000d", "99999999999d", "3651d", "522w", 400_000_000])
+def test_a_wait_longer_than_ten_years_is_refused(wait: object) -> None:
+    with pytest.raises(ValidationError, match="longer than the 3650 days"):
+        custom(waiting({"wait": wait}))
+
+
+def test_a_playbooks_waits_add_up_to_ten_years_at_most() -> None:
+    longest = custom(waiting({"wait": "3650d"}, {**SEND, "send": "later"}))
+    assert plan(change("vip", "growth"), longest) == [("hello", 0), ("later", 3650)]
+    with pytest.raises(ValidationError, match="waits add up to 4000 days"):
+        custom(waiting({"wait": "2000d"}, {"wait": "2000d"}, {**SEND, "send": "later"}))
+    then = {"send": "a", "channel": "email"}
+    otherwise = {"send": "b", "channel": "email"}
+
+    def branch(then_wait: str, else_wait: str) -> dict[str, Any]:
+        return {
+            "branch": "b",
+            "when": {"tag": "t"},
+            "then": [{"wait": then_wait}, then],
+            "else": [{"wait": else_wait}, otherwise],
+        }
+
+    # the longer side counts, whichever side a change takes
+    custom(waiting({"wait": "1000d"}, branch("2650d", "1d")))
+    with pytest.raises(ValidationError, match="waits add up to 3650 days, 0:00:01"):
+        custom(waiting({"wait": "1000d"}, branch("1d", "2650d"), {"wait": "1s"}))
+
+
+def test_playbooks_validate_refuses_an_overlong_wait_naming_the_limit(tmp_path: Any) -> None:
+    for wait in ("3000000d", "99999999999d"):
+        path = tmp_path / "slow.yaml"
+        path.write_text(yaml.safe_dump({"playbooks": [waiting({"wait": wait})]}))
+        result = CliRunner().invoke(cli.app, ["playbooks", "validate", str(path)])
+        assert result.exit_code == 1
+        assert isinstance(result.exception, SystemExit)  # not an OverflowError
+        output = result.output.replace("\n", "")
+        assert f"{path} is invalid" in output
+        assert f"{wait} is longer than the 3650 days" in output
 
 
 def test_names_the_scoring_model_lacks_are_found_in_triggers_branches_and_holdouts() -> None:
@@ -273,6 +321,27 @@ def test_a_webhook_secret_must_be_base64_after_its_prefix() -> None:
     with pytest.raises(ValidationError, match="not base64"):
         settings("whsec_not-base64!")
     assert settings(SECRET).webhook_secrets
+
+
+@pytest.mark.parametrize("key_bytes", [0, 1, 23, 65])
+def test_a_webhook_secret_outside_24_to_64_key_bytes_is_refused(key_bytes: int) -> None:
+    # an empty or 1-byte HMAC key makes every signature forgeable
+    secret = "whsec_" + base64.b64encode(b"k" * key_bytes).decode()
+    settings = {"TIERFLOW_WEBHOOK_SECRET": f"{SECRET},{secret}", "admin_token": "t"}
+    with pytest.raises(
+        ValidationError, match=f"TIERFLOW_WEBHOOK_SECRET.* {key_bytes} key bytes"
+    ) as refused:
+        AutomationSettings.model_validate(settings)
+    assert SECRET not in str(refused.value), "a refusal must not print the secrets (logs keep it)"
+
+
+@pytest.mark.parametrize("key_bytes", [24, 64])
+def test_a_webhook_secret_of_24_or_64_key_bytes_is_accepted(key_bytes: int) -> None:
+    secret = "whsec_" + base64.b64encode(b"k" * key_bytes).decode()
+    settings = {"TIERFLOW_WEBHOOK_SECRET": secret, "admin_token": "t"}
+    assert AutomationSettings.model_validate(settings).webhook_secrets[0].get_secret_value() == (
+        secret
+    )
 
 
 def test_action_ids_are_deterministic_idempotency_keys() -> None:
