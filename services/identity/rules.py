@@ -30,6 +30,8 @@ OTHER_TYPES = "*"
 
 DEFAULT_RULES_PATH = Path(__file__).with_name("default_rules.yaml")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+PHONE_EXTENSION = ";ext="
+"""Between a phone's E.164 number and its extension (RFC 3966)."""
 
 
 class Blocked(BaseModel):
@@ -129,11 +131,15 @@ class IdentityRules(BaseModel):
         return identifiers
 
     def is_blocked(self, id_type: str, value: str) -> bool:
-        """True for junk that must not link anyone (shared test accounts, 'null', ...)."""
-        if value.lower() in self.blocked.values:
+        """True for junk that must not link anyone (shared test accounts, 'null', ...). A phone
+        is judged with and without its extension: a junk number stays junk behind one."""
+        values = {value}
+        if id_type == "phone":
+            values.add(value.partition(PHONE_EXTENSION)[0])
+        if any(v.lower() in self.blocked.values for v in values):
             return True
         patterns = [*self._patterns.get(id_type, ()), *self._patterns.get(OTHER_TYPES, ())]
-        return any(p.search(value) for p in patterns)
+        return any(p.search(v) for p in patterns for v in values)
 
 
 def load_rules(path: Path = DEFAULT_RULES_PATH) -> IdentityRules:
@@ -146,7 +152,9 @@ def normalize(id_type: str, value: str, *, region: str | None = None) -> str | N
     """The canonical form of an identifier value, or None when it cannot identify anyone.
 
     Emails are trimmed and lowercased; phones become E.164 (numbers without a country code are
-    read in ``region``); everything else is trimmed. Junk is judged later by the rules.
+    read in ``region``) with any extension kept, RFC 3966 style (``+16502530000;ext=123``):
+    people behind one switchboard differ only by it, and without it they merged. Everything
+    else is trimmed. Junk is judged later by the rules.
     """
     cleaned = value.strip()
     if not cleaned:
@@ -161,7 +169,9 @@ def normalize(id_type: str, value: str, *, region: str | None = None) -> str | N
             return None
         if not phonenumbers.is_valid_number(number):
             return None
-        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        extension = phonenumbers.normalize_digits_only(number.extension or "")
+        return f"{e164}{PHONE_EXTENSION}{extension}" if extension else e164
     return cleaned
 
 

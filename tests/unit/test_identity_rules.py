@@ -46,10 +46,33 @@ def test_emails_are_trimmed_and_lowercased_and_must_look_like_emails() -> None:
         ("415 555 2671", None, None),  # no country and no default region: unknowable
         ("12345", "US", None),  # not a valid number
         ("call me", "US", None),
+        # an extension is kept, RFC 3966 style, however it was written
+        ("+1 650-253-0000 ext. 123", None, "+16502530000;ext=123"),
+        ("(650) 253-0000 x456", "US", "+16502530000;ext=456"),
+        ("tel:+1-650-253-0000;ext=123", None, "+16502530000;ext=123"),
+        ("+44 20 7031 3000 ext 0042", None, "+442070313000;ext=0042"),
+        ("+1 650-253-0000 ext. \u0661\u0662\u0663", None, "+16502530000;ext=123"),  # Arabic-Indic
     ],
 )
 def test_phones_become_e164(raw: str, region: str | None, expected: str | None) -> None:
     assert normalize("phone", raw, region=region) == expected
+
+
+def test_two_people_behind_one_switchboard_stay_two_people() -> None:
+    def keys(email: str, phone: str) -> list[tuple[str, str]]:
+        traits = {"email": email, "phone": phone}
+        event = make_event(user_id=None, anonymous_id=f"a-{email}", traits=traits)
+        return identifiers_of(event, RULES)
+
+    ada = keys("ada@acme.io", "+1 650-253-0000 ext. 123")
+    bob = keys("bob@acme.io", "+1 650-253-0000 ext. 456")
+    plan = plan_batch([(ada, T), (bob, T + timedelta(seconds=1))], Graph(), RULES, ids())
+    assert plan.oneids == ["p1", "p2"]
+    assert plan.merges == []
+    assert ("phone", "+16502530000;ext=123") in ada
+    # the same extension written another way is the same line
+    again = keys("ada@home.io", "+16502530000 x123")
+    assert ("phone", "+16502530000;ext=123") in again
 
 
 def test_blocked_values_exact_and_by_pattern() -> None:
@@ -58,6 +81,8 @@ def test_blocked_values_exact_and_by_pattern() -> None:
     assert RULES.is_blocked("email", "test@acme.io")
     assert RULES.is_blocked("email", "ada@example.com")
     assert RULES.is_blocked("phone", "+11111111111")
+    assert RULES.is_blocked("phone", "+11111111111;ext=42")  # junk behind an extension too
+    assert not RULES.is_blocked("phone", "+16502530000;ext=1111111")
     assert not RULES.is_blocked("email", "ada@acme.io")
     assert not RULES.is_blocked("user_id", "u-1")
 
