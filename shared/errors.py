@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 
 class TierflowError(Exception):
@@ -83,8 +85,35 @@ def error_response(error: TierflowError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers())
 
 
+_CODES = {
+    error.status_code: error.code
+    for error in (
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        RateLimited,
+        Unavailable,
+        TierflowError,
+    )
+}
+
+
+def http_error_code(status: int) -> str:
+    """The ``error`` code of a status: the typed error's when there is one (404 ``not_found``),
+    else its HTTP phrase in snake case (405 ``method_not_allowed``)."""
+    if status in _CODES:
+        return _CODES[status]
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "error"
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Render typed errors and pydantic validation errors in the one error shape."""
+    """Render typed errors, pydantic validation errors and the framework's own (an unknown
+    path, another method) in the one error shape."""
 
     async def on_tierflow_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, TierflowError)
@@ -98,5 +127,13 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         return error_response(BadRequest(detail))
 
+    async def on_http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code in {204, 304}:  # no body allowed, as Starlette's own handler
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        body = {"error": http_error_code(exc.status_code), "detail": exc.detail}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
     app.add_exception_handler(TierflowError, on_tierflow_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(HTTPException, on_http_error)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import zlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from services.ingest import metrics
-from services.ingest.envelopes import NUL_REASON, nul_path
+from services.ingest.envelopes import NUL_REASON, nul_path, unstorable_reason
 from services.ingest.schemas import (
     CALL_TYPES,
     EXAMPLES,
@@ -35,6 +36,7 @@ from services.ingest.settings import IngestSettings
 from services.ingest.sources import SourceDirectory, SourceRef
 from shared.errors import (
     BadRequest,
+    NotFound,
     PayloadTooLarge,
     TierflowError,
     Unauthorized,
@@ -138,22 +140,49 @@ def parse_json(body: bytes) -> Any:
     orjson refuses a lone UTF-16 surrogate escape (``"\\ud83d"``), which JSON's grammar allows
     and browsers send when a page cuts an emoji in half; refusing it would refuse every other
     event of the batch. Such a body is parsed again by the standard library and each lone
-    surrogate becomes U+FFFD (the only case that parser takes on: no NaN or Infinity).
+    surrogate becomes U+FFFD (the only case that parser takes on: its numbers are read as
+    orjson reads them, so one half emoji changes nothing else in the body).
     """
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        error: Exception = exc
         if "surrogate" in str(exc):
             try:
-                return _without_lone_surrogates(json.loads(body, parse_constant=_no_constant))
-            except (ValueError, RecursionError):
-                pass
+                parsed = json.loads(
+                    body,
+                    parse_int=_int_as_orjson,
+                    parse_float=_float_as_orjson,
+                    parse_constant=_no_constant,
+                )
+                return _without_lone_surrogates(parsed)
+            except (ValueError, RecursionError) as fallback:
+                error = fallback
         metrics.rejected("malformed_json").inc()
-        raise BadRequest(f"malformed JSON: {exc}") from exc
+        raise BadRequest(f"malformed JSON: {error}") from error
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+_ORJSON_INTS = range(-(2**63), 2**64)
+"""The integers orjson reads as ints (signed or unsigned 64-bit); it reads others as floats."""
+
+
+def _int_as_orjson(text: str) -> int | float:
+    """An integer as orjson reads it: exact within 64 bits, else the nearest float (the
+    standard library would keep it exact, and orjson could not write it out again)."""
+    value = int(text)
+    return value if value in _ORJSON_INTS else _float_as_orjson(text)
+
+
+def _float_as_orjson(text: str) -> float:
+    """A number as orjson reads it: one beyond a double's range is malformed, not infinity."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:32]} is infinity when parsed as double")
+    return value
 
 
 def _without_lone_surrogates(value: Any) -> Any:
@@ -188,20 +217,22 @@ def basic_auth_key(header: bytes) -> str | None:
     return decoded.partition(":")[0] or None
 
 
-async def authenticated_body(scope: Scope, receive: Receive) -> tuple[SourceRef, Any]:
-    """The request's source and parsed body. A key in the Basic header (what the SDKs send)
-    is checked before the body is read, so a request with a wrong key costs no decompression
-    or parsing; without one, the body's ``writeKey`` is checked after."""
+async def authenticated_body(scope: Scope, receive: Receive) -> tuple[SourceRef, Any, int]:
+    """The request's source, parsed body and its size in bytes (after gunzip). A key in the
+    Basic header (what the SDKs send) is checked before the body is read, so a request with a
+    wrong key costs no decompression or parsing; without one, the body's ``writeKey`` is
+    checked after."""
     state = scope["app"].state
     settings: IngestSettings = state.settings
     header = _header(scope, b"authorization")
     key = basic_auth_key(header) if header is not None else None
     source = await authenticate(state.sources, key) if key is not None else None
-    body = parse_json(await read_body(scope, receive, settings.max_request_bytes))
+    raw = await read_body(scope, receive, settings.max_request_bytes)
+    body = parse_json(raw)
     if source is None:
         written = body.get("writeKey") if isinstance(body, dict) else None
         source = await authenticate(state.sources, written if isinstance(written, str) else None)
-    return source, body
+    return source, body, len(raw)
 
 
 async def authenticate(directory: SourceDirectory, key: str | None) -> SourceRef:
@@ -264,7 +295,7 @@ class CallEndpoint:
         self.kind = kind
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        source, body = await authenticated_body(scope, receive)
+        source, body, _ = await authenticated_body(scope, receive)
         collector: Collector = scope["app"].state.collector
         outcome = await collector.collect(source, [body], kind=self.kind)
         await respond(send, 200, _answer(outcome))
@@ -275,7 +306,7 @@ class BatchEndpoint:
     reported by index and dead-lettered."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        source, body = await authenticated_body(scope, receive)
+        source, body, size = await authenticated_body(scope, receive)
         if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
             metrics.rejected("invalid").inc()
             raise BadRequest([{"field": "batch", "reason": "batch must be a list of events"}])
@@ -283,11 +314,11 @@ class BatchEndpoint:
         integrations = body.get("integrations")
         if not isinstance(integrations, dict):
             integrations = None
-        for field, merged in (("context", context), ("integrations", integrations)):
-            if merged is not None and not _storable(merged):
-                metrics.rejected("invalid").inc()
-                reason = "nested too deep to store (at most 254 levels)"
-                raise BadRequest([{"field": field, "reason": reason}])
+        shared = _merged_size("context", context) + _merged_size("integrations", integrations)
+        limit = scope["app"].state.settings.max_request_bytes
+        if (too_large := _over_budget(size, shared, len(body["batch"]), limit)) is not None:
+            metrics.rejected("request_too_large").inc()
+            raise PayloadTooLarge(too_large)
         if integrations is not None and (where := nul_path(integrations, "integrations")):
             metrics.rejected("invalid").inc()
             raise BadRequest([{"field": where, "reason": NUL_REASON}])
@@ -311,13 +342,39 @@ class BatchEndpoint:
         await respond(send, 200, _answer(outcome))
 
 
-def _storable(value: dict[str, Any]) -> bool:
-    """True when the envelope's JSON writer takes ``value`` (merged into every event)."""
+def _merged_size(field: str, value: dict[str, Any] | None) -> int:
+    """The JSON size of a batch's ``context`` or ``integrations`` (0 when absent), 400 when the
+    envelope's writer would refuse it where it ends up: one level down in every event."""
+    if value is None:
+        return 0
     try:
-        orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        return False
-    return True
+        return len(orjson.dumps({field: value}))
+    except orjson.JSONEncodeError as exc:
+        metrics.rejected("invalid").inc()
+        raise BadRequest([{"field": field, "reason": unstorable_reason(exc)}]) from exc
+
+
+EXPANSION = 10
+"""How many times the request limit a batch may stand for once its ``context`` and
+``integrations`` are copied into each of its events. The smallest valid events already make
+envelopes ~10 times their request, so a batch-level context may at most double the worst a
+request costs (~10 MB at 500 KiB). A 500 KiB batch with a 2 KiB context passes down to events
+of ~230 bytes on average (an SDK's, with ids and times, are larger)."""
+
+
+def _over_budget(size: int, shared: int, events: int, request_limit: int) -> str | None:
+    """Why a batch is refused whole (413) for what it expands to, or None: a 275-byte gzipped
+    request with a 31 KB context and a thousand tiny events would otherwise build 31 MB of
+    envelopes, every event of it under the per-event limit."""
+    budget = EXPANSION * request_limit
+    expanded = size + shared * events
+    if expanded <= budget:
+        return None
+    return (
+        f"the batch's context and integrations ({shared} bytes) copied into each of its "
+        f"{events} events make {expanded} bytes, limit {budget} ({EXPANSION} times the "
+        "request limit): send fewer events per batch, or less in the batch's context"
+    )
 
 
 def _parse_sent_at(value: Any) -> datetime | None:
@@ -328,7 +385,13 @@ def _parse_sent_at(value: Any) -> datetime | None:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:
+        parsed.astimezone(UTC)
+    except OverflowError:  # its UTC value is outside years 1-9999: every event would be refused
+        return None
+    return parsed
 
 
 Endpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -342,6 +405,43 @@ TRACKING["/v1/b"] = TRACKING["/v1/batch"]
 its batching mode and the mobile SDKs post batches to (``/v1/b``)."""
 
 
+UNMATCHED = "unmatched"
+"""The route of a path under ``/v1/`` that serves nothing (a metrics label, as elsewhere)."""
+
+
+def tracking_route(path: str) -> str | None:
+    """The tracking route answering ``path``: its own, the same without a trailing slash (the
+    router's redirect there is an answer a browser cannot read), ``UNMATCHED`` for another path
+    under ``/v1/`` (404 in the tracking answers' shape, which a page can read), or None for the
+    rest (docs and ops routes, served by FastAPI)."""
+    if path in TRACKING:
+        return path
+    if path.endswith("/") and path[:-1] in TRACKING:
+        return path[:-1]
+    return UNMATCHED if path.startswith("/v1/") else None
+
+
+class MethodNotAllowed(TierflowError):
+    """Another method than POST (or a preflight's OPTIONS) on a tracking path."""
+
+    status_code = 405
+    code = "method_not_allowed"
+
+    def headers(self) -> dict[str, str]:
+        """``Allow``, which a 405 must carry."""
+        return {**super().headers(), "Allow": "POST, OPTIONS"}
+
+
+async def wrong_method(scope: Scope, receive: Receive, send: Send) -> None:
+    """The endpoint of a tracking path for a method it does not take."""
+    raise MethodNotAllowed(f"{scope['method']} is not allowed here: tracking calls are POST")
+
+
+async def no_route(scope: Scope, receive: Receive, send: Send) -> None:
+    """The endpoint of a path under ``/v1/`` that is not a tracking path."""
+    raise NotFound("no tracking call is served here: see /docs for the paths")
+
+
 def tracking_routes() -> list[Route]:
     """The same endpoints as router entries, so other methods get 405 rather than 404."""
     return [Route(path, endpoint, methods=["POST"]) for path, endpoint in TRACKING.items()]
@@ -350,7 +450,8 @@ def tracking_routes() -> list[Route]:
 ERROR_RESPONSES = {
     "400": "Malformed JSON, bad gzip or a request-level field error (the reason says which).",
     "401": "Missing, unknown or revoked write key.",
-    "413": "Over 32 KB for one event or 500 KB for the request (after gunzip).",
+    "413": "Over 32 KB for one event or 500 KB for the request (after gunzip), or a batch "
+    "whose context and integrations, copied into each event, make over 10 times that.",
     "429": "The source is over its rate limit; retry after `Retry-After` seconds.",
     "503": "Kafka did not acknowledge in time, or Postgres could not check a write key this "
     "replica has not seen: retry after `Retry-After` with the same messageIds (an event "

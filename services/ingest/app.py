@@ -19,9 +19,12 @@ from services.ingest.api import (
     TRACKING,
     Disconnected,
     document,
+    no_route,
     preflight,
     respond_error,
+    tracking_route,
     tracking_routes,
+    wrong_method,
 )
 from services.ingest.ratelimit import SourceLimiter
 from services.ingest.service import Acceptor, Collector
@@ -56,17 +59,21 @@ class IngestApp(FastAPI):
     Tracking POSTs skip FastAPI's and Starlette's middleware stack (error middleware, exception
     middleware, body limits, request metrics) and do the same work themselves: typed errors are
     rendered in the shared shape, unexpected ones as 500, and the request metrics are recorded
-    with the same names and labels.
+    with the same names and labels. Every answer under ``/v1/`` (a 404, a 405) is theirs, so a
+    page can read it (CORS).
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = TRACKING.get(scope["path"]) if scope["type"] == "http" else None
-        if endpoint is not None and scope["method"] == "OPTIONS":
-            await preflight(send)
-            return
-        if endpoint is None or scope["method"] != "POST":
+        route = tracking_route(scope["path"]) if scope["type"] == "http" else None
+        if route is None:
             await super().__call__(scope, receive, send)
             return
+        endpoint = TRACKING.get(route, no_route)
+        if endpoint is not no_route and scope["method"] != "POST":
+            if scope["method"] == "OPTIONS":
+                await preflight(send)
+                return
+            endpoint = wrong_method
         scope["app"] = self
         started = time.perf_counter()
         status = 500
@@ -91,9 +98,8 @@ class IngestApp(FastAPI):
                 raise
             await respond_error(sending, TierflowError("internal error"))
         finally:
-            path: str = scope["path"]
-            _latency(path).observe(time.perf_counter() - started)
-            _requests(path, f"{status // 100}xx").inc()
+            _latency(route).observe(time.perf_counter() - started)
+            _requests(route, f"{status // 100}xx").inc()
 
 
 def create_app(settings: IngestSettings) -> FastAPI:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -175,7 +176,8 @@ def _shared_bytes(request: Request) -> int:
     shared = 0
     for merged in (request.context, request.integrations):
         if merged:
-            shared += len(orjson.dumps(merged))
+            with suppress(orjson.JSONEncodeError):  # then each envelope is refused (_timed_json)
+                shared += len(orjson.dumps(merged))
     return shared
 
 
@@ -340,7 +342,7 @@ def _envelope(
         context = envelope["context"] = {**request.context, **context}
     if request.integrations:
         envelope["integrations"] = {**request.integrations, **envelope["integrations"]}
-    if "externalIds" in context:
+    if context.get("externalIds") is not None:  # null is absent, as the check decided
         envelope["external_ids"] = _external_ids(context["externalIds"])
     if "category" in envelope:
         category = envelope.pop("category")
@@ -349,12 +351,84 @@ def _envelope(
     message_id = envelope["message_id"] or str(uuid.uuid4())
     envelope["message_id"] = message_id
     envelope["event_id"] = derive_event_id(request.source_id, message_id)
+    written = _timed_json(envelope, call, request, latest, skew)
+    if isinstance(written, Refused):
+        return written
+    value, ahead = written
+    return key.encode(), value, ahead
+
+
+def _timed_json(
+    envelope: dict[str, Any],
+    call: dict[str, Any],
+    request: Request,
+    latest: datetime,
+    skew: timedelta | None,
+) -> tuple[bytes, bool] | Refused:
+    """The envelope's JSON once its times are set (:func:`_set_times`), and whether its time was
+    moved back; a time or a value the envelope cannot carry refuses the event, never the
+    request."""
     try:
         ahead = _set_times(envelope, call, request, latest, skew)
     except OverflowError:  # e.g. year 1 from a device whose clock is ahead
         field = "originalTimestamp" if call.get("original_timestamp") else "timestamp"
         return Refused(field, f"{field} is out of range once corrected by sentAt")
-    return key.encode(), orjson.dumps(envelope, option=orjson.OPT_UTC_Z), ahead
+    if (off := _off_calendar(envelope)) is not None:
+        return Refused(off, f"{off} is outside years 1-9999 once converted to UTC")
+    try:
+        return orjson.dumps(envelope, option=orjson.OPT_UTC_Z), ahead
+    except orjson.JSONEncodeError as exc:  # e.g. a batch's context, one level deeper here
+        return Refused(_unstorable_field(envelope), unstorable_reason(exc))
+
+
+OBJECT_LEVELS = 253
+"""How deep an envelope's ``context`` (or another object) may be nested: orjson writes 254
+levels, and the envelope holding it is one."""
+
+
+def unstorable_reason(error: orjson.JSONEncodeError, levels: int = OBJECT_LEVELS) -> str:
+    """Why orjson refused to write a value, in words a client can act on (its message says
+    "Recursion limit reached" or "Integer exceeds 64-bit range"); ``levels``: how deep the
+    value may be nested where it is written."""
+    if "recursion" in str(error).lower():
+        return f"nested too deep to store (at most {levels} levels)"
+    return f"cannot be stored as JSON: {error}"
+
+
+_OBJECTS = ("context", "integrations", "properties", "traits")
+
+
+def _unstorable_field(envelope: dict[str, Any]) -> str | None:
+    """The first object of an envelope orjson refuses, measured where it sits (one level down):
+    the field to name when the whole envelope could not be written."""
+    for name in _OBJECTS:
+        try:
+            orjson.dumps({name: envelope[name]})
+        except orjson.JSONEncodeError:
+            return name
+    return None
+
+
+_TIMES = (
+    ("timestamp", "timestamp"),
+    ("original_timestamp", "originalTimestamp"),
+    ("sent_at", "sentAt"),
+)
+_EDGE_YEARS = (1, 9999)
+
+
+def _off_calendar(envelope: dict[str, Any]) -> str | None:
+    """The field of a time whose UTC value leaves years 1-9999 (``0001-01-01T00:00+01:00``): it
+    is a valid datetime as given, but converting it to UTC, as scoring does, raises. Only the
+    first and last years can be off, so other times cost a comparison."""
+    for key, name in _TIMES:
+        value: datetime | None = envelope[key]
+        if value is not None and value.year in _EDGE_YEARS:
+            try:
+                value.astimezone(UTC)
+            except OverflowError:
+                return name
+    return None
 
 
 def _set_times(

@@ -209,6 +209,24 @@ async def test_analytics_js_short_paths_plain_text_and_cors(
     assert sorted(e["type"] for e in raw) == ["group", "identify", "page", "track"]
 
 
+async def test_other_methods_paths_and_a_trailing_slash_answer_as_tracking_calls_do(
+    ingest: str,
+) -> None:
+    """In the shared error shape and readable by a page; a trailing slash is no redirect."""
+    async with httpx.AsyncClient(base_url=ingest, auth=_auth()) as client:
+        wrong_method = await client.get("/v1/track")
+        unknown = await client.post("/v1/trackx", json={"userId": "u", "event": "x"})
+        slash = await client.post(
+            "/v1/track/", json={"userId": "u", "event": "x", "context": {"externalIds": None}}
+        )
+    assert (wrong_method.status_code, wrong_method.json()["error"]) == (405, "method_not_allowed")
+    assert wrong_method.headers["allow"] == "POST, OPTIONS"
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "not_found")
+    assert (slash.status_code, slash.json()["accepted"]) == (200, 1), slash.text
+    for answer in (wrong_method, unknown, slash):
+        assert answer.headers["access-control-allow-origin"] == "*"
+
+
 async def test_write_key_in_the_body_is_accepted(ingest: str) -> None:
     async with httpx.AsyncClient(base_url=ingest) as client:
         body = {"writeKey": WRITE_KEY, "userId": "body-key", "event": "Signed Up"}
