@@ -17,7 +17,14 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 class CommonSettings(BaseSettings):
     """Connection and operational settings every process needs (env prefix ``TIERFLOW_``)."""
 
-    model_config = SettingsConfigDict(env_prefix="TIERFLOW_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="TIERFLOW_",
+        extra="ignore",
+        frozen=True,
+        # a refusal names the setting and why; repeating its value would put webhook secrets,
+        # tokens and database passwords in the logs that collect a crash-looping pod's output
+        hide_input_in_errors=True,
+    )
 
     kafka_bootstrap: str = Field(
         default="127.0.0.1:9092", description="Kafka bootstrap servers, comma separated."
