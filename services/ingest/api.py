@@ -44,9 +44,14 @@ from shared.errors import (
     UnsupportedMediaType,
 )
 
-JSON_HEADERS = [(b"content-type", b"application/json"), (b"access-control-allow-origin", b"*")]
+JSON_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-expose-headers", b"retry-after"),
+]
 """Every tracking answer may be read by any page: analytics.js posts from the customer's own
-site, and a browser that cannot read the answer takes the call as failed and sends it again."""
+site, and a browser that cannot read the answer takes the call as failed and sends it again.
+``Retry-After`` (429, 503) is not a header a page may read unless it is exposed."""
 PREFLIGHT_HEADERS = [
     (b"access-control-allow-origin", b"*"),
     (b"access-control-allow-methods", b"POST, OPTIONS"),

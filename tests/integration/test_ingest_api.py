@@ -422,6 +422,8 @@ async def test_a_source_over_its_rate_gets_429_with_retry_after(ingest: str) -> 
             statuses.append(response.status_code)
             if response.status_code == 429:
                 assert int(response.headers["retry-after"]) >= 1
+                # analytics.js on the customer's page backs off only if it may read the header
+                assert response.headers["access-control-expose-headers"] == "retry-after"
                 assert "limit of 5 events/s" in response.json()["detail"]
         await asyncio.sleep(2.1)
         later = await client.post("/v1/track", json={"userId": "rl-later", "event": "x"})
