@@ -73,6 +73,16 @@ async def lock_identities(session: AsyncSession, oneids: Iterable[str]) -> None:
     )
 
 
+MERGES_LOCK = 0x6D65726765  # "merge"
+"""The advisory lock every merge takes first (merges are rare; planning never takes it)."""
+
+
+async def lock_merges(session: AsyncSession) -> None:
+    """Serialise merges until commit: the OneID a chain ends in cannot move while one is
+    applied. Taken before any identity lock, by merges only, so it closes no cycle."""
+    await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MERGES_LOCK})
+
+
 async def absorbed_among(session: AsyncSession, oneids: Iterable[str]) -> set[str]:
     """Which of these OneIDs were merged into another."""
     wanted = list(set(oneids))

@@ -556,11 +556,11 @@ class AutomationService:
         of the winner may have been applied first), guarded by every refusal either person
         gave; returns the records of the steps exited."""
         absorbed = notice.absorbed
+        # merges one at a time: a chain's notices arrive together on several partitions, and
+        # a root read while another merge moved it on left steps under an absorbed id
+        await repository.lock_merges(session)
         root = await repository.root_of(session, notice.winner)
         await repository.lock_identities(session, [absorbed, root])
-        if (moved_on := await repository.root_of(session, notice.winner)) != root:
-            root = moved_on  # merged further meanwhile: rare, and locked out of order
-            await repository.lock_identities(session, [root])
         await repository.record_merge(session, absorbed, notice.winner, notice.merged_at)
         if root == absorbed:
             return []

@@ -252,6 +252,17 @@ def _identifiers(
     return tuple(sorted(seen, key=lambda key: rules.rank(key[0])))
 
 
+def suppression_forms(key: IdentifierKey) -> tuple[IdentifierKey, ...]:
+    """The forms of an identifier an erasure may have suppressed: itself, and for a phone with
+    an extension the number without it. Links stored before extensions were kept hold the plain
+    number, and so do the digests erasing them; the same phone sent with its extension must not
+    bring the erased person back."""
+    id_type, value = key
+    if id_type == "phone" and PHONE_EXTENSION in value:
+        return key, (id_type, value.partition(PHONE_EXTENSION)[0])
+    return (key,)
+
+
 def without_erased(
     keyed: list[list[IdentifierKey]], erased: set[IdentifierKey]
 ) -> tuple[list[list[IdentifierKey]], list[bool]]:

@@ -8,7 +8,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +29,7 @@ from services.identity.rules import (
     identifiers_of,
     needs_counts,
     plan_batch,
+    suppression_forms,
     without_erased,
 )
 from shared.contracts import EventEnvelope, IdentityErasure, IdentityMerge
@@ -361,8 +362,12 @@ class Resolver:
     ) -> set[IdentifierKey]:
         """Which of ``keys`` were erased. Only identifiers that no live person holds need the
         check: erasure deletes an identifier's link, and suppression keeps it from coming back."""
-        digests = {self.digest(key): key for key in keys}
-        return {digests[d] for d in await batch_repository.suppressed(connection, digests)}
+        digests: dict[str, set[IdentifierKey]] = defaultdict(set)
+        for key in keys:
+            for form in suppression_forms(key):
+                digests[self.digest(form)].add(key)
+        found = await batch_repository.suppressed(connection, digests)
+        return {key for digest in found for key in digests[digest]}
 
     async def erase(self, oneid: str, reason: str) -> Erasure:
         """Erase a person (and everyone merged into them): raw identifiers and traits deleted,

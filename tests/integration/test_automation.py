@@ -1019,3 +1019,47 @@ async def test_a_merge_applies_the_winners_refusals_to_the_steps_it_moves(
     for step, _, stored in moved:
         assert "email" in stored["optouts"], step
         assert stored["timezone"] == "Europe/Berlin", step
+
+
+async def test_a_chains_merges_applied_at_once_end_in_its_last_winner(
+    worker: Worker, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """X→B, B→A and A→Z arrive together on three partitions. Each merge used to read where its
+    winner ended up and then wait for the merges ahead of it, which moved that end on: X's
+    steps landed under A after A had been absorbed into Z. The merges are held at the point
+    where they record themselves, in the order that showed it."""
+    x, b, a, z = (person() for _ in range(4))
+    at = worker.clock.now()
+    for oneid in (x, b, a, z):
+        change = make_tier_change(oneid, "at_risk", "growth", at=at)
+        await worker.service.handle_changes(
+            [IncomingChange(change, orjson.loads(encode(change))["data"])]
+        )
+    gates = {b: asyncio.Event(), a: asyncio.Event()}
+    reached = {b: asyncio.Event(), a: asyncio.Event()}
+    record = repository.record_merge
+
+    async def held(session: Any, absorbed: str, winner: str, at: datetime) -> None:
+        if absorbed in gates:
+            reached[absorbed].set()
+            await gates[absorbed].wait()
+        await record(session, absorbed, winner, at)
+
+    monkeypatch.setattr(repository, "record_merge", held)
+    b_into_a = asyncio.create_task(worker.service.apply_notice(merge_of(b, a)))
+    await reached[b].wait()
+    a_into_z = asyncio.create_task(worker.service.apply_notice(merge_of(a, z)))
+    x_into_b = asyncio.create_task(worker.service.apply_notice(merge_of(x, b)))
+    await asyncio.sleep(0.5)
+    gates[b].set()
+    await b_into_a
+    await reached[a].wait()
+    await asyncio.sleep(0.5)
+    gates[a].set()
+    await asyncio.gather(a_into_z, x_into_b)
+    for absorbed in (x, b, a):
+        assert await pending_of(engine, absorbed) == [], absorbed
+    moved = await pending_of(engine, z)
+    # Z's own survey and call; the others' copies, moved to Z, were exited as duplicates
+    assert [step for step, _, _ in moved] == ["satisfaction_survey", "winback_call"]
+    assert {payload_oneid for _, payload_oneid, _ in moved} == {z}

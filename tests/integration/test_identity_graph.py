@@ -127,3 +127,31 @@ async def test_cached_batches_follow_merges_erasures_and_the_dedup_window(
     finally:
         await worker.close()
         await other.close()
+
+
+async def test_an_erased_plain_number_stays_erased_behind_an_extension(engine: AsyncEngine) -> None:
+    """Links stored before extensions were kept hold the plain number, and so does the digest
+    that erasing them keeps: the same phone sent with its extension must not bring the erased
+    person back, and is suppressed as the event's strongest identifier."""
+    tag = uuid.uuid4().hex[:8]
+    phone = f"+1 650-253-{random.Random(tag).randrange(10_000):04d}"
+    resolver = Resolver(engine, load_rules())
+    offsets = iter(range(1_000_000))
+
+    async def resolve(event: EventEnvelope) -> Resolution:
+        return await resolver.resolve([event], [Sighting(event.event_id, 0, next(offsets))])
+
+    def identify(name: str, phone: str) -> EventEnvelope:
+        return make_event(
+            user_id=None, anonymous_id=f"{tag}-{name}", type="identify", traits={"phone": phone}
+        )
+
+    try:
+        (erased,) = (await resolve(identify("a", phone))).oneids
+        assert erased is not None
+        await resolver.erase(erased, "test")
+        back = await resolve(identify("b", f"{phone} ext. 123"))
+        assert back.suppressed == [True]
+        assert back.oneids == [None]
+    finally:
+        await resolver.close()

@@ -16,6 +16,7 @@ from services.identity.rules import (
     needs_counts,
     normalize,
     plan_batch,
+    suppression_forms,
     without_erased,
 )
 from services.identity.settings import IdentitySettings
@@ -312,3 +313,13 @@ def test_an_erased_identifier_drops_itself_unless_it_was_the_events_strongest() 
     kept, dropped = without_erased(keyed, {ada, cookie})
     assert kept == [[], [bob], [], [], [bob, new]]
     assert dropped == [True, False, True, False, False]
+
+
+def test_a_phone_with_an_extension_is_suppressed_by_its_plain_number_too() -> None:
+    # an erasure of a link stored before extensions were kept digested the plain number
+    assert suppression_forms(("phone", "+16502530000;ext=123")) == (
+        ("phone", "+16502530000;ext=123"),
+        ("phone", "+16502530000"),
+    )
+    assert suppression_forms(("phone", "+16502530000")) == (("phone", "+16502530000"),)
+    assert suppression_forms(("user_id", "a;ext=1")) == (("user_id", "a;ext=1"),)
