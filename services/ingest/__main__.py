@@ -16,7 +16,13 @@ def main() -> None:
     # startup heap and collecting less eagerly removes multi-millisecond pauses from the tail.
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    run_http(create_app(settings), settings.host, settings.port, proxy_headers=False)
+    run_http(
+        create_app(settings),
+        settings.host,
+        settings.port,
+        drain_s=settings.drain_s,
+        proxy_headers=False,
+    )
 
 
 if __name__ == "__main__":

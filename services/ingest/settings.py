@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pydantic import Field, SecretStr
 
 from shared.settings import CommonSettings
@@ -40,3 +42,10 @@ class IngestSettings(CommonSettings):
     source_cache_ttl_s: float = Field(
         default=30.0, ge=0, description="How long a write-key lookup is cached (revocation lag)."
     )
+
+    @property
+    def drain_s(self) -> int:
+        """How long a stopping ingest lets requests in flight finish: the longest a request can
+        wait (a write key Postgres checks, then Kafka's ack, each bounded by the produce
+        timeout) and 2 s of margin, so every request read is answered, 200 or 503."""
+        return math.ceil(2 * self.produce_timeout_s) + 2

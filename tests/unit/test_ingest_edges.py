@@ -240,3 +240,11 @@ async def test_every_service_renders_framework_errors_in_the_shared_shape() -> N
         {"error": "method_not_allowed", "detail": "Method Not Allowed"},
     )
     assert wrong.headers["allow"] == "GET"
+
+
+def test_the_shutdown_drain_outlasts_the_longest_request() -> None:
+    # a write key Postgres checks, then Kafka's ack: each may take the whole produce timeout,
+    # and a drain shorter than both cut such a request off unanswered
+    assert IngestSettings().drain_s == 12
+    assert IngestSettings(produce_timeout_s=0.4).drain_s == 3
+    assert IngestSettings(produce_timeout_s=20).drain_s > 2 * 20
