@@ -50,27 +50,45 @@ def one_of(column: InstrumentedAttribute[Any], items: Iterable[Any]) -> ColumnEl
     return column == any_(bindparam(None, list(items), type_=ARRAY(column.type)))
 
 
-async def erased_among(session: AsyncSession, oneids: Iterable[str]) -> set[str]:
-    """Which of these persons were erased."""
+async def _among(
+    session: AsyncSession, column: InstrumentedAttribute[str], oneids: Iterable[str]
+) -> set[str]:
+    """Which of these OneIDs ``column`` holds."""
     wanted = list(set(oneids))
     if not wanted:
         return set()
-    result = await session.execute(select(Erased.oneid).where(one_of(Erased.oneid, wanted)))
+    result = await session.execute(select(column).where(one_of(column, wanted)))
     return set(result.scalars())
+
+
+async def erased_among(session: AsyncSession, oneids: Iterable[str]) -> set[str]:
+    """Which of these persons were erased."""
+    return await _among(session, Erased.oneid, oneids)
+
+
+async def absorbed_among(session: AsyncSession, oneids: Iterable[str]) -> set[str]:
+    """Which of these OneIDs were merged into another."""
+    return await _among(session, Merged.absorbed, oneids)
+
+
+async def _lock_each(session: AsyncSession, oneids: Iterable[str], space: int) -> None:
+    """A transaction-scoped advisory lock per OneID in key space ``space``, taken in sorted
+    order: two transactions locking in one order wait for each other instead of deadlocking."""
+    await session.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(hashtextextended(o, :space)) "
+            "FROM unnest(CAST(:ids AS text[])) AS o"
+        ),
+        {"ids": sorted(set(oneids)), "space": space},
+    )
 
 
 async def lock_identities(session: AsyncSession, oneids: Iterable[str]) -> None:
     """Serialise what an identity notice changes with what plans or stores for the same people,
     until commit: an erasure committed between planning's check and its insert left the erased
     person's steps to be sent. Its own key space, so the dispatcher, which locks rows first and
-    persons second, never waits for it (sorted: no deadlock among these)."""
-    await session.execute(
-        text(
-            "SELECT pg_advisory_xact_lock(hashtextextended(o, 11)) "
-            "FROM unnest(CAST(:ids AS text[])) AS o"
-        ),
-        {"ids": sorted(set(oneids))},
-    )
+    persons second, never waits for it."""
+    await _lock_each(session, oneids, 11)
 
 
 MERGES_LOCK = 0x6D65726765  # "merge"
@@ -81,15 +99,6 @@ async def lock_merges(session: AsyncSession) -> None:
     """Serialise merges until commit: the OneID a chain ends in cannot move while one is
     applied. Taken before any identity lock, by merges only, so it closes no cycle."""
     await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MERGES_LOCK})
-
-
-async def absorbed_among(session: AsyncSession, oneids: Iterable[str]) -> set[str]:
-    """Which of these OneIDs were merged into another."""
-    wanted = list(set(oneids))
-    if not wanted:
-        return set()
-    result = await session.execute(select(Merged.absorbed).where(one_of(Merged.absorbed, wanted)))
-    return set(result.scalars())
 
 
 MAX_CHAIN = 64
@@ -304,14 +313,8 @@ async def lock_due(
 
 
 async def lock_persons(session: AsyncSession, oneids: Sequence[str]) -> None:
-    """Serialise cap checks per person across workers until commit (sorted: no deadlock)."""
-    await session.execute(
-        text(
-            "SELECT pg_advisory_xact_lock(hashtextextended(o, 7)) "
-            "FROM unnest(CAST(:ids AS text[])) AS o"
-        ),
-        {"ids": sorted(set(oneids))},
-    )
+    """Serialise cap checks per person across workers until commit."""
+    await _lock_each(session, oneids, 7)
 
 
 async def recent_sends(
