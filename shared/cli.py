@@ -80,6 +80,8 @@ async def _up(settings: object, *, demo: bool, dashboard: bool) -> bool:
         console.print(f"[green]Ready in {loop.time() - started:.1f}s[/]")
         table = Table("what", "where")
         table.add_row("ingest API docs", f"{stack.urls['ingest']}/docs")
+        for name in ("identity", "scoring", "automation"):
+            table.add_row(f"{name} API", stack.urls[name])
         for name in ("ingest", "identity", "scoring", "automation"):
             table.add_row(f"{name} metrics", f"{stack.urls[name]}/metrics")
         if "sink" in stack.urls:
