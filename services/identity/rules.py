@@ -30,6 +30,10 @@ OTHER_TYPES = "*"
 
 DEFAULT_RULES_PATH = Path(__file__).with_name("default_rules.yaml")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MAX_TYPE_LENGTH = 64
+MAX_VALUE_LENGTH = 512
+"""The graph's columns (``identifiers.id_type`` and ``id_value``): a longer identifier could not
+be stored, and failed its whole batch before it was dropped like junk."""
 PHONE_EXTENSION = ";ext="
 """Between a phone's E.164 number and its extension (RFC 3966)."""
 
@@ -247,9 +251,35 @@ def _identifiers(
             candidates.append((id_type, external_id))
     seen: dict[IdentifierKey, None] = {}
     for id_type, value in candidates:
-        if value is not None and (usable := rules.canonical(id_type, value, region)) is not None:
+        if value is None or len(id_type) > MAX_TYPE_LENGTH:
+            continue
+        usable = rules.canonical(id_type, value, region)
+        if usable is not None and len(usable) <= MAX_VALUE_LENGTH:
             seen.setdefault((id_type, usable), None)
     return tuple(sorted(seen, key=lambda key: rules.rank(key[0])))
+
+
+TRAIT_IDENTIFIERS = ("email", "phone")
+"""Traits that are identifiers too (see :func:`identifiers_of`)."""
+
+
+def erased_traits(
+    event: EventEnvelope, erased: set[IdentifierKey], rules: IdentityRules, region: str | None
+) -> frozenset[str]:
+    """The identifier traits of an event whose value was erased. Someone else's identify call
+    that shows an erased email (a shared inbox, a typo) is resolved without it, and must not
+    store it again in plain text as that person's trait."""
+    names = []
+    for name in TRAIT_IDENTIFIERS:
+        raw = (
+            _phone_text(event.traits.get(name))
+            if name == "phone"
+            else _text(event.traits.get(name))
+        )
+        usable = rules.canonical(name, raw, region) if raw is not None else None
+        if usable is not None and (name, usable) in erased:
+            names.append(name)
+    return frozenset(names)
 
 
 def suppression_forms(key: IdentifierKey) -> tuple[IdentifierKey, ...]:

@@ -26,6 +26,7 @@ from services.identity.rules import (
     Graph,
     IdentifierKey,
     IdentityRules,
+    erased_traits,
     identifiers_of,
     needs_counts,
     plan_batch,
@@ -318,8 +319,10 @@ class Resolver:
         wanted = {k for event_keys in keyed for k in event_keys}
         hidden = await self._suppressed(connection, wanted - links.keys())
         suppressed = [False] * len(keyed)
+        withheld: list[frozenset[str]] = [frozenset()] * len(keyed)
         if hidden:
             keyed, suppressed = without_erased(keyed, hidden)
+            withheld = [erased_traits(e, hidden, self._rules, self._region) for e in events]
 
         to_plan = needs_counts(keyed, links)
         created, counts = await batch_repository.persons_to_plan(connection, to_plan)
@@ -348,7 +351,7 @@ class Resolver:
             now,
         )
         await batch_repository.upsert_traits(
-            connection, _latest_traits(events, plan.oneids, plan.root_of)
+            connection, _latest_traits(events, plan.oneids, plan.root_of, withheld)
         )
 
         if plan.merges:  # owners may have moved: re-learn every link the batch saw
@@ -410,15 +413,21 @@ def _new_oneid() -> str:
 
 
 def _latest_traits(
-    events: list[EventEnvelope], oneids: list[str | None], root_of: Callable[[str], str]
+    events: list[EventEnvelope],
+    oneids: list[str | None],
+    root_of: Callable[[str], str],
+    withheld: list[frozenset[str]],
 ) -> dict[tuple[str, str], tuple[Any, datetime, str]]:
-    """Identify calls' traits per (final person, name), the latest event time winning."""
+    """Identify calls' traits per (final person, name), the latest event time winning, except
+    each event's ``withheld`` (erased identifiers)."""
     latest: dict[tuple[str, str], tuple[Any, datetime, str]] = {}
-    for event, oneid in zip(events, oneids, strict=True):
+    for event, oneid, skipped in zip(events, oneids, withheld, strict=True):
         if oneid is None or event.type != "identify":
             continue
         root = root_of(oneid)
         for name, value in event.traits.items():
+            if name in skipped:
+                continue
             current = latest.get((root, name[:200]))
             if current is None or current[1] <= event.timestamp:
                 latest[(root, name[:200])] = (value, event.timestamp, event.event_id)

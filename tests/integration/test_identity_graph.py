@@ -155,3 +155,44 @@ async def test_an_erased_plain_number_stays_erased_behind_an_extension(engine: A
         assert back.oneids == [None]
     finally:
         await resolver.close()
+
+
+async def test_an_overlong_identifier_or_an_erased_email_spoils_nothing_else(
+    engine: AsyncEngine,
+) -> None:
+    """An identifier longer than the graph's columns failed the whole batch (its good events
+    ended in the dead letters); an erased email shown by someone else's identify call was
+    stored again in plain text as their trait."""
+    tag = uuid.uuid4().hex[:8]
+    resolver = Resolver(engine, load_rules())
+    offsets = iter(range(1_000_000))
+
+    async def resolve(*events: EventEnvelope) -> Resolution:
+        sightings = [Sighting(e.event_id, 0, next(offsets)) for e in events]
+        return await resolver.resolve(list(events), sightings)
+
+    email = f"ada-{tag}@acme.io"
+    try:
+        good = make_event(user_id=f"{tag}-good")
+        long = make_event(user_id=f"{tag}-long", context={"device": {"id": "d" * 600}})
+        assert None not in (await resolve(good, long)).oneids
+        (ada,) = (
+            await resolve(
+                make_event(user_id=f"{tag}-ada", traits={"email": email}, type="identify")
+            )
+        ).oneids
+        assert ada is not None
+        await resolver.erase(ada, "test")
+        bob_event = make_event(
+            user_id=f"{tag}-bob", type="identify", traits={"email": email, "plan": "pro"}
+        )
+        (bob,) = (await resolve(bob_event)).oneids
+        assert bob is not None
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                text("SELECT name, value FROM identity.traits WHERE oneid = :o"), {"o": bob}
+            )
+            traits = {name: value for name, value in rows}
+        assert traits == {"plan": "pro"}
+    finally:
+        await resolver.close()

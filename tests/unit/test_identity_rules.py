@@ -9,8 +9,11 @@ import pytest
 from pydantic import ValidationError
 
 from services.identity.rules import (
+    MAX_TYPE_LENGTH,
+    MAX_VALUE_LENGTH,
     Graph,
     IdentityRules,
+    erased_traits,
     identifiers_of,
     load_rules,
     needs_counts,
@@ -323,3 +326,33 @@ def test_a_phone_with_an_extension_is_suppressed_by_its_plain_number_too() -> No
     )
     assert suppression_forms(("phone", "+16502530000")) == (("phone", "+16502530000"),)
     assert suppression_forms(("user_id", "a;ext=1")) == (("user_id", "a;ext=1"),)
+
+
+def test_an_identifier_too_long_to_store_is_dropped_like_junk() -> None:
+    # the graph's columns hold 64 and 512 characters: a longer one failed its whole batch
+    event = make_event(
+        user_id="u-1",
+        traits={"email": "a" * MAX_VALUE_LENGTH + "@acme.io"},
+        context={"device": {"id": "d" * (MAX_VALUE_LENGTH + 1)}},
+        external_ids=[
+            {"id": "c-1", "type": "t" * (MAX_TYPE_LENGTH + 1)},
+            {"id": "c" * MAX_VALUE_LENGTH, "type": "t" * MAX_TYPE_LENGTH},
+        ],
+    )
+    assert identifiers_of(event, RULES) == [
+        ("user_id", "u-1"),
+        ("t" * MAX_TYPE_LENGTH, "c" * MAX_VALUE_LENGTH),
+    ]
+
+
+def test_an_erased_email_or_phone_is_withheld_from_the_traits_stored() -> None:
+    event = make_event(
+        type="identify",
+        user_id="bob",
+        traits={"email": " ADA@acme.io", "phone": "+1 415 555 2671", "name": "Bob"},
+    )
+    erased = {("email", "ada@acme.io")}
+    assert erased_traits(event, erased, RULES, None) == {"email"}
+    erased.add(("phone", "+14155552671"))
+    assert erased_traits(event, erased, RULES, None) == {"email", "phone"}
+    assert erased_traits(event, {("user_id", "bob")}, RULES, None) == set()
