@@ -9,6 +9,7 @@ import httpx
 from fastapi import APIRouter, Query, Request
 
 from services.identity import repository
+from services.identity.rules import MAX_TYPE_LENGTH, MAX_VALUE_LENGTH
 from services.identity.schemas import (
     ErasureIn,
     ErasureOut,
@@ -20,6 +21,7 @@ from services.identity.schemas import (
 from services.identity.service import Resolver, merge_notice
 from shared.auth import AdminOnly
 from shared.contracts import IdentityMerge
+from shared.contracts.base import usable_oneid
 from shared.db import unit_of_work
 from shared.errors import NotFound
 
@@ -43,12 +45,26 @@ async def _scores(request: Request, oneid: str) -> tuple[dict[str, Any] | None, 
     return body, None
 
 
+def _require_usable(oneid: str) -> None:
+    """404 for a OneID no person can have (a NUL, too long) before Postgres, which refuses a
+    NUL with an error that would be a 500."""
+    if not usable_oneid(oneid):
+        raise NotFound(f"no live person {oneid!r}")
+
+
+def _storable(text: str, length: int) -> bool:
+    """Whether a column of ``length`` characters can hold ``text``: a longer text or one with a
+    NUL (which Postgres refuses outright) cannot name a stored identifier."""
+    return len(text) <= length and "\x00" not in text
+
+
 @router.get("/profiles/{oneid}", response_model=ProfileOut)
 async def get_profile(oneid: str, request: Request) -> ProfileOut:
     """A person's identifiers, traits, merge history, refused identifiers, tier and scores.
 
     An absorbed OneID answers with the person that absorbed it.
     """
+    _require_usable(oneid)
     async with unit_of_work(request.app.state.sessions) as session:
         root = await repository.resolve_oneid(session, oneid)
         if root is None:
@@ -91,14 +107,19 @@ async def get_profile(oneid: str, request: Request) -> ProfileOut:
     )
 
 
-@router.get("/identifiers/{id_type}/{value}", response_model=ProfileOut)
+@router.get("/identifiers/{id_type}/{value:path}", response_model=ProfileOut)
 async def lookup(id_type: str, value: str, request: Request) -> ProfileOut:
-    """The profile an identifier belongs to (the value is normalised as events' are)."""
+    """The profile an identifier belongs to (the value is normalised as events' are). The value
+    is the rest of the path, so ids holding "/" (an external id like ``crm/123``) are reachable."""
     resolver: Resolver = request.app.state.resolver
     key = id_type.strip().lower()
+    if not _storable(key, MAX_TYPE_LENGTH):
+        raise NotFound(f"no identifier type {id_type!r}")
     normalized = resolver.rules.canonical(key, value, resolver.region)
     if normalized is None:
         raise NotFound(f"{id_type} {value!r} is not a usable identifier")
+    if not _storable(normalized, MAX_VALUE_LENGTH):
+        raise NotFound(f"no person with {key} {normalized!r}")
     async with unit_of_work(request.app.state.sessions) as session:
         oneid = await repository.owner_of(session, key, normalized)
     if oneid is None:
@@ -120,6 +141,7 @@ async def list_merges(
 async def erase(oneid: str, body: ErasureIn, request: Request) -> ErasureOut:
     """Erase a person: identity deletes their raw identifiers and traits now and suppresses
     later events carrying them; scoring and automation erase on the published notice."""
+    _require_usable(oneid)
     resolver: Resolver = request.app.state.resolver
     erasure = await resolver.erase(oneid, body.reason)
     try:

@@ -69,8 +69,13 @@ class MergeRecord(Base):
     merged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
+    # winner/absorbed serve a profile's merge history, merged_at the newest-first list; the
+    # partial index only covers the relay's unpublished rows
     __table_args__ = (
         Index("ix_merges_unpublished", "merged_at", postgresql_where="published_at IS NULL"),
+        Index("ix_merges_winner", "winner"),
+        Index("ix_merges_absorbed", "absorbed"),
+        Index("ix_merges_merged_at", "merged_at"),
     )
 
 
@@ -105,6 +110,7 @@ class RefusalRecord(Base):
         Index("ix_refusals_kept", "kept"),
         Index("ix_refusals_other", "other"),
         Index("ix_refusals_refused_at", "refused_at"),
+        Index("ix_refusals_id_value", "id_value"),  # erasure deletes refusals of its values
     )
 
 

@@ -60,7 +60,9 @@ class ProfileOut(BaseModel):
 class ErasureIn(BaseModel):
     """Why a person is erased (kept in the erasure audit)."""
 
-    reason: str = Field(default="data subject request", max_length=500)
+    reason: str = Field(  # no NUL: Postgres refuses it, and that was a 500
+        default="data subject request", max_length=500, pattern=r"^[^\x00]*$"
+    )
 
 
 class ErasureOut(BaseModel):

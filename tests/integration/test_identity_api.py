@@ -217,3 +217,67 @@ async def test_an_event_postgres_refuses_is_dead_lettered_and_the_partition_move
     )
     assert len(letters) == 1
     assert "0x00" in letters[0]["reason"]
+
+
+def _admin(identity: Service) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=identity.url, headers={"authorization": f"Bearer {ADMIN}"})
+
+
+async def test_an_identifier_value_holding_a_slash_is_reachable(
+    identity: Service, settings: CommonSettings
+) -> None:
+    """External ids such as ``crm/123`` hold "/": the lookup takes the rest of the path as the
+    value, whether the slash is sent as is or encoded."""
+    run = f"slash-{uuid.uuid4().hex[:8]}"
+    crm = f"{run}/crm/123"
+    event = make_event(
+        source_id=run, user_id=f"{run}-u", external_ids=[{"id": crm, "type": "crm_id"}]
+    )
+    await _send(settings, event)
+    [resolved] = await _resolved(settings, run, 1)
+    oneid = str(resolved["oneid"])
+
+    async with _admin(identity) as client:
+        for path in (f"/v1/identifiers/crm_id/{crm}", f"/v1/identifiers/crm_id/{run}%2Fcrm%2F123"):
+            found = await client.get(path)
+            assert found.status_code == 200, (path, found.text)
+            assert found.json()["oneid"] == oneid
+            assert ("crm_id", crm) in {(i["type"], i["value"]) for i in found.json()["identifiers"]}
+        missing = await client.get(f"/v1/identifiers/crm_id/{run}/crm/124")
+        assert missing.status_code == 404
+        assert missing.json()["error"] == "not_found"
+
+
+async def test_ids_that_cannot_exist_are_404_and_a_nul_reason_is_400(
+    identity: Service, settings: CommonSettings
+) -> None:
+    """Postgres refuses NUL: an id, type or value holding one (or too long for its column) names
+    no one and answers 404 without a query, and a NUL in the erasure reason is the caller's
+    error, named, with the person left alone."""
+    run = f"nulapi-{uuid.uuid4().hex[:8]}"
+    await _send(settings, make_event(source_id=run, user_id=f"{run}-u", anonymous_id=None))
+    [resolved] = await _resolved(settings, run, 1)
+    oneid = str(resolved["oneid"])
+
+    async with _admin(identity) as client:
+        for path in (
+            "/v1/profiles/%00",
+            f"/v1/profiles/{oneid}%00",
+            "/v1/identifiers/user_id/%00",
+            f"/v1/identifiers/user_id/{run}-u%00",
+            "/v1/identifiers/%00/x",
+            "/v1/identifiers/email/%00@x.io",
+            "/v1/identifiers/" + "t" * 65 + f"/{run}-u",
+            "/v1/identifiers/user_id/" + "v" * 513,
+        ):
+            answer = await client.get(path)
+            assert (answer.status_code, answer.json()["error"]) == (404, "not_found"), path[:60]
+        erase_nul = await client.post("/v1/profiles/%00/erasure", json={"reason": "x"})
+        assert erase_nul.status_code == 404, erase_nul.text
+
+        bad_reason = await client.post(
+            f"/v1/profiles/{oneid}/erasure", json={"reason": "GDPR\x00art. 17"}
+        )
+        assert bad_reason.status_code == 400, bad_reason.text
+        assert [d["field"] for d in bad_reason.json()["detail"]] == ["body.reason"]
+        assert (await client.get(f"/v1/profiles/{oneid}")).status_code == 200  # not erased

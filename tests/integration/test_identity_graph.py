@@ -192,7 +192,7 @@ async def test_an_overlong_identifier_or_an_erased_email_spoils_nothing_else(
             rows = await connection.execute(
                 text("SELECT name, value FROM identity.traits WHERE oneid = :o"), {"o": bob}
             )
-            traits = {name: value for name, value in rows}
+            traits = dict(rows.all())
         assert traits == {"plan": "pro"}
     finally:
         await resolver.close()
