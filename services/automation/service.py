@@ -501,6 +501,8 @@ class AutomationService:
             metrics.RETRIES.labels(action.channel).inc()
             update |= {"status": repository.SCHEDULED, "due_at": at + timedelta(seconds=delay)}
             detail = f"{attempt.error}; retry {tries + 1} in {delay:.1f}s"
+            # the one line a failed attempt leaves, now that httpx's request lines are quiet
+            log.info("delivery failed: %s", detail, extra={"action_id": action.action_id})
             return update, record_of(action, "failed", at, detail=detail, **common)
         update |= {"status": repository.DEAD, "due_at": action.due_at}
         log.warning(

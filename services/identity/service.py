@@ -10,7 +10,7 @@ import time
 import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -108,6 +108,9 @@ class Resolution:
     duplicates: list[bool]
     suppressed: list[bool]
     merged: bool = False
+    withheld: dict[int, frozenset[str]] = field(default_factory=dict)
+    """Events (by index) shown with an erased email or phone trait, and those traits' names:
+    forwarded without them, as they are stored without them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,7 +361,14 @@ class Resolver:
             learnt = {k: plan.root_of(o) for k, o in {**links, **plan.new_links}.items()}
         else:  # cached answers that held are already in the cache
             learnt = {**found, **plan.new_links}
-        return plan, Resolution(plan.oneids, duplicates, suppressed, bool(plan.merges)), learnt
+        resolution = Resolution(
+            plan.oneids,
+            duplicates,
+            suppressed,
+            bool(plan.merges),
+            {i: names for i, names in enumerate(withheld) if names and plan.oneids[i]},
+        )
+        return plan, resolution, learnt
 
     async def _suppressed(
         self, connection: Connection, keys: set[IdentifierKey]

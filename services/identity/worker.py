@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
@@ -108,9 +109,10 @@ class IdentityHandler:
             sources = batch.sources
             for index, oneid in enumerate(resolution.oneids):
                 if oneid is not None:
-                    resolved.append(
-                        (oneid.encode(), resolved_json(oneid, sources[index].value, now))
-                    )
+                    event_json = sources[index].value
+                    if names := resolution.withheld.get(index):
+                        event_json = without_traits(event_json, names)
+                    resolved.append((oneid.encode(), resolved_json(oneid, event_json, now)))
                 elif resolution.duplicates[index]:
                     outcomes["duplicate"] += 1
                 elif resolution.suppressed[index]:
@@ -170,3 +172,12 @@ def tune_gc() -> None:
     fifth of its CPU. Whatever startup loaded is frozen out of every later collection."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def without_traits(event_json: bytes, names: frozenset[str]) -> bytes:
+    """An event's JSON without these traits: an erased email or phone that someone else's
+    identify call showed must not reach scoring's state either. Rare, so every other event
+    keeps its bytes as they arrived."""
+    event = orjson.loads(event_json)
+    event["traits"] = {k: v for k, v in (event.get("traits") or {}).items() if k not in names}
+    return orjson.dumps(event)

@@ -186,8 +186,10 @@ async def test_an_overlong_identifier_or_an_erased_email_spoils_nothing_else(
         bob_event = make_event(
             user_id=f"{tag}-bob", type="identify", traits={"email": email, "plan": "pro"}
         )
-        (bob,) = (await resolve(bob_event)).oneids
+        shown = await resolve(bob_event)
+        (bob,) = shown.oneids
         assert bob is not None
+        assert shown.withheld == {0: frozenset({"email"})}  # forwarded without it too
         async with engine.connect() as connection:
             rows = await connection.execute(
                 text("SELECT name, value FROM identity.traits WHERE oneid = :o"), {"o": bob}

@@ -23,6 +23,8 @@ from services.identity.rules import (
     without_erased,
 )
 from services.identity.settings import IdentitySettings
+from services.identity.worker import without_traits
+from shared.contracts import EventEnvelope, encode
 from tests.factories import make_event
 
 T = datetime(2026, 11, 1, tzinfo=UTC)
@@ -356,3 +358,14 @@ def test_an_erased_email_or_phone_is_withheld_from_the_traits_stored() -> None:
     erased.add(("phone", "+14155552671"))
     assert erased_traits(event, erased, RULES, None) == {"email", "phone"}
     assert erased_traits(event, {("user_id", "bob")}, RULES, None) == set()
+
+
+def test_an_event_is_forwarded_without_its_withheld_traits() -> None:
+    event = make_event(
+        type="identify", user_id="bob", traits={"email": "ada@acme.io", "plan": "pro"}
+    )
+    forwarded = EventEnvelope.model_validate_json(
+        without_traits(encode(event), frozenset({"email"}))
+    )
+    assert forwarded.traits == {"plan": "pro"}
+    assert forwarded.model_copy(update={"traits": event.traits}) == event
