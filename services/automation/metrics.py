@@ -22,6 +22,12 @@ DELIVERY_LAG = Histogram(
     ["endpoint"],
     buckets=PIPELINE_BUCKETS,
 )
+CHANGES_IGNORED = Counter(
+    "tierflow_automation_changes_ignored_total",
+    "Tier changes that planned nothing because their person was erased or merged into another "
+    "(read after the identity notice), by reason.",
+    ["reason"],
+)
 RETRIES = Counter(
     "tierflow_automation_retries_total", "Failed attempts rescheduled, by endpoint.", ["endpoint"]
 )

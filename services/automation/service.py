@@ -150,11 +150,11 @@ class AutomationService:
         async with unit_of_work(self._sessions) as session:
             oneids = {c.event.data.oneid for c in changes}
             await repository.lock_identities(session, oneids)
-            gone = await repository.erased_among(session, oneids)
-            gone |= await repository.absorbed_among(session, oneids)
+            erased = await repository.erased_among(session, oneids)
             # an absorbed id's change was scored before its merge: the winner's own
             # re-evaluation is what plans steps for the merged person
-            live = [c for c in changes if c.event.data.oneid not in gone]
+            absorbed = await repository.absorbed_among(session, oneids)
+            live = [c for c in changes if c.event.data.oneid not in erased | absorbed]
             rows, held = self._plan(live, now)
             new_ids = await repository.insert_actions(session, rows)
             moves = [
@@ -180,6 +180,9 @@ class AutomationService:
             records += [record_of(a, "exited", now, detail=a.last_error) for a in exited]
             await repository.append_log(session, records)
         self._count(records)
+        for reason, gone in (("erased", erased), ("merged", absorbed)):
+            if ignored := sum(c.event.data.oneid in gone for c in changes):
+                metrics.CHANGES_IGNORED.labels(reason).inc(ignored)
         if rows:
             self.wake.set()
             self.outbox_wake.set()

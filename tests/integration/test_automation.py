@@ -21,6 +21,7 @@ import orjson
 import pytest
 import yaml
 from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -997,7 +998,11 @@ async def test_merges_applied_out_of_order_end_in_the_surviving_oneid(
     assert {payload_oneid for _, payload_oneid, _ in moved} == {a}
     late = make_tier_change(b, "vip", "prospect", at=worker.clock.now())
     incoming = IncomingChange(late, orjson.loads(encode(late))["data"])
+    labels = {"reason": "merged"}
+    before = REGISTRY.get_sample_value("tierflow_automation_changes_ignored_total", labels) or 0
     assert await worker.service.handle_changes([incoming]) == 0
+    after = REGISTRY.get_sample_value("tierflow_automation_changes_ignored_total", labels)
+    assert after == before + 1  # an SRE sees changes that planned nothing
     assert await pending_of(engine, b) == []
 
 
@@ -1022,44 +1027,31 @@ async def test_a_merge_applies_the_winners_refusals_to_the_steps_it_moves(
 
 
 async def test_a_chains_merges_applied_at_once_end_in_its_last_winner(
-    worker: Worker, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    worker: Worker, engine: AsyncEngine
 ) -> None:
-    """X→B, B→A and A→Z arrive together on three partitions. Each merge used to read where its
-    winner ended up and then wait for the merges ahead of it, which moved that end on: X's
-    steps landed under A after A had been absorbed into Z. The merges are held at the point
-    where they record themselves, in the order that showed it."""
-    x, b, a, z = (person() for _ in range(4))
+    """X→B, B→A and A→Z arrive together on three partitions, as identity emits a chain in one
+    batch. A merge used to read where its winner ended up and then wait for the merges ahead of
+    it, which moved that end on: X's steps could land under A after A was absorbed into Z.
+    Several chains, each chain's notices applied at once, in the order that showed it."""
     at = worker.clock.now()
-    for oneid in (x, b, a, z):
-        change = make_tier_change(oneid, "at_risk", "growth", at=at)
-        await worker.service.handle_changes(
-            [IncomingChange(change, orjson.loads(encode(change))["data"])]
+    chains = [tuple(person() for _ in range(4)) for _ in range(6)]
+    for chain in chains:
+        for oneid in chain:
+            change = make_tier_change(oneid, "at_risk", "growth", at=at)
+            await worker.service.handle_changes(
+                [IncomingChange(change, orjson.loads(encode(change))["data"])]
+            )
+    await asyncio.gather(
+        *(
+            worker.service.apply_notice(merge_of(absorbed, winner))
+            for x, b, a, z in chains
+            for absorbed, winner in ((b, a), (a, z), (x, b))
         )
-    gates = {b: asyncio.Event(), a: asyncio.Event()}
-    reached = {b: asyncio.Event(), a: asyncio.Event()}
-    record = repository.record_merge
-
-    async def held(session: Any, absorbed: str, winner: str, at: datetime) -> None:
-        if absorbed in gates:
-            reached[absorbed].set()
-            await gates[absorbed].wait()
-        await record(session, absorbed, winner, at)
-
-    monkeypatch.setattr(repository, "record_merge", held)
-    b_into_a = asyncio.create_task(worker.service.apply_notice(merge_of(b, a)))
-    await reached[b].wait()
-    a_into_z = asyncio.create_task(worker.service.apply_notice(merge_of(a, z)))
-    x_into_b = asyncio.create_task(worker.service.apply_notice(merge_of(x, b)))
-    await asyncio.sleep(0.5)
-    gates[b].set()
-    await b_into_a
-    await reached[a].wait()
-    await asyncio.sleep(0.5)
-    gates[a].set()
-    await asyncio.gather(a_into_z, x_into_b)
-    for absorbed in (x, b, a):
-        assert await pending_of(engine, absorbed) == [], absorbed
-    moved = await pending_of(engine, z)
-    # Z's own survey and call; the others' copies, moved to Z, were exited as duplicates
-    assert [step for step, _, _ in moved] == ["satisfaction_survey", "winback_call"]
-    assert {payload_oneid for _, payload_oneid, _ in moved} == {z}
+    )
+    for x, b, a, z in chains:
+        for absorbed in (x, b, a):
+            assert await pending_of(engine, absorbed) == [], absorbed
+        moved = await pending_of(engine, z)
+        # Z's own survey and call; the others' copies, moved to Z, were exited as duplicates
+        assert [step for step, _, _ in moved] == ["satisfaction_survey", "winback_call"]
+        assert {payload_oneid for _, payload_oneid, _ in moved} == {z}
